@@ -1,0 +1,145 @@
+"""Daemon conventions shared by every pvxen daemon.
+
+* ``run(main, name, argv)``: ``trio.run`` with one top nursery; SIGTERM and
+  SIGINT cancel it, and the daemon gets ``stop_deadline`` seconds to finish
+  its ``finally`` blocks before the process exits anyway.
+* Logging to stderr, one line per event with the level name; under systemd
+  (``JOURNAL_STREAM`` set) lines carry the ``<N>`` sd-daemon priority prefix
+  instead of a timestamp, so journald records levels.
+* ``sd_notify``: READY=1 / STOPPING=1 on ``$NOTIFY_SOCKET`` when set, written
+  directly as Xen's ``xen-sd-notify.h`` does (no libsystemd).
+* ``runtime_dir``: ``--rundir``, else ``$PVXEN_RUNDIR``, else ``/run/pvxen``
+  for root and ``$XDG_RUNTIME_DIR/pvxen`` otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prio = _PRIORITY.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{prio}>{line}" for line in text.splitlines())
+
+
+def setup_logging(name: str, verbose: bool = False) -> logging.Logger:
+    """Configure the root logger for a daemon called ``name``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(levelname)s %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    return logging.getLogger(name)
+
+
+def sd_notify(message: str) -> bool:
+    """Send ``message`` to systemd's notify socket; False when not under systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(addr)
+        s.sendall(message.encode())
+    return True
+
+
+def default_runtime_dir() -> Path:
+    env = os.environ.get("PVXEN_RUNDIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/pvxen")
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return Path(xdg) / "pvxen"
+    return Path(f"/tmp/pvxen-{os.geteuid()}")
+
+
+def runtime_dir(arg: str | None) -> Path:
+    """The runtime directory: ``--rundir`` first, then the environment."""
+    return Path(arg) if arg else default_runtime_dir()
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rundir", help="runtime directory (default: $PVXEN_RUNDIR, "
+                        "/run/pvxen for root, $XDG_RUNTIME_DIR/pvxen otherwise)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--stop-deadline", type=float, default=5.0,
+                        help="seconds allowed for a graceful stop (default 5)")
+
+
+async def watch_signals(
+    cancel_scope: trio.CancelScope, log: logging.Logger, *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
+    """Cancel ``cancel_scope`` on SIGTERM/SIGINT; SIGHUP is logged and ignored."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        task_status.started()
+        async for signum in sigs:
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP (nothing to reload)")
+                continue
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            sd_notify("STOPPING=1")
+            cancel_scope.cancel()
+            return
+
+
+DaemonMain = Callable[[trio.Nursery, logging.Logger], Awaitable[None]]
+
+
+def run(name: str, body: DaemonMain, *, verbose: bool = False, stop_deadline: float = 5.0) -> int:
+    """Run ``body(nursery, log)`` as the daemon ``name`` until a stop signal.
+
+    ``body`` starts its services in the nursery (using ``nursery.start`` so
+    it returns once they are ready), then returns; readiness is reported to
+    systemd after it returns. Cleanup in the services' ``finally`` blocks
+    runs under a shield bounded by ``stop_deadline``.
+    """
+    log = setup_logging(name, verbose)
+
+    async def _main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watch_signals, nursery.cancel_scope, log)
+            await body(nursery, log)
+            sd_notify("READY=1\nSTATUS=running")
+            log.info("%s is ready", name)
+
+    def _deadline_alarm(signum, frame):  # pragma: no cover - last resort
+        log.error("graceful stop took longer than %.1fs, exiting", stop_deadline)
+        os._exit(1)
+
+    signal.signal(signal.SIGALRM, _deadline_alarm)
+    try:
+        trio.run(_main)
+    except KeyboardInterrupt:
+        pass
+    log.info("%s stopped", name)
+    return 0
