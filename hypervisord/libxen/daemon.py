@@ -97,9 +97,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def watch_signals(
-    cancel_scope: trio.CancelScope, log: logging.Logger, *, task_status=trio.TASK_STATUS_IGNORED
+    cancel_scope: trio.CancelScope, log: logging.Logger, deadline: float = 5.0,
+    *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Cancel ``cancel_scope`` on SIGTERM/SIGINT; SIGHUP is logged and ignored."""
+    """Cancel ``cancel_scope`` on SIGTERM/SIGINT; SIGHUP is logged and ignored.
+
+    After a stop signal the process has ``deadline`` seconds to finish its
+    cleanup; then SIGALRM ends it.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         task_status.started()
         async for signum in sigs:
@@ -108,6 +113,7 @@ async def watch_signals(
                 continue
             log.info("received %s, stopping", signal.Signals(signum).name)
             sd_notify("STOPPING=1")
+            signal.setitimer(signal.ITIMER_REAL, deadline)
             cancel_scope.cancel()
             return
 
@@ -127,7 +133,7 @@ def run(name: str, body: DaemonMain, *, verbose: bool = False, stop_deadline: fl
 
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(watch_signals, nursery.cancel_scope, log)
+            await nursery.start(watch_signals, nursery.cancel_scope, log, stop_deadline)
             await body(nursery, log)
             sd_notify("READY=1\nSTATUS=running")
             log.info("%s is ready", name)

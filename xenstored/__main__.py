@@ -1,0 +1,5 @@
+import sys
+
+from xenstored.main import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""The XenStore server core: one request in, replies and events out.
+
+Pure and synchronous (no trio, no sockets). A transport hands
+:meth:`XenstoreCore.handle` a connection and a parsed message and gets back
+the messages to send, to that connection and to watchers elsewhere. The
+dispatch table gives each message type its handler and flags, as
+cxenstored's ``wire_funcs`` does (privileged-only, ignores ``tx_id``);
+handlers raise :class:`XsError` and :meth:`handle` alone turns errors into
+``XS_ERROR`` replies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hypervisord.public.io.xs_wire import (
+    SPECIAL_INTRODUCE_DOMAIN,
+    SPECIAL_RELEASE_DOMAIN,
+    XENSTORE_PAYLOAD_MAX,
+    XENSTORE_SERVER_FEATURE_WATCHDEPTH,
+    XsdSockmsgType as T,
+)
+from xenstored import ops
+from xenstored import path as xpath
+from xenstored.connection import Connection
+from xenstored.domain import Domains
+from xenstored.ops import Caller, Fire
+from xenstored.perms import PERM_READ, Perms, PermsError
+from xenstored.protocol.errors import XsError
+from xenstored.protocol.wire import Message, encode, join_strings
+from xenstored.quota import Quotas, exceeded
+from xenstored.store import Store
+from xenstored.transaction import Transaction
+from xenstored.watch import Watch, WatchRegistry
+
+log = logging.getLogger("xenstored")
+
+SERVER_FEATURES = XENSTORE_SERVER_FEATURE_WATCHDEPTH
+OK = b"OK\0"
+
+Outgoing = list[tuple[Connection, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    handler: Callable
+    privileged: bool = False  # dom0 only
+    uses_tx: bool = True  # False: tx_id is ignored (XS_FLAG_NOTID)
+
+
+def strings(payload: bytes, count: int | None = None, at_least: int = 0) -> list[bytes]:
+    """Nul-terminated strings of a request; EINVAL unless well formed."""
+    if not payload.endswith(b"\0"):
+        raise XsError("EINVAL", "payload not nul-terminated")
+    parts = payload[:-1].split(b"\0")
+    if count is not None and len(parts) != count:
+        raise XsError("EINVAL", f"expected {count} arguments")
+    if len(parts) < at_least:
+        raise XsError("EINVAL", f"expected at least {at_least} arguments")
+    return parts
+
+
+def number(raw: bytes, limit: int = 0xFFFFFFFF) -> int:
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > limit:
+        raise XsError("EINVAL", f"bad number {raw[:20]!r}")
+    return int(raw)
+
+
+class XenstoreCore:
+    def __init__(self, store: Store | None = None, quotas: Quotas | None = None) -> None:
+        self.store = store or Store()
+        self.quotas = quotas or Quotas()
+        self.domains = Domains(self.quotas)
+        self.watches = WatchRegistry()
+        self.connections: dict[int, Connection] = {}
+        #: called with (domid, mfn, port) after XS_INTRODUCE, for a ring transport
+        self.on_introduce: Callable[[int, int, int], None] | None = None
+        #: called with (domid,) after a domain's release
+        self.on_release: Callable[[int], None] | None = None
+        from xenstored.handlers import TABLE  # late: handlers import this module
+
+        self.table: dict[int, Op] = TABLE
+
+    # -- connections ------------------------------------------------------------
+    def connect(self, domid: int = 0, privileged: bool = True, name: str = "") -> Connection:
+        conn = Connection(domid, privileged, self.domains.quotas_for(domid), name)
+        dom = self.domains.get(domid)
+        if dom is not None:
+            conn.target = dom.target
+        self.connections[conn.conn_id] = conn
+        return conn
+
+    def disconnect(self, conn: Connection) -> None:
+        """Forget a connection: its transactions abort, its watches go."""
+        conn.closed = True
+        conn.transactions.clear()
+        self.watches.remove_all(conn, conn.watches)
+        conn.watches.clear()
+        self.connections.pop(conn.conn_id, None)
+
+    def caller(self, conn: Connection) -> Caller:
+        return Caller(conn.domid, conn.privileged, conn.quotas, conn.target)
+
+    # -- the one entry point -------------------------------------------------------
+    def handle(self, conn: Connection, msg: Message) -> Outgoing:
+        out: Outgoing = []
+        op = self.table.get(msg.type)
+        try:
+            if op is None:
+                raise XsError("ENOSYS", f"unknown message type {msg.type}")
+            if op.privileged and not conn.privileged:
+                raise XsError("EACCES", f"{msg.type_name} is for dom0 only")
+            tx = self._transaction(conn, msg) if op.uses_tx else None
+            payload = op.handler(self, conn, msg, tx, out)
+            if len(payload) > XENSTORE_PAYLOAD_MAX:
+                raise XsError("E2BIG", "reply too large")
+            out.insert(0, (conn, encode(msg.type, msg.req_id, msg.tx_id, payload)))
+        except XsError as e:
+            log.debug("%s %s -> %s", conn, msg.type_name, e)
+            out.insert(0, (conn, encode(T.XS_ERROR, msg.req_id, msg.tx_id, e.payload())))
+        return out
+
+    def _transaction(self, conn: Connection, msg: Message) -> Transaction | None:
+        if msg.tx_id == 0:
+            return None
+        tx = conn.transactions.get(msg.tx_id)
+        if tx is None:
+            raise XsError("ENOENT", f"no transaction {msg.tx_id}")
+        return tx
+
+    # -- helpers for handlers ----------------------------------------------------------
+    def path_arg(self, conn: Connection, raw: bytes, special: bool = False) -> str:
+        limit = None if conn.privileged else conn.quotas.path_max
+        return xpath.canonical(xpath.decode(raw), conn.domid, allow_special=special,
+                               path_max=limit)
+
+    def fire(self, fires: list[Fire], out: Outgoing) -> None:
+        """Queue the watch events ``fires`` cause, for watchers allowed to see them."""
+        for f in fires:
+            for watch, epath in self.watches.match(f.path, f.recursive):
+                watcher = watch.owner
+                assert isinstance(watcher, Connection)
+                if not watcher.privileged and not (
+                    ops.access(self.caller(watcher), f.perms) & PERM_READ
+                ):
+                    continue
+                out.append((watcher, self.event(watch, epath)))
+
+    def event(self, watch: Watch, epath: str) -> bytes:
+        assert isinstance(watch.owner, Connection)
+        shown = xpath.relative_to(epath, watch.owner.domid) if watch.relative else epath
+        return encode(T.XS_WATCH_EVENT, 0, 0, join_strings([shown.encode(), watch.token]))
+
+    def fire_special(self, special: str, domid: int, out: Outgoing) -> None:
+        node = self.store.get(special)
+        assert node is not None
+        for watch, epath in self.watches.match(special, False):
+            watcher = watch.owner
+            assert isinstance(watcher, Connection)
+            if watcher.privileged or ops.access(self.caller(watcher), node.perms) & PERM_READ:
+                shown = f"{epath}/{domid}" if watch.depth else epath
+                out.append((watcher, encode(
+                    T.XS_WATCH_EVENT, 0, 0, join_strings([shown.encode(), watch.token]))))
+
+    def mutate(self, conn: Connection, tx: Transaction | None,
+               change: Callable[[ops.Layer], list[Fire]], out: Outgoing) -> None:
+        """Run a node change directly or inside ``tx``; fire or defer its events."""
+        if tx is not None:
+            tx.fires.extend(change(tx))
+            return
+        fires = change(self.store)
+        self.fire(fires, out)
+
+    # -- domains ------------------------------------------------------------------------
+    def release_domain(self, domid: int, out: Outgoing) -> None:
+        """A domain is gone: its nodes, watches and connection go, watchers hear."""
+        dom = self.domains.release(domid)
+        if dom is None:
+            raise XsError("ENOENT", f"domain {domid} not introduced")
+        for conn in list(self.connections.values()):
+            if conn.domid == domid and not conn.privileged:
+                self.disconnect(conn)
+        self.remove_domain_nodes(domid)
+        self.fire_special(SPECIAL_RELEASE_DOMAIN, domid, out)
+        if self.on_release:
+            self.on_release(domid)
+
+    def remove_domain_nodes(self, domid: int) -> None:
+        """XSA-419: nodes owned by a destroyed domain do not outlive it."""
+        if domid == 0:
+            return
+        owned = [p for p, n in self.store.nodes.items()
+                 if n.perms.owner == domid and not xpath.is_special(p)]
+        for p in sorted(owned, key=len):
+            if self.store.get(p) is not None:
+                ops.remove_subtree(self.store, p)
+
+    def introduce_domain(self, domid: int, mfn: int, port: int, out: Outgoing) -> None:
+        dom = self.domains.get(domid)
+        if dom is not None:
+            if (dom.mfn, dom.port) != (mfn, port):
+                raise XsError("EEXIST", f"domain {domid} already introduced")
+            return
+        self.domains.introduce(domid, mfn, port, SERVER_FEATURES)
+        self.fire_special(SPECIAL_INTRODUCE_DOMAIN, domid, out)
+        if self.on_introduce:
+            self.on_introduce(domid, mfn, port)
+
+    # -- consistency (XS_CONTROL check) ----------------------------------------------
+    def check(self) -> list[str]:
+        return self.store.check()
+
+
+def parse_perms(items: list[bytes]) -> Perms:
+    try:
+        return Perms.parse([i.decode("ascii") for i in items])
+    except (PermsError, UnicodeDecodeError) as e:
+        raise XsError("EINVAL", str(e)) from None
+
+
+def check_watch_quota(conn: Connection) -> None:
+    if not conn.privileged and exceeded(conn.quotas.watches, len(conn.watches) + 1):
+        raise XsError("E2BIG", "watches quota")

@@ -1,0 +1,104 @@
+"""``xenstored``: the XenStore daemon (``python -m xenstored``).
+
+Listens on ``<rundir>/xenstored/socket`` (or ``--socket``); libxenstore
+clients find it with ``XENSTORED_PATH=<socket>`` or
+``XENSTORED_RUNDIR=<rundir>/xenstored``. State is journalled in
+``--state-dir`` (default ``<rundir>/xenstored``) so that every acknowledged
+write survives a crash and restart. Watches are per connection and are not
+persisted: clients re-register them after reconnecting (our client library
+does so itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import trio
+
+from hypervisord.libxen import daemon
+from xenstored.core import XenstoreCore
+from xenstored.quota import Quotas
+from xenstored.service import UnixServer, XenstoreService
+from xenstored.store import Store
+
+log = logging.getLogger("xenstored")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="xenstored", description=__doc__.split("\n")[0])
+    daemon.add_common_arguments(p)
+    p.add_argument("--socket", help="socket path (default <rundir>/xenstored/socket)")
+    p.add_argument("--state-dir", help="journal directory (default <rundir>/xenstored)")
+    p.add_argument("--no-persist", action="store_true",
+                   help="keep the store in memory only (nothing survives a restart)")
+    p.add_argument("-Q", "--quota", action="append", default=[], metavar="NAME=VALUE",
+                   help="quota for unprivileged domains, e.g. -Q nodes=2000 "
+                        f"(names: {', '.join(Quotas.names())})")
+    return p.parse_args(argv)
+
+
+async def open_unix_listener(path: Path) -> trio.SocketListener:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if path.is_socket() or path.exists():
+        path.unlink()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)  # socket clients are dom0: only dom0's user may connect
+    sock.listen(128)
+    return trio.SocketListener(sock)
+
+
+def open_store(state_dir: Path | None):
+    """The store from the journal (or a fresh one), and the journal itself."""
+    if state_dir is None:
+        return Store(), None
+    from xenstored.persist import Journal
+
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    journal = Journal(state_dir)
+    loaded = journal.load()
+    if loaded is None:
+        store = Store()
+        log.info("new store in %s", state_dir)
+    else:
+        nodes, generation = loaded
+        store = Store(nodes, generation)
+        log.info("loaded %d nodes from %s", len(nodes), state_dir)
+    journal.snapshot(store.nodes, store.generation)
+    return store, journal
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rundir = daemon.runtime_dir(args.rundir)
+    sock_path = Path(args.socket) if args.socket else rundir / "xenstored" / "socket"
+    state_dir = None if args.no_persist else Path(args.state_dir or rundir / "xenstored")
+    try:
+        quotas = Quotas.from_options(args.quota)
+    except (ValueError, KeyError) as e:
+        print(f"xenstored: {e}", file=sys.stderr)
+        return 2
+
+    async def body(nursery: trio.Nursery, log: logging.Logger) -> None:
+        store, journal = open_store(state_dir)
+        core = XenstoreCore(store, quotas)
+        committer = None
+        if journal is not None:
+            from xenstored.durability import GroupCommitter
+
+            committer = GroupCommitter(journal, lambda: ({p: n.copy() for p, n in store.nodes.items()}, store.generation))
+            await nursery.start(committer.run)
+        service = XenstoreService(core, committer)
+        listener = await open_unix_listener(sock_path)
+        await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
+        log.info("listening on %s", sock_path)
+
+    return daemon.run("xenstored", body, verbose=args.verbose, stop_deadline=args.stop_deadline)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

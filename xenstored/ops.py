@@ -1,0 +1,201 @@
+"""What each node operation means: read, write, mkdir, rm, directory, perms.
+
+Written once against the primitives that both the main store and a
+transaction offer (see :mod:`xenstored.store`). Pure: callers pass the
+layer and the caller's identity, and get back a value plus the watch
+fires the change causes (delivered by the dispatcher, at once or on
+commit). Permission rules: cxenstored ``perm_for_conn`` and
+docs/misc/xenstore.txt; quota errors as cxenstored's ``core.c``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from xenstored import path as xpath
+from xenstored.node import Node
+from xenstored.perms import PERM_READ, PERM_WRITE, Perms
+from xenstored.protocol.errors import XsError
+from xenstored.quota import Quotas, exceeded
+
+PERM_ENTRY_SIZE = 8  # sizeof(struct xs_permissions), for node-size accounting
+
+
+class Layer(Protocol):
+    def get(self, path: str) -> Node | None: ...
+    def owned(self, domid: int) -> int: ...
+    def create(self, path: str, value: bytes, perms: Perms) -> None: ...
+    def set_value(self, path: str, value: bytes) -> None: ...
+    def set_perms(self, path: str, perms: Perms) -> None: ...
+    def delete(self, path: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the connection's domain, never anything from the payload."""
+
+    domid: int
+    privileged: bool
+    quotas: Quotas
+    target: int | None = None  # XS_SET_TARGET: acts with the rights of this domain
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """A change at ``path`` that watches must hear about.
+
+    ``recursive``: a subtree was removed, so watches below ``path`` fire too.
+    ``perms``: the node's permissions at the time (a watcher must be able to
+    read the node to get the event, XSA-115).
+    """
+
+    path: str
+    recursive: bool
+    perms: Perms
+
+
+def access(caller: Caller, perms: Perms) -> int:
+    if caller.privileged:
+        return PERM_READ | PERM_WRITE
+    bits = perms.bits_for(caller.domid)
+    if caller.target is not None:
+        bits |= perms.bits_for(caller.target)
+    return bits
+
+
+def _missing_error(layer: Layer, caller: Caller, path: str) -> XsError:
+    """ENOENT, or EACCES when the caller could not even see the parent."""
+    for anc in reversed(xpath.ancestors(path)):
+        node = layer.get(anc)
+        if node is not None:
+            if access(caller, node.perms) & PERM_READ:
+                return XsError("ENOENT", path)
+            return XsError("EACCES", path)
+    return XsError("ENOENT", path)
+
+
+def lookup(layer: Layer, caller: Caller, path: str, want: int) -> Node:
+    node = layer.get(path)
+    if node is None:
+        raise _missing_error(layer, caller, path)
+    if want & ~access(caller, node.perms):
+        raise XsError("EACCES", path)
+    return node
+
+
+def node_size(value: bytes, children: dict[str, None], perms: Perms) -> int:
+    return len(value) + sum(len(c) + 1 for c in children) + PERM_ENTRY_SIZE * len(perms.entries)
+
+
+def _check_size(caller: Caller, value: bytes, children: dict[str, None], perms: Perms) -> None:
+    if not caller.privileged and exceeded(caller.quotas.node_size, node_size(value, children, perms)):
+        raise XsError("ENOSPC", "node-size quota")
+
+
+def read(layer: Layer, caller: Caller, path: str) -> bytes:
+    return lookup(layer, caller, path, PERM_READ).value
+
+
+def directory(layer: Layer, caller: Caller, path: str) -> Node:
+    return lookup(layer, caller, path, PERM_READ)
+
+
+def get_perms(layer: Layer, caller: Caller, path: str) -> Perms:
+    return lookup(layer, caller, path, PERM_READ).perms
+
+
+def _create_missing(layer: Layer, caller: Caller, path: str, value: bytes) -> None:
+    """Create ``path`` and any missing ancestors; children inherit perms."""
+    missing = [path]
+    for anc in reversed(xpath.ancestors(path)):
+        node = layer.get(anc)
+        if node is not None:
+            break
+        missing.append(anc)
+    if not access(caller, node.perms) & PERM_WRITE:
+        raise XsError("EACCES", anc)
+    perms = node.perms if caller.privileged else node.perms.with_owner(caller.domid)
+    _check_size(caller, value, {}, perms)
+    if not caller.privileged and exceeded(
+        caller.quotas.nodes, layer.owned(caller.domid) + len(missing)
+    ):
+        raise XsError("ENOSPC", "nodes quota")
+    for i, p in enumerate(reversed(missing)):
+        layer.create(p, value if i == len(missing) - 1 else b"", perms)
+
+
+def write(layer: Layer, caller: Caller, path: str, value: bytes) -> list[Fire]:
+    node = layer.get(path)
+    if node is None:
+        _create_missing(layer, caller, path, value)
+        node = layer.get(path)
+        assert node is not None
+    else:
+        if not access(caller, node.perms) & PERM_WRITE:
+            raise XsError("EACCES", path)
+        _check_size(caller, value, node.children, node.perms)
+        layer.set_value(path, value)
+    return [Fire(path, False, node.perms)]
+
+
+def mkdir(layer: Layer, caller: Caller, path: str) -> list[Fire]:
+    node = layer.get(path)
+    if node is not None:
+        if not access(caller, node.perms) & PERM_WRITE:
+            raise XsError("EACCES", path)
+        return []  # never clobbers; cxenstored fires nothing either
+    _create_missing(layer, caller, path, b"")
+    node = layer.get(path)
+    assert node is not None
+    return [Fire(path, False, node.perms)]
+
+
+def rm(layer: Layer, caller: Caller, path: str) -> list[Fire]:
+    if path == "/":
+        raise XsError("EINVAL", "cannot remove the root")
+    node = layer.get(path)
+    if node is None:
+        parent = layer.get(xpath.parent(path))
+        if parent is None:
+            raise _missing_error(layer, caller, path)
+        if not access(caller, parent.perms) & PERM_READ:
+            raise XsError("EACCES", path)
+        return []
+    if not access(caller, node.perms) & PERM_WRITE:
+        raise XsError("EACCES", path)
+    perms = node.perms
+    remove_subtree(layer, path)
+    return [Fire(path, True, perms)]
+
+
+def remove_subtree(layer: Layer, path: str) -> None:
+    """Delete ``path`` and everything below it, leaves first, iteratively."""
+    order: list[str] = []
+    stack = [path]
+    while stack:
+        p = stack.pop()
+        order.append(p)
+        node = layer.get(p)
+        if node is not None:
+            stack.extend(xpath.join(p, c) for c in node.children)
+    for p in reversed(order):
+        if layer.get(p) is not None:
+            layer.delete(p)
+
+
+def set_perms(layer: Layer, caller: Caller, path: str, perms: Perms) -> list[Fire]:
+    node = layer.get(path)
+    if node is None:
+        raise _missing_error(layer, caller, path)
+    if not caller.privileged:
+        owner = node.perms.owner
+        if caller.domid != owner and caller.target != owner:
+            raise XsError("EACCES", path)
+        if perms.owner != owner:
+            raise XsError("EPERM", "only a privileged domain changes the owner")
+        if exceeded(caller.quotas.node_permissions, len(perms.entries)):
+            raise XsError("ENOSPC", "node-permissions quota")
+        _check_size(caller, node.value, node.children, perms)
+    layer.set_perms(path, perms)
+    return [Fire(path, False, perms)]

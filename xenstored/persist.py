@@ -1,0 +1,458 @@
+"""Persistence of the store: a snapshot plus a journal, fsync'd before replies.
+
+Owns the two files of xenstored's state directory and nothing else: no trio,
+no clock (the group-commit shell is :mod:`xenstored.durability`).
+
+``store.snapshot``
+    The whole store at one moment, written to ``store.snapshot.tmp``,
+    fsync'd, renamed over ``store.snapshot``, then the directory fsync'd.
+``store.journal``
+    Every change since that snapshot, one record per committed mutation,
+    appended in batches: one ``write()`` and one ``fsync()`` per batch.
+
+Both files are a sequence of **frames**::
+
+    +---------------+---------------+------------------------------+
+    | length u32 LE | crc32 u32 LE  | payload: `length` bytes      |
+    +---------------+---------------+------------------------------+
+
+with ``crc32 = zlib.crc32(payload)`` and the payload a msgpack value. Frame 0
+of each file is a header map; ``epoch`` ties a journal to its snapshot:
+
+* snapshot: ``{"magic": "pvxen-xenstore-snapshot", "version": 1,
+  "epoch": E, "generation": G, "nodes": N}``, then frames each holding an
+  array of up to 1024 node entries, in the store's dict order;
+* journal: ``{"magic": "pvxen-xenstore-journal", "version": 1, "epoch": E}``,
+  then one frame per :meth:`Journal.append`: ``[generation, [change...]]``.
+
+A node entry (and a change that leaves a node in place) is
+``[path, value, [perm...], [child...], node_generation]``; the child list
+keeps the creation order of ``Node.children``. A deleted node is ``[path]``.
+Worked example: ``append([("/tool/x", Node(b"hi", Perms.of("b0 r5"),
+{"a": None}, 7)), ("/old", None)], 7)`` adds this 41-byte frame::
+
+    21 00 00 00  cd 52 70 c8                   length 33, crc32 0xc87052cd
+    92 07 92                                   [7, [ (2 changes)
+    95 a7 2f 74 6f 6f 6c 2f 78 c4 02 68 69     ["/tool/x", b"hi",
+    92 a2 62 30 a2 72 35  91 a1 61  07            ["b0","r5"], ["a"], 7],
+    91 a4 2f 6f 6c 64                            ["/old"]]]
+
+Replay applies records in order; each carries full node states, so replaying
+a record that the snapshot already contains is harmless. The store must
+list every node a recursive removal deletes.
+
+Crash safety (SIGKILL or power loss at any point):
+
+* a torn journal tail (the batch being written) is the only damage a crash
+  leaves; it fails its length or CRC check, is logged and dropped, and cut
+  off before the next append. A bad frame followed by good data is
+  corruption, not a tear, and :class:`CorruptJournal` is raised;
+* :meth:`Journal.snapshot` writes snapshot E+1, then a fresh journal with
+  epoch E+1. A crash between the two leaves a journal of epoch E, which
+  is older than the snapshot, so load ignores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from xenstored.node import Node
+from xenstored.perms import Perms
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_NAME = "store.snapshot"
+JOURNAL_NAME = "store.journal"
+SNAPSHOT_MAGIC = "pvxen-xenstore-snapshot"
+JOURNAL_MAGIC = "pvxen-xenstore-journal"
+FORMAT_VERSION = 1
+
+FRAME_HEADER = struct.Struct("<II")  # length, crc32 of the payload
+MAX_FRAME = 1 << 28  # far above any record; a larger length is garbage
+SNAPSHOT_CHUNK = 1024  # node entries per snapshot frame
+
+Changes = Iterable[tuple[str, Node | None]]
+
+
+class PersistError(Exception):
+    """The state directory cannot be read or written as required."""
+
+
+class CorruptSnapshot(PersistError):
+    """``store.snapshot`` is damaged; the message names the file and offset."""
+
+
+class CorruptJournal(PersistError):
+    """``store.journal`` is damaged before its final record."""
+
+
+def frame(payload: bytes) -> bytes:
+    return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def scan_frames(data: bytes) -> tuple[list[memoryview], int, str | None]:
+    """Split ``data`` into frame payloads, stopping at the first bad frame.
+
+    Returns the good payloads, the offset just past the last good frame, and
+    why the scan stopped early (None when every byte belonged to a frame).
+    """
+    view = memoryview(data)
+    payloads: list[memoryview] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        if size - pos < FRAME_HEADER.size:
+            return payloads, pos, "short frame header"
+        length, crc = FRAME_HEADER.unpack_from(view, pos)
+        end = pos + FRAME_HEADER.size + length
+        if length == 0 or length > MAX_FRAME or end > size:
+            return payloads, pos, f"frame length {length} does not fit the file"
+        payload = view[pos + FRAME_HEADER.size:end]
+        if zlib.crc32(payload) != crc:
+            return payloads, pos, "CRC mismatch"
+        payloads.append(payload)
+        pos = end
+    return payloads, pos, None
+
+
+def _is_torn_tail(data: bytes, pos: int) -> bool:
+    """Whether the bad frame at ``pos`` can be what a crash mid-write leaves."""
+    if len(data) - pos < FRAME_HEADER.size:
+        return True
+    length, _ = FRAME_HEADER.unpack_from(data, pos)
+    end = pos + FRAME_HEADER.size + length
+    # Runs past EOF, is the last frame, or the rest is zero-filled blocks.
+    return end >= len(data) or length > MAX_FRAME or not data[pos:].strip(b"\0")
+
+
+def _unpack(payload: memoryview) -> Any:
+    return msgpack.unpackb(payload, raw=False, use_list=True)
+
+
+def _entry(path: str, node: Node, perms_cache: dict[int, list[str]]) -> list[Any]:
+    """One node as a msgpack-ready list; copies everything mutable."""
+    perms = perms_cache.get(id(node.perms))
+    if perms is None:
+        perms = perms_cache[id(node.perms)] = node.perms.strings()
+    return [path, bytes(node.value), perms, list(node.children), node.generation]
+
+
+def _node(entry: list[Any], perms_cache: dict[tuple[str, ...], Perms]) -> tuple[str, Node]:
+    """Inverse of :func:`_entry`; equal permission lists share one Perms."""
+    path, value, perm_strings, children, generation = entry
+    if type(path) is not str or type(value) is not bytes or type(generation) is not int:
+        raise ValueError(f"bad node entry for {path!r}")
+    key = tuple(perm_strings)
+    perms = perms_cache.get(key)
+    if perms is None:
+        perms = perms_cache[key] = Perms.parse(list(key))
+    return path, Node(value, perms, dict.fromkeys(children), generation)
+
+
+def encode_record(changes: Changes, generation: int) -> bytes:
+    """One journal frame holding ``changes`` (see the module docstring)."""
+    cache: dict[int, list[str]] = {}
+    body = [[path] if node is None else _entry(path, node, cache) for path, node in changes]
+    return frame(msgpack.packb([generation, body], use_bin_type=True))
+
+
+def encode_snapshot(nodes: Mapping[str, Node], generation: int, epoch: int) -> list[bytes]:
+    """The frames of a snapshot file of ``nodes``."""
+    packer = msgpack.Packer(use_bin_type=True)
+    header = {"magic": SNAPSHOT_MAGIC, "version": FORMAT_VERSION, "epoch": epoch,
+              "generation": generation, "nodes": len(nodes)}
+    frames = [frame(packer.pack(header))]
+    cache: dict[int, list[str]] = {}
+    chunk: list[list[Any]] = []
+    for path, node in nodes.items():
+        chunk.append(_entry(path, node, cache))
+        if len(chunk) == SNAPSHOT_CHUNK:
+            frames.append(frame(packer.pack(chunk)))
+            chunk = []
+    if chunk:
+        frames.append(frame(packer.pack(chunk)))
+    return frames
+
+
+def _header(payload: memoryview, magic: str) -> dict[str, Any]:
+    header = _unpack(payload)
+    if not isinstance(header, dict) or header.get("magic") != magic:
+        raise ValueError(f"not a {magic} file")
+    if header.get("version") != FORMAT_VERSION:
+        raise ValueError(f"format version {header.get('version')!r} is not {FORMAT_VERSION}")
+    if type(header.get("epoch")) is not int:
+        raise ValueError("header has no epoch")
+    return header
+
+
+def decode_snapshot(data: bytes, name: Path) -> tuple[dict[str, Node], int, int]:
+    """Nodes, generation and epoch of a snapshot file's contents."""
+    payloads, pos, why = scan_frames(data)
+    if why is not None or not payloads:
+        raise CorruptSnapshot(f"{name}: {why or 'empty file'} at byte {pos}; "
+                              "xenstored cannot restore its store from it")
+    try:
+        header = _header(payloads[0], SNAPSHOT_MAGIC)
+        nodes: dict[str, Node] = {}
+        cache: dict[tuple[str, ...], Perms] = {}
+        for payload in payloads[1:]:
+            for entry in _unpack(payload):
+                path, node = _node(entry, cache)
+                nodes[path] = node
+        if len(nodes) != header["nodes"]:
+            raise ValueError(f"holds {len(nodes)} nodes, header says {header['nodes']}")
+        return nodes, int(header["generation"]), header["epoch"]
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise CorruptSnapshot(f"{name}: {exc}") from exc
+
+
+def replay(records: list[memoryview], nodes: dict[str, Node], generation: int,
+           name: Path) -> int:
+    """Apply journal records to ``nodes`` in place; returns the generation."""
+    cache: dict[tuple[str, ...], Perms] = {}
+    try:
+        for payload in records:
+            record_generation, changes = _unpack(payload)
+            for change in changes:
+                if len(change) == 1:
+                    nodes.pop(change[0], None)
+                else:
+                    path, node = _node(change, cache)
+                    nodes[path] = node
+            generation = max(generation, int(record_generation))
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
+        raise CorruptJournal(f"{name}: record does not decode: {exc}") from exc
+    return generation
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+class Journal:
+    """The snapshot and journal files of one state directory.
+
+    ``append`` may run on one thread while ``sync`` or ``snapshot`` runs on
+    another: ``_lock`` guards the buffer of encoded records, ``_io_lock``
+    serialises everything that touches the files. Call :meth:`load` once,
+    before the first append.
+    """
+
+    def __init__(self, directory: Path, *, compact_bytes: int = 16 << 20) -> None:
+        self.directory = Path(directory)
+        self.compact_bytes = compact_bytes
+        #: fsyncs of journal batches so far (statistics; tests count them).
+        self.fsync_count = 0
+        self._lock = threading.Lock()
+        self._io_lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._fd: int | None = None
+        self._loaded = False
+        self._broken: BaseException | None = None
+        self._epoch = 0  # of the snapshot on disk; 0 means none yet
+        self._journal_current = False  # store.journal exists, good, of _epoch
+        self._journal_good = 0  # bytes of store.journal that hold good frames
+        self._journal_size = 0
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.directory / SNAPSHOT_NAME
+
+    @property
+    def journal_path(self) -> Path:
+        return self.directory / JOURNAL_NAME
+
+    @property
+    def has_snapshot(self) -> bool:
+        return self.snapshot_path.exists()
+
+    @property
+    def needs_compaction(self) -> bool:
+        """The journal (written plus buffered) has grown past compact_bytes."""
+        return self._journal_size + self._pending_bytes > self.compact_bytes
+
+    def load(self) -> tuple[dict[str, Node], int] | None:
+        """The stored nodes and generation, or None for an empty directory."""
+        with self._io_lock:
+            return self._load()
+
+    def _load(self) -> tuple[dict[str, Node], int] | None:
+        if self._fd is not None:
+            raise PersistError("Journal.load() must come before any write")
+        self._loaded = True
+        nodes: dict[str, Node] = {}
+        generation = self._epoch = 0
+        snapshot = _read_or_none(self.snapshot_path)
+        if snapshot is not None:
+            nodes, generation, self._epoch = decode_snapshot(snapshot, self.snapshot_path)
+        records = self._read_journal()
+        if not records and snapshot is None:
+            return None
+        return nodes, replay(records, nodes, generation, self.journal_path)
+
+    def _read_journal(self) -> list[memoryview]:
+        """The journal's records if it belongs to the snapshot, else []."""
+        name = self.journal_path
+        data = _read_or_none(name)
+        self._journal_current = False
+        if not data:
+            return []
+        payloads, good, why = scan_frames(data)
+        if why is not None and not _is_torn_tail(data, good):
+            raise CorruptJournal(f"{name}: {why} at byte {good} of {len(data)}, "
+                                 "with more data after it")
+        if not payloads:
+            log.warning("%s: no complete header (%s); discarding it", name, why)
+            return []
+        try:
+            epoch = _header(payloads[0], JOURNAL_MAGIC)["epoch"]
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise CorruptJournal(f"{name}: bad header: {exc}") from exc
+        if epoch < self._epoch:  # crash between a snapshot and its new journal
+            log.info("%s: epoch %d predates the snapshot's %d; ignoring it",
+                     name, epoch, self._epoch)
+            return []
+        if epoch > self._epoch:
+            raise PersistError(f"{name} continues snapshot epoch {epoch}, but "
+                               f"{self.snapshot_path} holds epoch {self._epoch or 'none'}")
+        if why is not None:
+            log.warning("%s: dropping a torn final record (%s at byte %d, %d bytes "
+                        "discarded): it was never acknowledged", name, why, good,
+                        len(data) - good)
+        self._journal_current, self._journal_good = True, good
+        return payloads[1:]
+
+    def append(self, changes: Changes, generation: int) -> None:
+        """Buffer one record; the node data is copied before returning."""
+        record = encode_record(changes, generation)
+        with self._lock:
+            self._pending.append(record)
+            self._pending_bytes += len(record)
+
+    def sync(self) -> None:
+        """Write every buffered record and fsync them: blocking."""
+        with self._io_lock:
+            self._check_usable()
+            with self._lock:
+                batch, self._pending = self._pending, []
+                size, self._pending_bytes = self._pending_bytes, 0
+            if not batch:
+                return
+            try:
+                fd = self._writer()
+                _write_all(fd, b"".join(batch))
+                os.fsync(fd)
+            except BaseException as exc:
+                # A half-written batch may sit in the file: append no more.
+                self._broken = exc
+                raise
+            self._journal_size += size
+            self.fsync_count += 1
+
+    def snapshot(self, nodes: Mapping[str, Node], generation: int) -> None:
+        """Replace the snapshot with ``nodes`` and start an empty journal.
+
+        ``nodes`` must hold every record synced so far and must not change
+        while this runs (pass a copy). Records still buffered carry over to
+        the new journal: replaying them again is harmless.
+        """
+        with self._io_lock:
+            self._check_usable()
+            if not self._loaded:
+                self._load()
+            epoch = self._epoch + 1
+            frames = encode_snapshot(nodes, generation, epoch)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = self.snapshot_path.with_name(SNAPSHOT_NAME + ".tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    _write_all(fd, b"".join(frames))
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, self.snapshot_path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            # From here the old journal is stale, whatever happens next.
+            self._close_fd()
+            self._epoch, self._journal_current = epoch, False
+            _fsync_dir(self.directory)
+            self._new_journal()
+
+    def close(self) -> None:
+        """Close the journal file; buffered records are not written."""
+        with self._io_lock:
+            self._close_fd()
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise PersistError(f"{self.journal_path}: unusable after an earlier "
+                               f"I/O error: {self._broken!r}")
+
+    def _writer(self) -> int:
+        """The journal's append descriptor, opening or starting it first."""
+        if self._fd is not None:
+            return self._fd
+        if not self._loaded:
+            self._load()
+        if not self._journal_current:
+            return self._new_journal()
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        if os.fstat(fd).st_size != self._journal_good:  # cut off a torn tail
+            os.ftruncate(fd, self._journal_good)
+            os.fsync(fd)
+        self._fd, self._journal_size = fd, self._journal_good
+        return fd
+
+    def _new_journal(self) -> int:
+        """Atomically replace store.journal by an empty one of this epoch."""
+        header = {"magic": JOURNAL_MAGIC, "version": FORMAT_VERSION, "epoch": self._epoch}
+        data = frame(msgpack.packb(header, use_bin_type=True))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.journal_path.with_name(JOURNAL_NAME + ".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            os.replace(tmp, self.journal_path)
+            _fsync_dir(self.directory)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._close_fd()
+        self._fd, self._journal_size, self._journal_current = fd, len(data), True
+        return fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

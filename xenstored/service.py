@@ -1,0 +1,151 @@
+"""The trio shell around :class:`~xenstored.core.XenstoreCore`.
+
+Serves one connection over any byte stream with trio's ``Stream`` methods
+(``receive_some``/``send_all``): the Unix socket today, a domain's shared
+ring through the same code once a ring stream exists. So a ring connection
+differs from a socket connection only in its transport.
+
+Per connection: the reader parses requests and hands each to the core;
+replies and watch events go into the target connection's :class:`Outbox`.
+The reader flushes its own replies itself (no task switch on the hot path,
+and a client that does not read its replies stops its own reader, nobody
+else's); a writer task flushes events caused by other connections. An
+outbox that grows past its bound belongs to a client that does not read:
+that connection is closed, the daemon goes on.
+
+Durability: when a request changed the store, its changes are staged in the
+journal and every message it caused waits for that sync before it leaves
+(a reply is never sent for a write that a crash could lose).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Protocol
+
+import trio
+
+from xenstored.connection import Connection
+from xenstored.core import XenstoreCore
+from xenstored.protocol.wire import FrameParser, ProtocolError
+
+log = logging.getLogger("xenstored")
+
+
+class Committer(Protocol):
+    def stage(self, changes: list, generation: int) -> int: ...
+    async def durable(self, seq: int) -> None: ...
+
+
+class Outbox:
+    """Messages waiting for one connection, in order, with their journal seq."""
+
+    def __init__(self, limit: int) -> None:
+        self.items: deque[tuple[bytes, int]] = deque()
+        self.limit = limit
+        self.lock = trio.Lock()
+        self.wakeup = trio.Event()
+        self.overflowed = False
+        self.cancel: trio.CancelScope | None = None
+
+    def push(self, data: bytes, seq: int) -> None:
+        self.items.append((data, seq))
+        if len(self.items) > self.limit:
+            self.overflowed = True
+            if self.cancel is not None:
+                self.cancel.cancel()
+        self.wakeup.set()
+
+    async def flush(self, stream, committer: Committer | None) -> None:
+        async with self.lock:
+            while self.items:
+                batch = list(self.items)
+                self.items.clear()
+                seq = max(s for _, s in batch)
+                if seq and committer is not None:
+                    await committer.durable(seq)
+                await stream.send_all(b"".join(d for d, _ in batch))
+
+
+class XenstoreService:
+    def __init__(self, core: XenstoreCore, committer: Committer | None = None, *,
+                 outbox_limit_dom0: int = 65536, outbox_limit_domu: int = 1024) -> None:
+        self.core = core
+        self.committer = committer
+        self.outboxes: dict[int, Outbox] = {}
+        self.limits = (outbox_limit_dom0, outbox_limit_domu)
+
+    def _deliver(self, out, seq: int) -> None:
+        for target, data in out:
+            box = self.outboxes.get(target.conn_id)
+            if box is not None:
+                box.push(data, seq)
+
+    def _stage(self) -> int:
+        changes = self.core.store.take_changes()
+        if not changes or self.committer is None:
+            return 0
+        return self.committer.stage(changes, self.core.store.generation)
+
+    async def serve(self, conn: Connection, stream) -> None:
+        """Serve ``conn`` over ``stream`` until EOF, error or overflow."""
+        box = Outbox(self.limits[0] if conn.privileged else self.limits[1])
+        self.outboxes[conn.conn_id] = box
+        try:
+            async with trio.open_nursery() as nursery:
+                box.cancel = nursery.cancel_scope
+                nursery.start_soon(self._writer, box, stream)
+                await self._reader(conn, box, stream)
+                nursery.cancel_scope.cancel()
+            if box.overflowed:
+                log.warning("%s: closed, it does not read its messages "
+                            "(%d queued)", conn, len(box.items))
+        finally:
+            self.outboxes.pop(conn.conn_id, None)
+            self.core.disconnect(conn)
+
+    async def _writer(self, box: Outbox, stream) -> None:
+        while True:
+            await box.wakeup.wait()
+            box.wakeup = trio.Event()
+            await box.flush(stream, self.committer)
+
+    async def _reader(self, conn: Connection, box: Outbox, stream) -> None:
+        parser = FrameParser()
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            try:
+                messages = parser.feed(data)
+            except ProtocolError as e:
+                log.warning("%s: protocol error, closing: %s", conn, e)
+                return
+            for msg in messages:
+                out = self.core.handle(conn, msg)
+                self._deliver(out, self._stage())
+            await box.flush(stream, self.committer)
+
+
+class UnixServer:
+    """Accepts socket clients; each is dom0 (privileged), as in cxenstored."""
+
+    def __init__(self, service: XenstoreService) -> None:
+        self.service = service
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        conn = self.service.core.connect(0, privileged=True)
+        log.debug("%s: connected", conn)
+        try:
+            await self.service.serve(conn, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            log.debug("%s: connection lost: %s", conn, e)
+        except Exception:  # a bug must cost one connection, never the daemon
+            log.exception("%s: internal error, connection closed", conn)
+        finally:
+            await trio.aclose_forcefully(stream)
+            log.debug("%s: closed", conn)
