@@ -1,0 +1,356 @@
+"""Async (trio) XenStore client library for pvxen's daemons and tools.
+
+Owns one multiplexed connection to xenstored::
+
+    async with await XsClient.open() as xs:            # socket discovery as libxenstore
+        await xs.write("/local/domain/0/name", "Domain-0")
+        async with xs.watch("/local/domain/0/backend") as events:
+            async for path, token in events:           # the initial event comes first
+                ...
+        await xs.run_transaction(update)               # redone on EAGAIN
+
+* **Requests** carry increasing ``req_id`` s, so any number of tasks may
+  call at once; one reader task (in a nursery owned by the ``async with``)
+  matches replies to callers and routes ``XS_WATCH_EVENT`` s to watches.
+* **Errors**: an ``XS_ERROR`` reply raises :class:`XsError` (wire name and
+  errno); a dead connection raises :class:`XsConnectionLost`.
+* **Watches** are per connection (docs/misc/xenstore.txt): each
+  :meth:`XsClient.watch` has a bounded queue. If its consumer falls behind,
+  events are dropped and replaced by one event on the watched path itself
+  once the queue has drained: XenStore allows spurious events, and a
+  watcher must re-read state on any event anyway.
+* **Reconnection** (``reconnect=True``): after the connection breaks (the
+  daemon restarted), the client re-opens the socket with back-off and
+  re-registers every watch; each then fires its initial event again, which
+  tells the watcher to re-read what it may have missed. Requests in flight
+  fail with :class:`XsConnectionLost`; a transaction begun on the old
+  connection is gone, so its next operation raises ``EAGAIN``, which makes
+  :meth:`XsClient.run_transaction` redo it on the new one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import trio
+
+from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType as T
+from xenstored.protocol.wire import FrameParser, Message, ProtocolError, encode, join_strings
+from xenstored.client_ops import Pathish, WatchEvents, XsTransaction, StoreOps, shielded, text
+from xenstored.syncclient import (
+    XsConnectionLost, XsError, check_reply, connect_socket, nul_strings, to_bytes)
+
+__all__ = ["XsClient", "XsConnectionLost", "XsError", "XsTransaction", "WatchEvents"]
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+SEND_TIMEOUT = 10.0  # a daemon that takes no 4 KiB message in this long is gone
+UNWATCH_TIMEOUT = 2.0
+
+
+def _covers(wpath: str, epath: str) -> bool:
+    """Does a watch on ``wpath`` match an event on ``epath``? (xenstore.txt)"""
+    return (epath == wpath or wpath == "/" or epath.startswith(wpath + "/")
+            or (wpath.startswith("@") and epath.startswith(wpath)))
+
+
+@dataclass(eq=False)
+class _Conn:
+    stream: trio.SocketStream
+    generation: int
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass(eq=False)
+class _Pending:
+    done: trio.Event = field(default_factory=trio.Event)
+    reply: Message | None = None
+    error: BaseException | None = None
+
+
+async def _connect(path: str | None, generation: int) -> _Conn:
+    sock = await trio.to_thread.run_sync(connect_socket, path)
+    sock.setblocking(False)
+    return _Conn(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), generation)
+
+
+class XsClient(StoreOps):
+    """One connection to xenstored; see the module docstring."""
+
+    def __init__(self, conn: _Conn, path: str | None, *, reconnect: bool,
+                 watch_queue_size: int) -> None:
+        self._path = path
+        self._conn: _Conn | None = conn
+        self._generation = conn.generation
+        self._reconnect = reconnect
+        self._watch_queue_size = watch_queue_size
+        self._pending: dict[int, _Pending] = {}
+        self._watches: dict[str, list[WatchEvents]] = {}
+        self._req_ids = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self._connected = trio.Event()
+        self._dead: str | None = None
+        self._stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @classmethod
+    async def open(cls, path: str | None = None, *, reconnect: bool = False,
+                   watch_queue_size: int = 256) -> "XsClient":
+        """Connect (``path``, else discovery as :mod:`xenstored.syncclient`)."""
+        return cls(await _connect(path, 1), path, reconnect=reconnect,
+                   watch_queue_size=watch_queue_size)
+
+    # -- lifetime -------------------------------------------------------
+    async def __aenter__(self) -> "XsClient":
+        self._stack = AsyncExitStack()
+        self._nursery = await self._stack.enter_async_context(trio.open_nursery())
+        self._connected.set()
+        await self._nursery.start(self._supervise)
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> bool:
+        self._dead = self._dead or "client closed"
+        assert self._stack is not None and self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+        if not isinstance(exc, trio.Cancelled):
+            exc_type = exc = tb = None  # keep the body's exception unwrapped
+        try:
+            return bool(await self._stack.__aexit__(exc_type, exc, tb))
+        finally:
+            if self._conn is not None:
+                await trio.aclose_forcefully(self._conn.stream)
+            self._fail_all(XsConnectionLost(self._dead))
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    # -- requests -------------------------------------------------------
+    async def _current(self) -> _Conn:
+        if self._nursery is None:
+            raise RuntimeError("use 'async with await XsClient.open() as xs'")
+        while self._conn is None:
+            if self._dead is not None:
+                raise XsConnectionLost(self._dead)
+            await self._connected.wait()
+        return self._conn
+
+    async def _call(self, msg_type: int, payload: bytes, tx_id: int = 0,
+                    generation: int | None = None) -> tuple[bytes, int]:
+        """Send one request, await its reply: ``(payload, connection generation)``."""
+        if len(payload) > XENSTORE_PAYLOAD_MAX:
+            raise XsError("E2BIG", f"{len(payload)}-byte payload")
+        conn = await self._current()
+        if generation is not None and generation != conn.generation:
+            raise XsError("EAGAIN", "transaction lost with its connection")
+        req_id = self._new_req_id()
+        slot = self._pending[req_id] = _Pending()
+        try:
+            await self._send(conn, encode(msg_type, req_id, tx_id, payload))
+            await slot.done.wait()
+        finally:
+            del self._pending[req_id]
+        if slot.error is not None:
+            raise slot.error
+        assert slot.reply is not None
+        return check_reply(msg_type, slot.reply), conn.generation
+
+    def _new_req_id(self) -> int:
+        while True:  # 32 bits wrap; never 0 (libxenstore's), never one in use
+            req_id = next(self._req_ids) & 0xFFFFFFFF
+            if req_id and req_id not in self._pending:
+                return req_id
+
+    async def _request(self, msg_type: int, payload: bytes) -> bytes:
+        return (await self._call(msg_type, payload))[0]
+
+    async def _send(self, conn: _Conn, data: bytes) -> None:
+        async with conn.send_lock:
+            # Shielded: a message cut short by a cancellation would corrupt
+            # the stream for every other task. Bounded by its own deadline.
+            with shielded(SEND_TIMEOUT) as scope:
+                try:
+                    await conn.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                    conn.cancel.cancel()
+                    raise XsConnectionLost(f"send: {e}") from e
+            if scope.cancelled_caught:
+                conn.cancel.cancel()
+                raise XsConnectionLost("send timed out")
+
+    # -- the reader -----------------------------------------------------
+    async def _supervise(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Read replies and events; on loss, fail callers and maybe reconnect."""
+        conn = self._conn
+        assert conn is not None
+        task_status.started()
+        while True:
+            reason = await self._read_loop(conn)
+            log.info("xenstore connection lost: %s", reason)
+            self._lost(conn, reason)
+            await trio.aclose_forcefully(conn.stream)
+            if not self._reconnect:
+                return
+            conn = await self._reopen()
+            self._conn = conn
+            self._connected.set()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._reregister, conn)
+
+    async def _read_loop(self, conn: _Conn) -> str:
+        parser = FrameParser()
+        with conn.cancel:
+            try:
+                while True:
+                    data = await conn.stream.receive_some(65536)
+                    if not data:
+                        return "daemon closed the connection"
+                    for msg in parser.feed(data):
+                        self._dispatch(msg)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                return f"receive: {e}"
+            except ProtocolError as e:
+                return f"protocol error: {e}"
+        return "connection abandoned after a failed send"
+
+    def _dispatch(self, msg: Message) -> None:
+        if msg.type == T.XS_WATCH_EVENT:
+            parts = nul_strings(msg.payload)
+            if len(parts) >= 2:
+                self._deliver(text(parts[0]), text(parts[1]))
+            return
+        slot = self._pending.get(msg.req_id)
+        if slot is None or slot.done.is_set():
+            log.debug("reply %s for no waiting request (cancelled?)", msg.req_id)
+            return
+        slot.reply = msg
+        slot.done.set()
+
+    def _deliver(self, path: str, token: str) -> None:
+        watches = self._watches.get(token, [])
+        matching = [w for w in watches if _covers(w.path, path)] or watches
+        for w in matching:
+            w._deliver(path, token)
+
+    def _fail_all(self, exc: XsConnectionLost) -> None:
+        for slot in self._pending.values():
+            if not slot.done.is_set():
+                slot.error = exc
+                slot.done.set()
+
+    def _lost(self, conn: _Conn, reason: str) -> None:
+        if self._conn is conn:
+            self._conn = None
+        self._fail_all(XsConnectionLost(reason))
+        if self._reconnect and self._dead is None:
+            self._connected = trio.Event()
+            return
+        self._dead = self._dead or reason
+        self._connected.set()  # wake waiters: they will see _dead
+        for watches in self._watches.values():
+            for w in watches:
+                w._fail(XsConnectionLost(reason))
+
+    async def _reopen(self) -> _Conn:
+        delay = 0.02
+        while True:
+            self._generation += 1
+            try:
+                return await _connect(self._path, self._generation)
+            except OSError as e:
+                log.debug("reconnect failed: %s; retrying in %.2fs", e, delay)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _reregister(self, conn: _Conn) -> None:
+        """Watches are per connection: register them again on the new one."""
+        for watches in list(self._watches.values()):
+            for w in list(watches):
+                if w.generation == conn.generation:
+                    continue  # registered by its owner since the reconnect
+                try:
+                    _, w.generation = await self._call(T.XS_WATCH, w.payload)
+                except XsConnectionLost:
+                    return  # the next connection will try again
+                except XsError as e:
+                    log.warning("cannot re-register watch %s: %s", w.path, e)
+                    w._fail(e)
+
+    # -- watches --------------------------------------------------------
+    @asynccontextmanager
+    async def watch(self, path: str, token: str | None = None, *, depth: int | None = None,
+                    queue_size: int | None = None) -> AsyncIterator[WatchEvents]:
+        """Register a watch for the ``async with`` block; yields its events."""
+        token = token or f"pvxen-{next(self._tokens)}"
+        w = WatchEvents(path, token, depth, queue_size or self._watch_queue_size)
+        self._watches.setdefault(token, []).append(w)  # before XS_WATCH: the
+        try:                                            # initial event may be quick
+            _, w.generation = await self._call(T.XS_WATCH, w.payload)
+            yield w
+        finally:
+            self._watches[token].remove(w)
+            if not self._watches[token]:
+                del self._watches[token]
+            if self._conn is not None and w.generation == self._conn.generation:
+                with shielded(UNWATCH_TIMEOUT):
+                    try:
+                        await self._call(T.XS_UNWATCH, join_strings([path, token]))
+                    except (XsError, XsConnectionLost) as e:
+                        log.debug("unwatch %s: %s", path, e)
+
+    async def reset_watches(self) -> None:
+        await self._request(T.XS_RESET_WATCHES, b"\0")
+
+    # -- transactions ---------------------------------------------------
+    def transaction(self) -> XsTransaction:
+        """A transaction handle; start it with ``async with`` (or ``start()``)."""
+        return XsTransaction(self)
+
+    async def transaction_start(self) -> XsTransaction:
+        return await XsTransaction(self).start()
+
+    async def run_transaction(self, fn: Callable[[XsTransaction], Awaitable[R]], *,
+                              attempts: int | None = None) -> R:
+        """Run ``fn(t)`` in a transaction, redoing it all while commits hit EAGAIN."""
+        for attempt in itertools.count(1):
+            try:
+                async with self.transaction() as t:
+                    result = await fn(t)
+                return result
+            except XsError as e:
+                if e.name != "EAGAIN" or (attempts is not None and attempt >= attempts):
+                    raise
+            await trio.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.1)))
+        raise AssertionError("unreachable")
+
+    # -- domains and control ---------------------------------------------
+    async def introduce(self, domid: int, gfn: int, port: int) -> None:
+        await self._request(T.XS_INTRODUCE, join_strings([str(domid), str(gfn), str(port)]))
+
+    async def release(self, domid: int) -> None:
+        await self._request(T.XS_RELEASE, join_strings([str(domid)]))
+
+    async def resume(self, domid: int) -> None:
+        await self._request(T.XS_RESUME, join_strings([str(domid)]))
+
+    async def set_target(self, domid: int, target: int) -> None:
+        await self._request(T.XS_SET_TARGET, join_strings([str(domid), str(target)]))
+
+    async def get_domain_path(self, domid: int) -> str:
+        return text((await self._request(T.XS_GET_DOMAIN_PATH, join_strings([str(domid)])))
+                     .rstrip(b"\0"))
+
+    async def is_domain_introduced(self, domid: int) -> bool:
+        reply = await self._request(T.XS_IS_DOMAIN_INTRODUCED, join_strings([str(domid)]))
+        return reply.rstrip(b"\0") != b"F"
+
+    async def control(self, command: str, *args: Pathish) -> bytes:
+        """``XS_CONTROL``: reply payload as sent by the daemon."""
+        return await self._request(T.XS_CONTROL, join_strings([command, *map(to_bytes, args)]))
