@@ -37,16 +37,17 @@ Worked example: ``append([("/tool/x", Node(b"hi", Perms.of("b0 r5"),
     92 a2 62 30 a2 72 35  91 a1 61  07            ["b0","r5"], ["a"], 7],
     91 a4 2f 6f 6c 64                            ["/old"]]]
 
-Replay applies records in order; each carries full node states, so replaying
-a record that the snapshot already contains is harmless. The store must
-list every node a recursive removal deletes.
+Replay applies records in order. Each carries full node states, so records
+that straddle a snapshot (buffered when it was taken) may be replayed over
+it again harmlessly. The store lists every node a recursive removal deletes.
 
 Crash safety (SIGKILL or power loss at any point):
 
-* a torn journal tail (the batch being written) is the only damage a crash
-  leaves; it fails its length or CRC check, is logged and dropped, and cut
-  off before the next append. A bad frame followed by good data is
-  corruption, not a tear, and :class:`CorruptJournal` is raised;
+* a torn journal tail (a prefix of the batch being written, maybe then
+  zeros) is the only damage a crash leaves; it fails its length or CRC
+  check, is logged and dropped, and cut off before the next append. A bad
+  frame with non-zero data after it is damage, not a tear:
+  :class:`CorruptJournal`;
 * :meth:`Journal.snapshot` writes snapshot E+1, then a fresh journal with
   epoch E+1. A crash between the two leaves a journal of epoch E, which
   is older than the snapshot, so load ignores it.
@@ -124,13 +125,16 @@ def scan_frames(data: bytes) -> tuple[list[memoryview], int, str | None]:
 
 
 def _is_torn_tail(data: bytes, pos: int) -> bool:
-    """Whether the bad frame at ``pos`` can be what a crash mid-write leaves."""
+    """Whether the bad frame at ``pos`` can be what a crash mid-write leaves.
+
+    A crash leaves a prefix of the batch being written, perhaps followed by
+    zero-filled blocks (allocated, never written): nothing but zeros may
+    follow the bad frame's own extent.
+    """
     if len(data) - pos < FRAME_HEADER.size:
         return True
-    length, _ = FRAME_HEADER.unpack_from(data, pos)
-    end = pos + FRAME_HEADER.size + length
-    # Runs past EOF, is the last frame, or the rest is zero-filled blocks.
-    return end >= len(data) or length > MAX_FRAME or not data[pos:].strip(b"\0")
+    length: int = FRAME_HEADER.unpack_from(data, pos)[0]
+    return len(data.rstrip(b"\0")) <= pos + FRAME_HEADER.size + length
 
 
 def _unpack(payload: memoryview) -> Any:
@@ -239,6 +243,20 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _create_synced(path: Path, data: bytes) -> int:
+    """Create or truncate ``path``, write ``data`` and fsync; returns the fd."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -325,8 +343,10 @@ class Journal:
             return []
         payloads, good, why = scan_frames(data)
         if why is not None and not _is_torn_tail(data, good):
-            raise CorruptJournal(f"{name}: {why} at byte {good} of {len(data)}, "
-                                 "with more data after it")
+            raise CorruptJournal(
+                f"{name}: {why} at byte {good} of {len(data)}, with data after it: "
+                f"damage, not a tear left by a crash. Restore the file, or cut it at "
+                f"byte {good} to keep only the records before the damage")
         if not payloads:
             log.warning("%s: no complete header (%s); discarding it", name, why)
             return []
@@ -388,15 +408,9 @@ class Journal:
                 self._load()
             epoch = self._epoch + 1
             frames = encode_snapshot(nodes, generation, epoch)
-            self.directory.mkdir(parents=True, exist_ok=True)
             tmp = self.snapshot_path.with_name(SNAPSHOT_NAME + ".tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-                try:
-                    _write_all(fd, b"".join(frames))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                os.close(_create_synced(tmp, b"".join(frames)))
                 os.replace(tmp, self.snapshot_path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -425,24 +439,20 @@ class Journal:
             self._load()
         if not self._journal_current:
             return self._new_journal()
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        if os.fstat(fd).st_size != self._journal_good:  # cut off a torn tail
-            os.ftruncate(fd, self._journal_good)
-            os.fsync(fd)
-        self._fd, self._journal_size = fd, self._journal_good
-        return fd
+        self._fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        if os.fstat(self._fd).st_size != self._journal_good:  # cut off a torn tail
+            os.ftruncate(self._fd, self._journal_good)
+            os.fsync(self._fd)
+        self._journal_size = self._journal_good
+        return self._fd
 
     def _new_journal(self) -> int:
         """Atomically replace store.journal by an empty one of this epoch."""
         header = {"magic": JOURNAL_MAGIC, "version": FORMAT_VERSION, "epoch": self._epoch}
         data = frame(msgpack.packb(header, use_bin_type=True))
-        self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.journal_path.with_name(JOURNAL_NAME + ".tmp")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-        fd = os.open(tmp, flags, 0o600)
+        fd = _create_synced(tmp, data)
         try:
-            _write_all(fd, data)
-            os.fsync(fd)
             os.replace(tmp, self.journal_path)
             _fsync_dir(self.directory)
         except BaseException:
