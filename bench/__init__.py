@@ -1,0 +1,6 @@
+"""pvxen benchmarks: ``python -m bench NAME``, one module per benchmark.
+
+Each benchmark runs the project and its yardstick side by side in one
+process tree, prints a table and, as its last line, one JSON object of
+ratios (see ``/work/shared/reference/performance.md``, Part 3).
+"""
