@@ -137,7 +137,8 @@ class SharedRing:
         self.entry_size = entry_size
 
     def _load(self, off: int) -> int:
-        return RING_IDX.unpack_from(self._buf, off)[0]
+        value: int = RING_IDX.unpack_from(self._buf, off)[0]
+        return value
 
     def _store(self, off: int, value: int) -> None:
         RING_IDX.pack_into(self._buf, off, value & RING_IDX_MASK)
