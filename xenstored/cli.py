@@ -42,6 +42,8 @@ _USAGE = {
 INT_MAX = 0x7FFFFFFF
 STRING_MAX = 3072 + 1024  # XENSTORE_ABS_PATH_MAX + 1024: do_ls's path buffer
 MAX_PATH_LEN = 256  # do_chmod's child path buffer (silently truncates)
+STDIO_BUFSIZ = 65536  # flush ls output in chunks, as stdio would
+
 
 # -- the tool -----------------------------------------------------------
 class _Exit(Exception):
@@ -61,7 +63,7 @@ class Tool:
     stderr: BinaryIO = field(default_factory=lambda: sys.stderr.buffer)
     printed: bytearray = field(default_factory=bytearray)  # stdio's buffer
     output: bytearray = field(default_factory=bytearray)  # output(): kept until the end
-    opts: dict[str, object] = field(default_factory=dict)
+    opts: dict[str, int] = field(default_factory=dict)  # letter -> 1, or -n's number
     layout: LsLayout = field(default_factory=LsLayout)
 
     @property
@@ -218,7 +220,7 @@ def _do_watch(tool: Tool, xs: XsSyncClient, keys: list[bytes]) -> int:
             tool.errx(b"Unable to add watch on %s\n" % path)
     limit = tool.opts.get("n", -1)
     count = 0
-    while limit == -1 or count < limit:  # type: ignore[operator]
+    while limit == -1 or count < limit:
         try:
             path, _token = xs.read_watch()
         except OSError as exc:
@@ -273,6 +275,8 @@ def _do_ls(tool: Tool, xs: XsSyncClient, keys: list[bytes]) -> int:
                 continue
             newpath = path + (b"" if path.endswith(b"/") else b"/") + name
             tool.printed += _ls_node(tool, xs, depth, name, newpath)
+            if len(tool.printed) >= STDIO_BUFSIZ:
+                tool.flush()
             newpath = newpath[:STRING_MAX - 1]
             stack.append((newpath, depth + 1, iter(_ls_children(tool, xs, newpath, depth + 1))))
     return 0
@@ -335,7 +339,7 @@ def _set_option(tool: Tool, letter: str, optarg: bytes | None) -> None:
     elif letter == "p":
         tool.layout.show_perms = True
     if letter in allowed:
-        tool.opts[letter] = atoi(optarg) if letter == "n" and optarg is not None else True
+        tool.opts[letter] = atoi(optarg or b"") if letter == "n" else 1
     # 's' (the old "use the socket") and '?' (already warned) are ignored.
 
 
