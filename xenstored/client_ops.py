@@ -10,6 +10,7 @@ connection, the reader task and the request multiplexing live in
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,8 @@ import trio
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from xenstored.protocol.wire import join_strings
-from xenstored.syncclient import XsConnectionLost, XsError, nul_strings, to_bytes
+from xenstored.syncclient import (
+    DirectoryParts, XsConnectionLost, XsError, directory_part_error, nul_strings, to_bytes)
 
 if TYPE_CHECKING:
     from xenstored.client import XsClient
@@ -63,8 +65,21 @@ class StoreOps:
         await self._request(T.XS_RM, to_bytes(path) + b"\0")
 
     async def directory(self, path: Pathish) -> list[str]:
-        reply = await self._request(T.XS_DIRECTORY, to_bytes(path) + b"\0")
-        return [text(c) for c in nul_strings(reply)]
+        """Children's names; a listing over 4 KiB comes in XS_DIRECTORY_PART chunks."""
+        try:
+            reply = await self._request(T.XS_DIRECTORY, to_bytes(path) + b"\0")
+            return [text(c) for c in nul_strings(reply)]
+        except XsError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+        parts = DirectoryParts()
+        while True:
+            try:
+                reply = await self._request(T.XS_DIRECTORY_PART, parts.request(path))
+            except XsError as exc:
+                raise directory_part_error(exc) from None
+            if parts.feed(reply):
+                return [text(c) for c in parts.children()]
 
     async def get_perms(self, path: Pathish) -> list[str]:
         """``["b0", "r5"]``: the owner (and default) first."""

@@ -135,6 +135,48 @@ def nul_strings(payload: bytes) -> list[bytes]:
     return payload.split(b"\0")[: payload.count(b"\0")]
 
 
+class DirectoryParts:
+    """Reassembles an ``XS_DIRECTORY_PART`` listing (libxenstore's fallback).
+
+    After ``XS_DIRECTORY`` fails with E2BIG, the client asks for chunks at
+    increasing byte offsets. Each reply is ``<gencnt>\0`` and a chunk of the
+    ``child\0`` list; the list ends with an extra nul. A changed generation
+    means the directory changed: start again from offset 0.
+    """
+
+    def __init__(self) -> None:
+        self.generation: bytes | None = None
+        self.strings = bytearray()
+
+    @property
+    def offset(self) -> int:
+        """The offset to ask for next."""
+        return len(self.strings)
+
+    def request(self, path: Pathish) -> bytes:
+        return to_bytes(path) + b"\0" + b"%d\0" % self.offset
+
+    def feed(self, reply: bytes) -> bool:
+        """Take one reply; True once the listing is complete."""
+        generation, _, chunk = reply.partition(b"\0")
+        if self.strings and generation != self.generation:
+            self.strings.clear()  # changed under us: from the top again
+            return False
+        if not self.strings:
+            self.generation = generation
+        self.strings += chunk
+        return len(self.strings) <= 1 or self.strings[-2] == 0
+
+    def children(self) -> list[bytes]:
+        data = bytes(self.strings)
+        return nul_strings(data[:-1] if len(data) > 1 else data)
+
+
+def directory_part_error(exc: XsError) -> XsError:
+    """A server without DIRECTORY_PART (ENOSYS) leaves the listing too big."""
+    return XsError("E2BIG", "no XS_DIRECTORY_PART") if exc.name == "ENOSYS" else exc
+
+
 class XsSyncClient:
     """One blocking connection; use as a context manager or call :meth:`close`."""
 
@@ -230,7 +272,20 @@ class XsSyncClient:
         self.request(T.XS_RM, to_bytes(path) + b"\0", tx_id)
 
     def directory(self, path: Pathish, tx_id: int = 0) -> list[bytes]:
-        return nul_strings(self.request(T.XS_DIRECTORY, to_bytes(path) + b"\0", tx_id))
+        """Children's names; a listing over 4 KiB comes in XS_DIRECTORY_PART chunks."""
+        try:
+            return nul_strings(self.request(T.XS_DIRECTORY, to_bytes(path) + b"\0", tx_id))
+        except XsError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+        parts = DirectoryParts()
+        while True:
+            try:
+                reply = self.request(T.XS_DIRECTORY_PART, parts.request(path), tx_id)
+            except XsError as exc:
+                raise directory_part_error(exc) from None
+            if parts.feed(reply):
+                return parts.children()
 
     def get_perms(self, path: Pathish, tx_id: int = 0) -> list[bytes]:
         return nul_strings(self.request(T.XS_GET_PERMS, to_bytes(path) + b"\0", tx_id))

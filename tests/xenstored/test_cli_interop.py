@@ -274,3 +274,13 @@ def test_eagain_retried_like_c(tmp_path: Path, mode: str, args: list[str]) -> No
     assert logs[1] == logs[0]  # same requests, in the same order, with the same tx_ids
     starts = [m for m in logs[0] if m[0] == T.XS_TRANSACTION_START]
     assert len(starts) == 2 and results[0][0] == 0
+
+
+@pytest.mark.parametrize("mode, args", [("ls", ["/big"]), ("ls", ["-p", "/"]),
+                                        ("list", ["-p", "/big"])])
+def test_directory_over_4k_uses_directory_part(xenstored, mode: str, args: list[str]) -> None:
+    with XsSyncClient.open(str(xenstored.socket)) as xs:
+        for i in range(300):
+            xs.write(f"/big/child-with-a-longish-name-{i:04d}", b"")
+    code, out, _ = assert_same(both(xenstored.client_env, mode, *args))
+    assert code == 0 and out.count(b"child-with-a-longish-name-") == 300

@@ -17,7 +17,8 @@ import trio
 
 from xenstored import syncclient
 from xenstored.client import XsClient, XsConnectionLost, XsError, XsTransaction
-from xenstored.syncclient import XsSyncClient, connect_socket, socket_candidates
+from xenstored.syncclient import (
+    DirectoryParts, XsSyncClient, connect_socket, directory_part_error, socket_candidates)
 
 
 # -- discovery (pure) -------------------------------------------------------
@@ -54,6 +55,21 @@ def test_connect_errors_carry_the_errno(tmp_path: Path, monkeypatch) -> None:
                         lambda: [str(tmp_path / "none"), str(tmp_path / "live")])
     with live, connect_socket() as conn:  # the next candidate is used
         assert conn.getpeername() == str(tmp_path / "live")
+
+
+@pytest.mark.timeout(10)
+def test_directory_parts_reassemble_and_restart() -> None:
+    parts = DirectoryParts()
+    assert parts.request("/d") == b"/d\x000\x00"
+    assert not parts.feed(b"7\0alpha\0be")
+    assert parts.request(b"/d") == b"/d\x008\x00"  # "alpha\\0be" so far
+    assert not parts.feed(b"8\0ta\0")  # the directory changed: start again
+    assert parts.offset == 0
+    assert not parts.feed(b"8\0alpha\0")
+    assert parts.feed(b"8\0beta\0\0")
+    assert parts.children() == [b"alpha", b"beta"]
+    assert directory_part_error(XsError("ENOSYS")).name == "E2BIG"
+    assert directory_part_error(XsError("EACCES")).name == "EACCES"
 
 
 # -- blocking client ------------------------------------------------------------
@@ -100,6 +116,15 @@ async def test_errors_name_and_errno(xs: XsClient) -> None:
     assert big.value.name == "E2BIG"
     assert await xs.exists("/nope") is False
     assert await xs.get_domain_path(7) == "/local/domain/7"
+
+
+@pytest.mark.timeout(30)
+async def test_big_directory_in_parts(xs: XsClient) -> None:
+    names = [f"child-with-a-longish-name-{i:04d}" for i in range(300)]  # > 4 KiB
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(xs.write, f"/bigdir/{name}", "")
+    assert sorted(await xs.directory("/bigdir")) == names
 
 
 @pytest.mark.timeout(30)
