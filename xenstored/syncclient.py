@@ -29,7 +29,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from hypervisord.public.io.xs_wire import XSD_ERROR_BY_NAME, XsdSockmsgType as T
+from hypervisord.public.io.xs_wire import (
+    XENSTORE_PAYLOAD_MAX, XSD_ERROR_BY_NAME, XsdSockmsgType as T)
 from xenstored.protocol.wire import FrameParser, Message, ProtocolError, encode
 
 Pathish = str | bytes
@@ -226,6 +227,8 @@ class XsSyncClient:
         """Send one request and return the reply payload (raises XsError)."""
         if self._broken is not None:
             raise XsConnectionLost(self._broken)
+        if len(payload) > XENSTORE_PAYLOAD_MAX:  # refused locally, as xs_talkv does
+            raise XsError("E2BIG", f"{len(payload)}-byte payload")
         req_id = self._next_req_id
         self._next_req_id = (req_id + 1) & 0xFFFFFFFF or 1
         try:

@@ -138,6 +138,7 @@ def both_mutating(env: dict[str, str], mode: str, *args: str) -> None:
     ["/r/w", r"a\x01\001b\\"], ["/r/w", "tr\\"], ["/r/w", r"\x-1\x 4z\x0xq\400\8\q"],
     ["/r/w", r"\t\n\r" + "\u00e9"], ["-R", "/r/w", r"x\ty"], ["/r/w", ""],
     ["/r/p", "1", "/r/q/deep", "2"], ["/r/p", "1", "//bad", "2"], ["/r/w"], ["/r/bad/", "v"],
+    ["/r/p", "1", "/r/huge", "h" * 5000],  # over XENSTORE_PAYLOAD_MAX: refused locally
 ])
 def test_write(env: dict[str, str], args: list[str]) -> None:
     both_mutating(env, "write", *args)
