@@ -113,8 +113,10 @@ class RawClient:
     def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
         self.path = str(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
+        # Blocking connect: with a timeout set, an AF_UNIX connect fails at once with
+        # EAGAIN while the listen backlog is full instead of waiting for room.
         self.sock.connect(self.path)
+        self.sock.settimeout(timeout)
         self.buf = bytearray()
         self.events: deque[Msg] = deque()
         self.next_req_id = 1
