@@ -372,7 +372,8 @@ def test_bad_domid_is_einval(c, msg_type):
 def test_introduce_bad_arguments(c):
     for args in ([b"abc", b"1", b"1"], [b"5", b"x", b"1"], [b"5", b"1", b"x"],
                  [b"-5", b"1", b"1"], [b"5", b"1"], [b"5"], [b"5", b"1", b"1", b"1"],
-                 [b"70000", b"1", b"1"], [b"5", b"-1", b"1"]):
+                 [b"70000", b"1", b"1"]):
+        # (a negative <gfn> is not tested: xenstore.txt calls it "signed decimal")
         assert c.err(XS_INTRODUCE, b"\0".join(args) + b"\0") == "EINVAL", args
     assert c.ok(XS_IS_DOMAIN_INTRODUCED, b"5\0") == b"F\0"
 
@@ -538,6 +539,24 @@ def test_directory_part_gencnt_changes_with_the_node(c):
     c.rm("/g/a")
     g3 = c.ok(XS_DIRECTORY_PART, nul("/g", "0")).split(b"\0")[0]
     assert g3 not in (g1, g2)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "inside a transaction DIRECTORY_PART reports <gencnt> -1 for a node the transaction "
+    "created (NO_GENERATION leaks out), and the unchanged outside <gencnt> for a node whose "
+    "child list the transaction changed; xenstore.txt: the same <gencnt> guarantees the "
+    "node has not changed (cxenstored stamps nodes written in a transaction with ++generation)"))
+def test_directory_part_gencnt_inside_transaction(c):
+    tx = c.start()
+    c.write("/newdir/a", "", tx=tx)
+    gen_new, rest = c.ok(XS_DIRECTORY_PART, nul("/newdir", "0"), tx).split(b"\0", 1)
+    assert rest == b"a\0\0"
+    assert gen_new.isdigit(), f"gencnt {gen_new!r}"
+    outside = c.ok(XS_DIRECTORY_PART, nul("/tool", "0"), tx)
+    c.write("/tool/b", "", tx=tx)
+    inside = c.ok(XS_DIRECTORY_PART, nul("/tool", "0"), tx)
+    assert inside.split(b"\0", 1)[1] == b"xenstored\0b\0\0"
+    assert inside.split(b"\0")[0] != outside.split(b"\0")[0]
 
 
 def test_directory_part_argument_errors(c):
@@ -999,8 +1018,9 @@ def test_is_domain_introduced_and_get_domain_path(c):
     assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("7")) == b"F\0"
     for domid in (0, 1, 7, 32752, 65535):
         assert c.ok(XS_GET_DOMAIN_PATH, nul(str(domid))) == f"/local/domain/{domid}\0".encode()
-    # introduced or not: the path is computed, not looked up
+    # introduced or not: the path is computed, not looked up; <domid> is normalised
     assert c.ok(XS_GET_DOMAIN_PATH, nul("123")) == b"/local/domain/123\0"
+    assert c.ok(XS_GET_DOMAIN_PATH, nul("007")) == b"/local/domain/7\0"
 
 
 def test_resume(c):
