@@ -143,7 +143,9 @@ def do_reset_watches(core, conn, msg, tx, out) -> bytes:
 
 def do_transaction_start(core, conn, msg, tx, out) -> bytes:
     if msg.tx_id != 0:
-        raise XsError("EBUSY", "nested transactions are not supported")
+        if msg.tx_id in conn.transactions:
+            raise XsError("EBUSY", "nested transactions are not supported")
+        raise XsError("ENOENT", f"no transaction {msg.tx_id}")
     if not conn.privileged and exceeded(conn.quotas.transactions, len(conn.transactions) + 1):
         raise XsError("ENOSPC", "transactions quota")
     tx_id = conn.new_tx_id()

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if journal is not None:
             from xenstored.durability import GroupCommitter
 
-            committer = GroupCommitter(journal, lambda: ({p: n.copy() for p, n in store.nodes.items()}, store.generation))
+            committer = GroupCommitter(journal, lambda: (store.nodes, store.generation))
             await nursery.start(committer.run)
         service = XenstoreService(core, committer)
         listener = await open_unix_listener(sock_path)

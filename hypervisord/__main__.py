@@ -1,0 +1,5 @@
+import sys
+
+from hypervisord.main import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""One domain's record in hypervisord (Xen's ``struct domain``).
+
+Holds identity, limits, run state and the handles of the per-domain parts
+other modules own: its memory (``machmem.DomainMemory``), its event-channel
+port table (``evtchn``) and its grant table (``gnttab``). The run state
+follows what ``XEN_DOMCTL_getdomaininfo`` reports and ``xl list`` shows:
+running, blocked, paused, shutdown (with a reason), dying.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypervisord.machmem import DomainMemory, SHARED_INFO_SLOT
+from hypervisord.public.domctl import (
+    XEN_DOMINF_blocked,
+    XEN_DOMINF_dying,
+    XEN_DOMINF_paused,
+    XEN_DOMINF_running,
+    XEN_DOMINF_shutdown,
+    XEN_DOMINF_shutdownshift,
+)
+from hypervisord.public.xen import PAGE_SIZE
+
+
+@dataclass(eq=False)
+class Domain:
+    domid: int
+    handle: bytes  # xen_domain_handle_t: the UUID
+    mem: DomainMemory
+    max_pages: int
+    privileged: bool = False
+    max_vcpus: int = 1
+    vcpu_affinity: dict[int, list[int]] = field(default_factory=dict)
+    pause_count: int = 1  # Xen creates domains paused
+    shutdown_code: int | None = None
+    dying: bool = False
+    target: int | None = None
+    pid: int | None = None  # the domain's process, learnt from kernel credentials
+    created: float = field(default_factory=time.monotonic)
+    cpu_time_ns: int = 0
+    shared_info: mmap.mmap | None = None
+    evtchn: Any = None  # evtchn.PortTable
+    gnttab: Any = None  # gnttab.GrantTable
+    conns: list = field(default_factory=list)  # attached connections
+
+    def map_shared_info(self) -> None:
+        self.shared_info = mmap.mmap(self.mem.fd, PAGE_SIZE, mmap.MAP_SHARED,
+                                     mmap.PROT_READ | mmap.PROT_WRITE,
+                                     offset=SHARED_INFO_SLOT * PAGE_SIZE)
+
+    @property
+    def paused(self) -> bool:
+        return self.pause_count > 0
+
+    def blocked(self) -> bool:
+        """Whether the domain's process is asleep (``S`` in /proc), like a blocked vCPU."""
+        if self.pid is None:
+            return True
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return True
+        fields = stat[stat.rindex(b")") + 2:].split()
+        self.cpu_time_ns = (int(fields[11]) + int(fields[12])) * 10_000_000
+        return fields[0] not in (b"R",)
+
+    def info_flags(self) -> int:
+        flags = 0
+        if self.dying:
+            flags |= XEN_DOMINF_dying
+        if self.shutdown_code is not None:
+            flags |= XEN_DOMINF_shutdown | (self.shutdown_code << XEN_DOMINF_shutdownshift)
+        if self.paused:
+            flags |= XEN_DOMINF_paused
+        elif self.blocked():
+            flags |= XEN_DOMINF_blocked
+        else:
+            flags |= XEN_DOMINF_running
+        return flags
+
+    def close(self) -> None:
+        if self.shared_info is not None:
+            self.shared_info.close()
+            self.shared_info = None

@@ -1,0 +1,29 @@
+"""pvxen's own hypercall extension: what Xen does with kernel devices.
+
+Xen's dom0 reaches the hypervisor through kernel drivers (privcmd,
+/dev/xen/evtchn, gntdev); pvxen processes have no such kernel, so these
+ops hand over the file descriptors those drivers stand for. The number is
+outside Xen's hypercall range on purpose, so no Xen op can collide.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+HYPERVISOR_pvxen_op = 0x7000
+
+
+class PvxenOp(IntEnum):
+    #: OUT: fds ``evtchn`` (notification stream: u32 LE port numbers) and
+    #: ``memory`` (the caller's own domain memory file); domid, max_gfns.
+    attach = 0
+    #: dom0 only. IN: domid. OUT: fds ``hypercall`` (a connection already
+    #: bound to that domain), ``evtchn``, ``memory`` for the domain's process.
+    connect_domain = 1
+    #: dom0 only (privcmd foreign map). IN: domid. OUT: fd ``memory`` of the
+    #: domain, and ``p2m``: the gfns it has populated.
+    map_foreign = 2
+
+
+#: Layout of a notification on the event-channel stream.
+EVTCHN_NOTIFY_SIZE = 4

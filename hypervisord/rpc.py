@@ -1,0 +1,115 @@
+"""The one RPC envelope for every hypercall.
+
+Transport: ``AF_UNIX``/``SOCK_SEQPACKET``, one msgpack message per packet,
+so framing is the kernel's and file descriptors (a domain's memory file,
+an event-channel socket) travel with the reply that announces them as
+``SCM_RIGHTS``.
+
+Request: ``[req_id, hypercall, subop, args]``; ``hypercall`` is Xen's
+``__HYPERVISOR_*`` number, ``subop`` the family's op number (``EVTCHNOP_*``,
+``GNTTABOP_*``, ``XENMEM_*``, ``XEN_DOMCTL_*`` ...), ``args`` a map with
+the fields of Xen's op struct under their C names.
+
+Reply: ``[req_id, rc, result]``; ``rc`` is 0 or ``-errno`` as Xen returns
+it, ``result`` a map of the op's OUT fields (or nil). File descriptors
+that come with a reply are listed in ``result["fds"]`` by name.
+
+The caller's domid is never in the envelope: it is a property of the
+connection (hypervisord knows who is on each socket).
+"""
+
+from __future__ import annotations
+
+import array
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+MAX_PACKET = 256 * 1024
+MAX_FDS = 16
+
+
+class RpcError(Exception):
+    """A malformed envelope: the peer is broken or hostile."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    req_id: int
+    hypercall: int
+    subop: int
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    req_id: int
+    rc: int
+    result: dict[str, Any] | None = None
+    fds: list[int] = field(default_factory=list)
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode_request(req: Request) -> bytes:
+    return _packer.pack((req.req_id, req.hypercall, req.subop, req.args))
+
+
+def encode_reply(rep: Reply) -> bytes:
+    return _packer.pack((rep.req_id, rep.rc, rep.result))
+
+
+def _unpack(data: bytes) -> Any:
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise RpcError(f"undecodable packet: {e}") from None
+
+
+def decode_request(data: bytes) -> Request:
+    obj = _unpack(data)
+    if not (isinstance(obj, list) and len(obj) == 4):
+        raise RpcError("request is not [req_id, hypercall, subop, args]")
+    req_id, hypercall, subop, args = obj
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (req_id, hypercall, subop)):
+        raise RpcError("req_id, hypercall and subop must be integers")
+    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+        raise RpcError("args must be a map with string keys")
+    return Request(req_id, hypercall, subop, args)
+
+
+def decode_reply(data: bytes, fds: list[int] | None = None) -> Reply:
+    obj = _unpack(data)
+    if not (isinstance(obj, list) and len(obj) == 3):
+        raise RpcError("reply is not [req_id, rc, result]")
+    req_id, rc, result = obj
+    if not isinstance(req_id, int) or not isinstance(rc, int):
+        raise RpcError("bad reply header")
+    if result is not None and not isinstance(result, dict):
+        raise RpcError("bad reply result")
+    return Reply(req_id, rc, result, list(fds or []))
+
+
+# -- fd passing helpers (work on trio and plain sockets alike) -------------------
+
+def fds_ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    if not fds:
+        return []
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+
+
+def fds_from_ancillary(ancdata) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+def ancillary_space() -> int:
+    return socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)

@@ -1,0 +1,243 @@
+"""hypervisord's trio shell: sockets, connections, notifications, fd passing.
+
+Two kinds of connection reach the dispatcher:
+
+* dom0 processes connect to ``<rundir>/hypervisord/privcmd`` (mode 0600 in
+  a 0700 directory: only dom0's user opens it) and are privileged;
+* a domU process never opens a socket of ours: the toolstack asks for
+  ``pvxen_op.connect_domain`` and hands the process one end of a
+  socketpair that is bound to that domid here. The kernel stamps each of
+  its messages with the sender's pid (``SO_PASSCRED``), which is how
+  hypervisord learns which process is the domain (to stop it on pause and
+  to notice its death).
+
+Each connection has an event-channel stream: notifications are u32 port
+numbers, written only when a port's pending bit goes 0 -> 1, so many sends
+before the receiver looks coalesce into one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import struct
+from pathlib import Path
+
+import trio
+
+from hypervisord import rpc
+from hypervisord.errors import E, fail
+from hypervisord.hypercall import Caller, Dispatcher, Handler, u
+from hypervisord.public.pvxen import HYPERVISOR_pvxen_op, PvxenOp
+
+log = logging.getLogger("hypervisord")
+_PORT = struct.Struct("<I")
+_CREDS = struct.Struct("iII")
+
+
+class Connection:
+    """One attached process, as hypervisord sees it."""
+
+    def __init__(self, server: "HvServer", sock: trio.socket.SocketType, domid: int,
+                 privileged: bool) -> None:
+        self.server = server
+        self.sock = sock
+        self.domid = domid
+        self.privileged = privileged
+        self.caller = Caller(domid, privileged, self)
+        self.evtchn_sock: socket.socket | None = None
+        self.pending_ports: dict[int, None] = {}
+        self.wakeup = trio.Event()
+        self.pid: int | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"conn(d{self.domid}{', pid %d' % self.pid if self.pid else ''})"
+
+    def notify(self, port: int) -> None:
+        """Queue a notification; try to deliver it at once without a task switch."""
+        if self.evtchn_sock is None or self.closed:
+            return
+        self.pending_ports[port] = None
+        self._flush_nowait()
+
+    def _flush_nowait(self) -> None:
+        if not self.pending_ports or self.evtchn_sock is None:
+            return
+        data = b"".join(_PORT.pack(p) for p in self.pending_ports)
+        try:
+            sent = self.evtchn_sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.pending_ports.clear()
+            return
+        ports = list(self.pending_ports)
+        done = sent // _PORT.size  # a partial port is resent whole: harmless
+        for p in ports[:done]:
+            del self.pending_ports[p]
+        if self.pending_ports:
+            self.wakeup.set()
+
+    async def notifier(self) -> None:
+        """Delivers notifications the socket could not take at once."""
+        assert self.evtchn_sock is not None
+        while not self.closed:
+            await self.wakeup.wait()
+            self.wakeup = trio.Event()
+            await trio.lowlevel.wait_writable(self.evtchn_sock)
+            self._flush_nowait()
+
+
+class HvServer:
+    def __init__(self, hv, dispatcher: Dispatcher, nursery: trio.Nursery) -> None:
+        self.hv = hv
+        self.dispatcher = dispatcher
+        self.nursery = nursery
+        self.connections: set[Connection] = set()
+        #: called with each connection that goes away (evtchn, gnttab clean up)
+        self.conn_closed_hooks: list = []
+        hv.notify = lambda conn, port: conn.notify(port)
+        dispatcher.table.update(self.pvxen_handlers())
+
+    # -- listening -------------------------------------------------------------
+    async def listen(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        path.unlink(missing_ok=True)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        await sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        task_status.started()
+        with sock:
+            while True:
+                client, _ = await sock.accept()
+                conn = Connection(self, client, 0, privileged=True)
+                self.nursery.start_soon(self.serve, conn)
+
+    # -- serving ---------------------------------------------------------------------
+    async def serve(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        dom = self.hv.domains.get(conn.domid)
+        if dom is not None and conn not in dom.conns:
+            dom.conns.append(conn)
+        log.debug("%s attached", conn)
+        try:
+            async with trio.open_nursery() as nursery:
+                if conn.evtchn_sock is not None:
+                    nursery.start_soon(conn.notifier)
+                await self._requests(conn)
+                nursery.cancel_scope.cancel()
+        except Exception:  # a bug costs this connection, never the hypervisor
+            log.exception("%s: internal error, connection dropped", conn)
+        finally:
+            self._closed(conn)
+
+    async def _requests(self, conn: Connection) -> None:
+        anc = rpc.ancillary_space() + socket.CMSG_SPACE(_CREDS.size)
+        while True:
+            try:
+                data, ancdata, flags, _ = await conn.sock.recvmsg(rpc.MAX_PACKET, anc)
+            except OSError:
+                return
+            if not data:
+                return
+            for fd in rpc.fds_from_ancillary(ancdata):
+                os.close(fd)  # nobody may push descriptors into hypervisord
+            if conn.pid is None and not conn.privileged:
+                self._learn_pid(conn, ancdata)
+            try:
+                req = rpc.decode_request(data)
+            except rpc.RpcError as e:
+                log.warning("%s: bad request, disconnecting: %s", conn, e)
+                return
+            rc, result = self.dispatcher.call(conn.caller, req.hypercall, req.subop, req.args)
+            await self._reply(conn, req.req_id, rc, result)
+
+    def _learn_pid(self, conn: Connection, ancdata) -> None:
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid, _, _ = _CREDS.unpack(data[:_CREDS.size])
+                conn.pid = pid
+                dom = self.hv.domains.get(conn.domid)
+                if dom is not None and dom.pid is None:
+                    self.hv.attached(dom, pid)
+
+    async def _reply(self, conn: Connection, req_id: int, rc: int, result) -> None:
+        fds: list[int] = []
+        if result and "_fds" in result:
+            named = result.pop("_fds")
+            result["fds"] = list(named)
+            fds = list(named.values())
+        try:
+            await conn.sock.sendmsg([rpc.encode_reply(rpc.Reply(req_id, rc, result))],
+                                    rpc.fds_ancillary(fds))
+        except OSError:
+            pass
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _closed(self, conn: Connection) -> None:
+        conn.closed = True
+        self.connections.discard(conn)
+        for hook in self.conn_closed_hooks:
+            hook(conn)
+        if conn.evtchn_sock is not None:
+            conn.evtchn_sock.close()
+        conn.sock.close()
+        dom = self.hv.domains.get(conn.domid)
+        if dom is not None and conn in dom.conns:
+            dom.conns.remove(conn)
+        if dom is not None and not conn.privileged and not dom.conns and not dom.dying:
+            # The domain's process is gone: a domain without a shutdown
+            # reason crashed. Either way it is torn down now.
+            if dom.shutdown_code is None:
+                self.hv.shutdown(dom, 3)  # SHUTDOWN_crash
+            self.hv.destroy(dom)
+        log.debug("%s detached", conn)
+
+    # -- pvxen ops: the fds Xen's kernel drivers stand for ------------------------------
+    def _evtchn_pair(self, conn: Connection) -> int:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mine.setblocking(False)
+        conn.evtchn_sock = mine
+        return theirs.detach()
+
+    def attach(self, hv, caller, args):
+        conn = caller.conn
+        if conn.evtchn_sock is not None:
+            raise fail(E.XEN_EEXIST, "already attached")
+        dom = hv.domain(caller.domid)
+        evtchn_fd = self._evtchn_pair(conn)
+        self.nursery.start_soon(conn.notifier)
+        return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
+                "_fds": {"evtchn": evtchn_fd, "memory": os.dup(dom.mem.fd)}}
+
+    def connect_domain(self, hv, caller, args):
+        dom = hv.domain(u(args, "domid", 16))
+        if dom.domid == 0 or dom.conns or dom.dying:
+            raise fail(E.XEN_EBUSY, f"domain {dom.domid} already has its process")
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        conn = Connection(self, trio.socket.from_stdlib_socket(mine), dom.domid, False)
+        evtchn_fd = self._evtchn_pair(conn)
+        dom.conns.append(conn)  # counts as attached from now on
+        self.nursery.start_soon(self.serve, conn)
+        return {"domid": dom.domid, "_fds": {"hypercall": theirs.detach(), "evtchn": evtchn_fd,
+                                             "memory": os.dup(dom.mem.fd)}}
+
+    def map_foreign(self, hv, caller, args):
+        dom = hv.domain(u(args, "domid", 16))
+        return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
+                "p2m": sorted(dom.mem.p2m), "_fds": {"memory": os.dup(dom.mem.fd)}}
+
+    def pvxen_handlers(self) -> dict:
+        P = HYPERVISOR_pvxen_op
+        return {
+            (P, PvxenOp.attach): Handler(self.attach),
+            (P, PvxenOp.connect_domain): Handler(self.connect_domain, privileged=True),
+            (P, PvxenOp.map_foreign): Handler(self.map_foreign, privileged=True),
+        }
