@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections import Counter
 
 from xenstored import path as xpath
-from xenstored.node import NO_GENERATION, Node
+from xenstored.node import Node
 from xenstored.perms import Perms
 from xenstored.protocol.errors import XsError
 from xenstored.quota import exceeded
@@ -63,6 +63,10 @@ class Transaction:
             base = self.get(path)
             assert base is not None, path
             node = base.copy()
+            # A fresh generation marks the private copy as changed (what
+            # DIRECTORY_PART's <gencnt> reports inside the transaction);
+            # commit stamps the node again in the main store.
+            node.generation = self.store.next_generation()
             self.overlay[path] = node
         return node
 
@@ -74,7 +78,7 @@ class Transaction:
         self._access(path)
         parent = self._writable(xpath.parent(path))
         parent.children[xpath.basename(path)] = None
-        self.overlay[path] = Node(value, perms, {}, NO_GENERATION)
+        self.overlay[path] = Node(value, perms, {}, self.store.next_generation())
         self.owner_delta[perms.owner] += 1
 
     def set_value(self, path: str, value: bytes) -> None:

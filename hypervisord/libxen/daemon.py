@@ -65,9 +65,13 @@ def sd_notify(message: str) -> bool:
         return False
     if addr[0] == "@":
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(addr)
-        s.sendall(message.encode())
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+    except OSError as e:  # systemd gone or the socket removed: never fatal
+        logging.getLogger(__name__).warning("sd_notify(%r) failed: %s", message, e)
+        return False
     return True
 
 
