@@ -235,8 +235,8 @@ async def echo_server(path: str) -> None:
                         for w in watchers.get(node, ()):
                             await send(w, encode(T.XS_WATCH_EVENT, 0, 0, m.payload))
                 await send(peer, b"".join(out))
-        except trio.BrokenResourceError:
-            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client went away mid-send
         finally:
             for peers in watchers.values():
                 if peer in peers:
@@ -402,7 +402,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     common.terminate_on_sigterm()
-    args.loadavg = round(os.getloadavg()[0], 2)  # others' load: runs on a busy host are noisy
+    # Other processes' load at the start: runs on a busy host are noisy.
+    args.loadavg = round(os.getloadavg()[0], 2)
     configs = [(n, p or args.procs) for n, p in CONFIGS]
     profile = Path(args.profile).resolve() if args.profile else None
     if profile is not None:
