@@ -371,7 +371,8 @@ def result_json(med, args) -> dict[str, Any]:
         "rtt_le_1.5x_echo": all(x is not None and x <= 1.5 for x in rtt),
         "scale16_read_ge_2x": any(x is not None and x >= 2 for x in scale),
     }
-    out.update(loadavg_before=args.loadavg, rounds=args.rounds, duration_s=args.duration, cpus=os.cpu_count(),
+    out.update(loadavg_before=args.loadavg, rounds=args.rounds, duration_s=args.duration,
+               cpus=os.cpu_count(),
                clients16=f"16 trio tasks in 1 process, and in {args.procs} processes")
     return out
 
