@@ -541,12 +541,10 @@ def test_directory_part_gencnt_changes_with_the_node(c):
     assert g3 not in (g1, g2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inside a transaction DIRECTORY_PART reports <gencnt> -1 for a node the transaction "
-    "created (NO_GENERATION leaks out), and the unchanged outside <gencnt> for a node whose "
-    "child list the transaction changed; xenstore.txt: the same <gencnt> guarantees the "
-    "node has not changed (cxenstored stamps nodes written in a transaction with ++generation)"))
 def test_directory_part_gencnt_inside_transaction(c):
+    """A node created in a transaction has a real <gencnt> (not NO_GENERATION), and a
+    child list changed in the transaction a new one (xenstore.txt: the same <gencnt>
+    guarantees the node has not changed)."""
     tx = c.start()
     c.write("/newdir/a", "", tx=tx)
     gen_new, rest = c.ok(XS_DIRECTORY_PART, nul("/newdir", "0"), tx).split(b"\0", 1)
