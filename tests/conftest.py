@@ -12,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.framework.daemons import Xenstored  # noqa: E402
+from tests.framework.daemons import Hypervisord, Xenstored  # noqa: E402
 
 _running: list = []
 
@@ -30,6 +30,18 @@ def pytest_runtest_makereport(item, call):
 def xenstored(tmp_path):
     """A fresh xenstored process; yields the Xenstored handle."""
     d = Xenstored(tmp_path).start()
+    _running.append(d)
+    try:
+        yield d
+    finally:
+        _running.remove(d)
+        d.kill()
+
+
+@pytest.fixture
+def hypervisord(tmp_path):
+    """A fresh hypervisord process; yields the Hypervisord handle."""
+    d = Hypervisord(tmp_path).start()
     _running.append(d)
     try:
         yield d

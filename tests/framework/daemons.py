@@ -124,3 +124,20 @@ class Xenstored(DaemonProcess):
         env = dict(os.environ)
         env["XENSTORED_PATH"] = str(self.socket)
         return env
+
+
+class Hypervisord(DaemonProcess):
+    """hypervisord with its privileged socket at ``<workdir>/run/hypervisord/privcmd``."""
+
+    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
+        self.rundir = workdir / "run"
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            name="hypervisord",
+            argv=["hypervisord", "--rundir", str(self.rundir), *(extra or [])],
+            workdir=workdir,
+        )
+
+    @property
+    def privcmd(self) -> Path:
+        return self.rundir / "hypervisord" / "privcmd"
