@@ -1,0 +1,94 @@
+"""Restart loses nothing: acknowledged writes survive SIGKILL of xenstored.
+
+Pipelined writes are acknowledged only after the journal's fsync, so
+everything the client saw "OK" for must be there after a SIGKILL and a
+restart, permissions included.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from hypervisord.public.io.xs_wire import XsdSockmsgType as T
+from tests.xenstored.rawclient import RawClient, nul
+
+N = 10_000
+
+
+def _write_many(client: RawClient, n: int) -> None:
+    """Pipeline n writes (plus a SET_PERMS for every 10th) and wait for all acks."""
+    batch = 500
+    for start in range(0, n, batch):
+        sent = 0
+        for i in range(start, min(n, start + batch)):
+            client.send_msg(T.XS_WRITE, f"/restart/d{i // 100}/n{i}".encode() + b"\0" + str(i).encode())
+            sent += 1
+            if i % 10 == 0:
+                client.send_msg(T.XS_SET_PERMS, nul(f"/restart/d{i // 100}/n{i}", f"b{i % 7}", "r0"))
+                sent += 1
+        for _ in range(sent):
+            reply = client.recv_reply()
+            assert not reply.is_error, reply.error
+
+
+@pytest.mark.timeout(180)
+def test_10000_nodes_survive_sigkill(xenstored):
+    client = RawClient(xenstored.socket)
+    _write_many(client, N)
+    client.close()  # every write above was acknowledged
+
+    xenstored.kill()  # SIGKILL: no chance to flush anything more
+    xenstored.start()
+
+    client = RawClient(xenstored.socket)
+    for start in range(0, N, 500):  # pipelined, in batches that fit the socket buffers
+        batch = range(start, min(N, start + 500))
+        for i in batch:
+            path = f"/restart/d{i // 100}/n{i}"
+            client.send_msg(T.XS_READ, nul(path))
+            if i % 10 == 0:
+                client.send_msg(T.XS_GET_PERMS, nul(path))
+        for i in batch:
+            reply = client.recv_reply()
+            assert not reply.is_error, (i, reply.error)
+            assert reply.payload == str(i).encode()
+            if i % 10 == 0:
+                perms = client.recv_reply()
+                assert perms.strings == [f"b{i % 7}".encode(), b"r0"], (i, perms.payload)
+    client.send_msg(T.XS_CONTROL, nul("check"))
+    assert client.recv_reply().payload == b"OK\0"
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_rm_and_transaction_survive_sigkill(xenstored):
+    client = RawClient(xenstored.socket)
+    _write_many(client, 300)
+    client.send_msg(T.XS_RM, nul("/restart/d1"))
+    assert not client.recv_reply().is_error
+    client.send_msg(T.XS_TRANSACTION_START, b"\0")
+    tx_id = int(client.recv_reply().strings[0])
+    client.send_msg(T.XS_WRITE, b"/restart/tx\0committed", tx_id=tx_id)
+    assert not client.recv_reply().is_error
+    client.send_msg(T.XS_TRANSACTION_START, b"\0")
+    aborted = int(client.recv_reply().strings[0])
+    client.send_msg(T.XS_WRITE, b"/restart/aborted\0x", tx_id=aborted)
+    assert not client.recv_reply().is_error
+    client.send_msg(T.XS_TRANSACTION_END, b"T\0", tx_id=tx_id)
+    assert client.recv_reply().payload == b"OK\0"
+    client.close()  # the second transaction dies with its connection
+
+    xenstored.kill()
+    xenstored.start()
+
+    client = RawClient(xenstored.socket)
+    client.send_msg(T.XS_READ, nul("/restart/tx"))
+    assert client.recv_reply().payload == b"committed"
+    for path in ("/restart/d1", "/restart/d1/n150", "/restart/aborted"):
+        client.send_msg(T.XS_READ, nul(path))
+        assert client.recv_reply().error == "ENOENT", path
+    client.send_msg(T.XS_READ, nul("/restart/d2/n250"))
+    assert client.recv_reply().payload == b"250"
+    client.send_msg(T.XS_CONTROL, nul("check"))
+    assert client.recv_reply().payload == b"OK\0"
+    client.close()
