@@ -204,7 +204,7 @@ def wait_ready(sock: socket.socket, proc: subprocess.Popen, timeout: float) -> N
             return
         if proc.poll() is not None:
             raise PvxenError(f"exited with status {proc.returncode} before it was ready")
-    raise PvxenError(f"not ready after {timeout:.0f} s")
+    raise PvxenError(f"not ready after {timeout:g} s")
 
 
 # -- starting and stopping -------------------------------------------------
@@ -255,7 +255,7 @@ def stop_daemon(spec: DaemonSpec, rundir: Path, pid: int, timeout: float) -> str
         if not wait_gone(pid, timeout):
             os.kill(pid, signal.SIGKILL)
             wait_gone(pid, 5.0)
-            how = f"killed with SIGKILL after {timeout:.0f} s"
+            how = f"killed with SIGKILL after {timeout:g} s"
     pidfile(rundir, spec).unlink(missing_ok=True)
     tail = log_tail(log, start, lines=200)
     if how is None and (f"{spec.name} stopped" not in tail or "Traceback" in tail):
@@ -309,7 +309,9 @@ def cmd_down(rundir: Path, timeout: float, specs: Sequence[DaemonSpec] = DAEMONS
             pid = running_pid(rundir, spec)
             if pid is None:
                 pidfile(rundir, spec).unlink(missing_ok=True)
-                print(f"{spec.name}: not running")
+                foreign = foreign_daemon(rundir, spec)
+                print(f"{spec.name}: " + ("not started by pvxen, left running"
+                                          if foreign else "not running"))
                 continue
             how = stop_daemon(spec, rundir, pid, timeout)
             print(f"{spec.name}: {how} (pid {pid})")
