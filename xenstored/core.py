@@ -131,10 +131,11 @@ class XenstoreCore:
         return tx
 
     # -- helpers for handlers ----------------------------------------------------------
-    def path_arg(self, conn: Connection, raw: bytes, special: bool = False) -> str:
+    def path_arg(self, conn: Connection, raw: bytes, special: bool = False,
+                 any_special: bool = False) -> str:
         limit = None if conn.privileged else conn.quotas.path_max
         return xpath.canonical(xpath.decode(raw), conn.domid, allow_special=special,
-                               path_max=limit)
+                               any_special=any_special, path_max=limit)
 
     def fire(self, fires: list[Fire], out: Outgoing) -> None:
         """Queue the watch events ``fires`` cause, for watchers allowed to see them."""
@@ -143,26 +144,42 @@ class XenstoreCore:
                 watcher = watch.owner
                 assert isinstance(watcher, Connection)
                 if not watcher.privileged and not (
-                    ops.access(self.caller(watcher), f.perms) & PERM_READ
+                    ops.access(self.caller(watcher), f.perms_of(epath)) & PERM_READ
                 ):
                     continue
-                out.append((watcher, self.event(watch, epath)))
+                self._queue_event(out, watch, epath)
 
-    def event(self, watch: Watch, epath: str) -> bytes:
+    def _queue_event(self, out: Outgoing, watch: Watch, epath: str) -> None:
+        data = self.event(watch, epath)
+        if data is not None:
+            out.append((watch.owner, data))
+
+    def event(self, watch: Watch, epath: str) -> bytes | None:
+        """The XS_WATCH_EVENT for ``watch``; None if it would exceed the payload limit."""
         assert isinstance(watch.owner, Connection)
         shown = xpath.relative_to(epath, watch.owner.domid) if watch.relative else epath
-        return encode(T.XS_WATCH_EVENT, 0, 0, join_strings([shown.encode(), watch.token]))
+        payload = join_strings([shown.encode(), watch.token])
+        if len(payload) > XENSTORE_PAYLOAD_MAX:  # XSA-324: never send an oversized message
+            log.warning("%s: dropped a watch event over %d bytes", watch.owner, XENSTORE_PAYLOAD_MAX)
+            return None
+        return encode(T.XS_WATCH_EVENT, 0, 0, payload)
 
     def fire_special(self, special: str, domid: int, out: Outgoing) -> None:
+        """@introduceDomain/@releaseDomain: privileged or permitted watchers only.
+
+        A watch with a depth (WATCHDEPTH) is told ``@special/<domid>``; a
+        watch on ``@releaseDomain/<domid>`` hears about that domain only.
+        """
         node = self.store.get(special)
         assert node is not None
-        for watch, epath in self.watches.match(special, False):
+        matches = list(self.watches.match(special, False))
+        matches += self.watches.match(f"{special}/{domid}", False)
+        for watch, epath in matches:
             watcher = watch.owner
             assert isinstance(watcher, Connection)
             if watcher.privileged or ops.access(self.caller(watcher), node.perms) & PERM_READ:
-                shown = f"{epath}/{domid}" if watch.depth else epath
-                out.append((watcher, encode(
-                    T.XS_WATCH_EVENT, 0, 0, join_strings([shown.encode(), watch.token]))))
+                shown = f"{special}/{domid}" if watch.depth or watch.path != special else special
+                self._queue_event(out, watch, shown)
 
     def mutate(self, conn: Connection, tx: Transaction | None,
                change: Callable[[ops.Layer], list[Fire]], out: Outgoing) -> None:
@@ -196,6 +213,13 @@ class XenstoreCore:
         for p in sorted(owned, key=len):
             if self.store.get(p) is not None:
                 ops.remove_subtree(self.store, p)
+        # XSA-322: entries naming the dead domain must not grant anything to
+        # a later domain that reuses its id.
+        for p, node in list(self.store.nodes.items()):
+            stale = [e for e in node.perms.entries[1:] if e.domid == domid]
+            if stale:
+                kept = tuple(e for e in node.perms.entries[1:] if e.domid != domid)
+                self.store.set_perms(p, Perms((node.perms.entries[0],) + kept))
 
     def introduce_domain(self, domid: int, mfn: int, port: int, out: Outgoing) -> None:
         dom = self.domains.get(domid)

@@ -28,11 +28,14 @@ class Domain:
 class Domains:
     default_quotas: Quotas
     by_id: dict[int, Domain] = field(default_factory=dict)
+    #: XS_SET_FEATURE values set before XS_INTRODUCE
+    pending_features: dict[int, int] = field(default_factory=dict)
 
     def get(self, domid: int) -> Domain | None:
         return self.by_id.get(domid)
 
     def introduce(self, domid: int, mfn: int, port: int, features: int) -> Domain:
+        features = self.pending_features.pop(domid, features)
         dom = Domain(domid, mfn, port, self.default_quotas, features)
         self.by_id[domid] = dom
         return dom

@@ -112,7 +112,7 @@ def do_watch(core, conn, msg, tx, out) -> bytes:
     if len(parts) not in (2, 3):
         raise XsError("EINVAL", "watch takes a path, a token and an optional depth")
     raw_path, token = parts[0], parts[1]
-    path = core.path_arg(conn, raw_path, special=True)
+    path = core.path_arg(conn, raw_path, special=True, any_special=True)
     depth = number(parts[2], 0xFFFF) if len(parts) == 3 else None
     check_watch_quota(conn)
     watch = Watch(conn, path, token, relative=not raw_path.startswith((b"/", b"@")), depth=depth)
@@ -120,13 +120,15 @@ def do_watch(core, conn, msg, tx, out) -> bytes:
         raise XsError("EEXIST", "watch already registered")
     conn.watches.append(watch)
     # The initial event follows the reply (docs/misc/xenstore.txt).
-    out.append((conn, core.event(watch, path)))
+    initial = core.event(watch, path)
+    if initial is not None:
+        out.append((conn, initial))
     return OK
 
 
 def do_unwatch(core, conn, msg, tx, out) -> bytes:
     raw_path, token = strings(msg.payload, 2)
-    path = core.path_arg(conn, raw_path, special=True)
+    path = core.path_arg(conn, raw_path, special=True, any_special=True)
     watch = core.watches.remove(conn, path, token)
     if watch is None:
         raise XsError("ENOENT", "no such watch")
@@ -234,16 +236,25 @@ def do_get_feature(core, conn, msg, tx, out) -> bytes:
         raise XsError("EINVAL", "get-feature takes at most a domid")
     if not conn.privileged:
         raise XsError("EACCES", "dom0 only")
-    return str(_introduced(core, parts[0]).features).encode() + b"\0"
+    domid = number(parts[0], 0xFFFF)
+    dom = core.domains.get(domid)
+    if dom is not None:
+        return str(dom.features).encode() + b"\0"
+    if domid in core.domains.pending_features:
+        return str(core.domains.pending_features[domid]).encode() + b"\0"
+    raise XsError("ENOENT", f"domain {domid} unknown")
 
 
 def do_set_feature(core, conn, msg, tx, out) -> bytes:
+    """Features a domain's ring will see: set by the toolstack BEFORE INTRODUCE."""
     raw_domid, raw_value = strings(msg.payload, 2)
-    dom = _introduced(core, raw_domid)
+    domid = number(raw_domid, 0xFFFF)
     value = number(raw_value)
     if value & ~SERVER_FEATURES:
         raise XsError("EINVAL", "feature not offered by this server")
-    dom.features = value
+    if core.domains.get(domid) is not None:
+        raise XsError("EBUSY", "features are set before the domain is introduced")
+    core.domains.pending_features[domid] = value
     return OK
 
 

@@ -53,6 +53,21 @@ class Fire:
     path: str
     recursive: bool
     perms: Perms
+    #: for a recursive removal: the permissions of every node removed
+    removed: dict[str, Perms] | None = None
+
+    def perms_of(self, event_path: str) -> Perms:
+        """Permissions deciding who hears about ``event_path``.
+
+        For a watch below a removed subtree that is the removed node at the
+        watch's path (or the nearest removed ancestor of it).
+        """
+        if self.removed is None or event_path == self.path:
+            return self.perms
+        p = event_path
+        while p not in self.removed and p != self.path and p != "/":
+            p = xpath.parent(p)
+        return self.removed.get(p, self.perms)
 
 
 def access(caller: Caller, perms: Perms) -> int:
@@ -165,23 +180,29 @@ def rm(layer: Layer, caller: Caller, path: str) -> list[Fire]:
     if not access(caller, node.perms) & PERM_WRITE:
         raise XsError("EACCES", path)
     perms = node.perms
-    remove_subtree(layer, path)
-    return [Fire(path, True, perms)]
+    removed = remove_subtree(layer, path)
+    return [Fire(path, True, perms, removed)]
 
 
-def remove_subtree(layer: Layer, path: str) -> None:
-    """Delete ``path`` and everything below it, leaves first, iteratively."""
+def remove_subtree(layer: Layer, path: str) -> dict[str, Perms]:
+    """Delete ``path`` and everything below it, leaves first, iteratively.
+
+    Returns the permissions each removed node had (for watch filtering).
+    """
     order: list[str] = []
+    removed: dict[str, Perms] = {}
     stack = [path]
     while stack:
         p = stack.pop()
         order.append(p)
         node = layer.get(p)
         if node is not None:
+            removed[p] = node.perms
             stack.extend(xpath.join(p, c) for c in node.children)
     for p in reversed(order):
         if layer.get(p) is not None:
             layer.delete(p)
+    return removed
 
 
 def set_perms(layer: Layer, caller: Caller, path: str, perms: Perms) -> list[Fire]:

@@ -38,14 +38,20 @@ def decode(raw: bytes) -> str:
 
 
 def canonical(raw: str, domid: int, *, allow_special: bool = False,
-              path_max: int | None = None) -> str:
+              any_special: bool = False, path_max: int | None = None) -> str:
     """Validate ``raw`` and return the absolute path.
 
     ``path_max`` (the ``path-max`` quota, unprivileged callers only) limits
     the part below the caller's home, as cxenstored measures it.
+    ``any_special`` (watches only) accepts any well-formed ``@...`` path.
     """
     if is_special(raw):
         if allow_special and raw in SPECIAL_PATHS:
+            return raw
+        # Watches may name any special path (xenstore.txt); only the two
+        # real ones (and @releaseDomain/<domid>) ever fire.
+        if (any_special and len(raw) > 1 and _VALID.match(raw) and "//" not in raw
+                and not raw.endswith("/")):
             return raw
         raise XsError("EINVAL", f"bad special path {raw!r}")
     if not raw or not _VALID.match(raw) or "//" in raw:

@@ -39,48 +39,71 @@ class Committer(Protocol):
 
 
 class Outbox:
-    """Messages waiting for one connection, in order, with their journal seq."""
+    """Messages waiting for one connection, in order, with their journal seq.
 
-    def __init__(self, limit: int) -> None:
+    Bounded in messages and in bytes: a connection that lets either grow
+    past its limit is not reading, and is closed.
+    """
+
+    def __init__(self, limit: int, byte_limit: int) -> None:
         self.items: deque[tuple[bytes, int]] = deque()
+        self.bytes = 0
         self.limit = limit
-        self.lock = trio.Lock()
+        self.byte_limit = byte_limit
+        self.sending = False  # a flush is in progress (held across its awaits)
+        self.idle = trio.Event()
+        self.idle.set()
         self.wakeup = trio.Event()
         self.overflowed = False
         self.cancel: trio.CancelScope | None = None
 
-    def push(self, data: bytes, seq: int) -> None:
+    def push(self, data: bytes, seq: int, wake: bool) -> None:
         self.items.append((data, seq))
-        if len(self.items) > self.limit:
+        self.bytes += len(data)
+        if len(self.items) > self.limit or self.bytes > self.byte_limit:
             self.overflowed = True
             if self.cancel is not None:
                 self.cancel.cancel()
-        self.wakeup.set()
+        if wake:
+            self.wakeup.set()
 
     async def flush(self, stream, committer: Committer | None) -> None:
-        async with self.lock:
+        """Send everything queued, in order; one flusher at a time."""
+        while self.sending:
+            await self.idle.wait()
+        if not self.items:
+            return
+        self.sending = True
+        self.idle = trio.Event()
+        try:
             while self.items:
                 batch = list(self.items)
                 self.items.clear()
+                self.bytes = 0
                 seq = max(s for _, s in batch)
                 if seq and committer is not None:
                     await committer.durable(seq)
                 await stream.send_all(b"".join(d for d, _ in batch))
+        finally:
+            self.sending = False
+            self.idle.set()
 
 
 class XenstoreService:
     def __init__(self, core: XenstoreCore, committer: Committer | None = None, *,
-                 outbox_limit_dom0: int = 65536, outbox_limit_domu: int = 1024) -> None:
+                 outbox_limit_dom0: tuple[int, int] = (65536, 16 << 20),
+                 outbox_limit_domu: tuple[int, int] = (1024, 1 << 20)) -> None:
         self.core = core
         self.committer = committer
         self.outboxes: dict[int, Outbox] = {}
         self.limits = (outbox_limit_dom0, outbox_limit_domu)
 
-    def _deliver(self, out, seq: int) -> None:
+    def _deliver(self, conn: Connection, out, seq: int) -> None:
+        """Queue messages; the requester's own replies are flushed by its reader."""
         for target, data in out:
             box = self.outboxes.get(target.conn_id)
             if box is not None:
-                box.push(data, seq)
+                box.push(data, seq, wake=target is not conn)
 
     def _stage(self) -> int:
         changes = self.core.store.take_changes()
@@ -90,7 +113,7 @@ class XenstoreService:
 
     async def serve(self, conn: Connection, stream) -> None:
         """Serve ``conn`` over ``stream`` until EOF, error or overflow."""
-        box = Outbox(self.limits[0] if conn.privileged else self.limits[1])
+        box = Outbox(*(self.limits[0] if conn.privileged else self.limits[1]))
         self.outboxes[conn.conn_id] = box
         try:
             async with trio.open_nursery() as nursery:
@@ -127,8 +150,11 @@ class XenstoreService:
                 return
             for msg in messages:
                 out = self.core.handle(conn, msg)
-                self._deliver(out, self._stage())
+                self._deliver(conn, out, self._stage())
             await box.flush(stream, self.committer)
+            if parser.error is not None:  # good requests before it were answered
+                log.warning("%s: protocol error, closing: %s", conn, parser.error)
+                return
 
 
 class UnixServer:

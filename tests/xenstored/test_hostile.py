@@ -158,11 +158,6 @@ def test_len_over_max_after_answered_requests(d):
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.xfail(strict=True, reason=(
-    "FrameParser.feed raises ProtocolError for a bad header and drops the good messages it "
-    "had already parsed from the same chunk, so valid requests sent just before the "
-    "violation (here a WRITE) are neither executed nor answered - or are, depending only "
-    "on how the kernel happened to chunk the stream"))
 def test_len_over_max_after_good_requests_answers_those_first(d):
     with RawClient(d.socket) as c:
         c.send(pack(XS_WRITE, b"/survivor/first\0ok", req_id=1)
@@ -368,9 +363,6 @@ def test_watch_reset_cycles_leave_memory_flat(fast_daemon):
 
 
 @pytest.mark.timeout(20)
-@pytest.mark.xfail(strict=True, reason=(
-    "XSA-324: a watch event longer than XENSTORE_PAYLOAD_MAX is sent anyway (a 4205-byte "
-    "payload for a 4000-byte token and a 200-byte path); cxenstored drops such events"))
 def test_no_message_over_payload_max_even_for_huge_tokens(d):
     with RawClient(d.socket) as w:
         reply = w.call(XS_WATCH, nul("/big", "T" * 4000))
@@ -452,10 +444,6 @@ def test_watch_event_flood_to_a_non_reading_watcher(fast_daemon):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason=(
-    "the outbox bound for a socket (dom0) client counts messages (65536), not bytes: a "
-    "non-reading watcher of ~3.5 KB events pins ~220 MB in the daemon before it is "
-    "disconnected (XSA-326: outbound queues should be bounded in memory)"))
 def test_big_watch_event_flood_is_bounded_in_bytes(fast_daemon):
     d = fast_daemon
     base = rss(d)

@@ -563,9 +563,6 @@ def test_reset_watches_inside_a_transaction(h):
 # ======================================================================================
 # Known daemon bugs
 # ======================================================================================
-@pytest.mark.xfail(strict=True, reason=(
-    "XSA-322: RELEASE leaves ACL entries naming the dead domain in place, so a new "
-    "domain reusing the domid inherits read access to dom0's node"))
 def test_reused_domid_does_not_inherit_stale_acl_entries(h):
     dom0 = h.connect()
     dom0.ok(T.XS_INTRODUCE, nul("5", "1", "1"))
@@ -579,10 +576,6 @@ def test_reused_domid_does_not_inherit_stale_acl_entries(h):
     assert new.err(T.XS_READ, nul("/granted")) == "EACCES"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "recursive RM checks every watcher against the permissions of the removed ROOT "
-    "only: a domU watching a node it may read under an unreadable parent is not told "
-    "that its node was deleted (xenstore.txt: an application may rely on that event)"))
 def test_recursive_rm_notifies_watcher_of_a_readable_descendant(h):
     dom0 = h.connect()
     dom0.write("/a/b/c", "v")  # /a and /a/b: n0

@@ -38,14 +38,7 @@ VECTORS = json.loads(
 )
 
 #: vector name -> why our daemon fails it (each is a daemon bug: strict xfail)
-DAEMON_BUGS = {
-    "XS_SET_FEATURE after INTRODUCE": (
-        "SET_FEATURE for an already introduced domain is accepted (OK); xenstore.txt says it "
-        "is rejected after INTRODUCE (cxenstored: EBUSY)"),
-    "XS_SET_FEATURE before INTRODUCE": (
-        "SET_FEATURE for a domain not yet introduced is ENOENT; xenstore.txt has the toolstack "
-        "set features BEFORE INTRODUCE (only after it is the request rejected)"),
-}
+DAEMON_BUGS: dict[str, str] = {}
 
 
 def hexbytes(text: str) -> bytes:

@@ -56,22 +56,24 @@ def decode_header(data: bytes) -> tuple[int, int, int, int]:
 class FrameParser:
     """Incremental parser: feed any chunking of the stream, get whole messages.
 
-    A header announcing more than ``XENSTORE_PAYLOAD_MAX`` bytes raises
-    :class:`ProtocolError` (xenstored kills such a connection). After an
-    error the parser refuses further input, so a bad stream is never
-    re-parsed (XSA-420).
+    A header announcing more than ``XENSTORE_PAYLOAD_MAX`` bytes breaks the
+    stream (xenstored kills such a connection): the messages before it are
+    still returned, then :attr:`error` is set and the next :meth:`feed`
+    raises :class:`ProtocolError`, so a bad stream is never re-parsed
+    (XSA-420) and good requests ahead of it are still answered.
     """
 
-    __slots__ = ("_buf", "_broken", "max_payload")
+    __slots__ = ("_buf", "_broken", "max_payload", "error")
 
     def __init__(self, max_payload: int = XENSTORE_PAYLOAD_MAX) -> None:
         self._buf = bytearray()
         self._broken = False
         self.max_payload = max_payload
+        self.error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> list[Message]:
         if self._broken:
-            raise ProtocolError("stream already broken")
+            raise self.error or ProtocolError("stream already broken")
         self._buf += data
         out: list[Message] = []
         buf = self._buf
@@ -80,9 +82,11 @@ class FrameParser:
             mtype, req_id, tx_id, length = XSD_SOCKMSG.unpack_from(buf, pos)
             if length > self.max_payload:
                 self._broken = True
-                raise ProtocolError(
-                    f"payload length {length} exceeds {self.max_payload}"
-                )
+                self.error = ProtocolError(
+                    f"payload length {length} exceeds {self.max_payload}")
+                if not out:
+                    raise self.error
+                break
             end = pos + HEADER_SIZE + length
             if len(buf) < end:
                 break
