@@ -107,6 +107,12 @@ class XsClient(StoreOps):
         return cls(await _connect(path, 1), path, reconnect=reconnect,
                    watch_queue_size=watch_queue_size)
 
+    @classmethod
+    def over_stream(cls, stream: trio.abc.Stream, *, watch_queue_size: int = 256) -> "XsClient":
+        """A client over any byte stream, e.g. a domain's xenstore ring."""
+        return cls(_Conn(stream, 1), None, reconnect=False,  # type: ignore[arg-type]
+                   watch_queue_size=watch_queue_size)
+
     # -- lifetime -------------------------------------------------------
     async def __aenter__(self) -> "XsClient":
         self._stack = AsyncExitStack()

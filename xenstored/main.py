@@ -35,6 +35,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--state-dir", help="journal directory (default <rundir>/xenstored)")
     p.add_argument("--no-persist", action="store_true",
                    help="keep the store in memory only (nothing survives a restart)")
+    p.add_argument("--hypervisor", metavar="PATH",
+                   help="hypervisord's privileged socket (default <rundir>/hypervisord/privcmd); "
+                        "domains connect through their rings only when it is reachable")
+    p.add_argument("--no-hypervisor", action="store_true",
+                   help="serve the Unix socket only, never attach to hypervisord")
     p.add_argument("-Q", "--quota", action="append", default=[], metavar="NAME=VALUE",
                    help="quota for unprivileged domains, e.g. -Q nodes=2000 "
                         f"(names: {', '.join(Quotas.names())})")
@@ -72,6 +77,22 @@ def open_store(state_dir: Path | None):
     return store, journal
 
 
+async def attach_domains(nursery: trio.Nursery, service: XenstoreService, path: Path,
+                         log: logging.Logger) -> None:
+    """Serve domains' rings through hypervisord, when it is there."""
+    if not path.exists():
+        log.info("no hypervisord at %s: serving the socket only (no domain rings)", path)
+        return
+    from xenstored.transport.ring import attach_hypervisor
+
+    try:
+        await nursery.start(attach_hypervisor, service, path)
+    except OSError as e:
+        log.warning("cannot attach to hypervisord at %s: %s; serving the socket only", path, e)
+        return
+    log.info("attached to hypervisord at %s: domain rings are served", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rundir = daemon.runtime_dir(args.rundir)
@@ -93,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             committer = GroupCommitter(journal, lambda: (store.nodes, store.generation))
             await nursery.start(committer.run)
         service = XenstoreService(core, committer)
+        if not args.no_hypervisor:
+            await attach_domains(nursery, service, Path(args.hypervisor) if args.hypervisor
+                                 else rundir / "hypervisord" / "privcmd", log)
         listener = await open_unix_listener(sock_path)
         await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
         log.info("listening on %s", sock_path)

@@ -98,12 +98,18 @@ class XenstoreService:
         self.outboxes: dict[int, Outbox] = {}
         self.limits = (outbox_limit_dom0, outbox_limit_domu)
 
-    def _deliver(self, conn: Connection, out, seq: int) -> None:
+    def _deliver(self, conn: Connection | None, out, seq: int) -> None:
         """Queue messages; the requester's own replies are flushed by its reader."""
         for target, data in out:
             box = self.outboxes.get(target.conn_id)
             if box is not None:
                 box.push(data, seq, wake=target is not conn)
+
+    def apply(self, change) -> None:
+        """Run ``change(out)`` on the core outside any request (domain events)."""
+        out: list = []
+        change(out)
+        self._deliver(None, out, self._stage())
 
     def _stage(self) -> int:
         changes = self.core.store.take_changes()

@@ -1,0 +1,153 @@
+"""A trio byte stream over a ``xenstore_domain_interface`` page.
+
+The XenStore ring (``io/xs_wire.h``, ``docs/misc/xenstore-ring.txt``) is
+two 1024-byte circular buffers with free-running u32 indices: the guest
+produces requests into ``req`` and consumes replies from ``rsp``; xenstored
+does the opposite. Both sides signal through one event channel after every
+change of an index. The byte stream on the ring is exactly the socket's
+(``xsd_sockmsg`` header + payload), so xenstored serves a ring connection
+with the same code as a socket one: only this transport differs.
+
+Hostile peers: every index the other side writes is read once per step and
+checked (``prod - cons`` must lie in 0..1024, modulo 2**32); a violation
+breaks the stream (``trio.BrokenResourceError``), which costs the peer its
+connection and nobody else anything.
+
+Wakeups: whoever owns the event channel calls :meth:`XsRingStream.kick`
+for every notification on its port. Each side notes the kick count before
+looking at the ring and sleeps only if no kick came since, so "check the
+ring, then wait" loses no notification that arrives in between (the final
+check of ``io/ring.h``), and a reader and a writer waiting at once are
+both woken.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+
+import trio
+
+from hypervisord.public.io.xs_wire import (
+    XENSTORE_RING_SIZE,
+    XS_RING_REQ_CONS_OFF,
+    XS_RING_REQ_OFF,
+    XS_RING_REQ_PROD_OFF,
+    XS_RING_RSP_CONS_OFF,
+    XS_RING_RSP_OFF,
+    XS_RING_RSP_PROD_OFF,
+)
+
+_U32 = struct.Struct("<I")
+_MASK32 = 0xFFFFFFFF
+
+
+class XsRingStream(trio.abc.Stream):
+    """One end of the XenStore ring: ``server=True`` is xenstored's end."""
+
+    def __init__(self, page: memoryview, notify: Callable[[], object], *, server: bool) -> None:
+        if len(page) < 2080:
+            raise ValueError("xenstore ring page too small")
+        self.page = page
+        self._notify = notify
+        self._kicks = 0
+        self._kicked = trio.Event()
+        if server:  # we consume requests, produce responses
+            self._in = (XS_RING_REQ_OFF, XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF)
+            self._out = (XS_RING_RSP_OFF, XS_RING_RSP_CONS_OFF, XS_RING_RSP_PROD_OFF)
+        else:
+            self._in = (XS_RING_RSP_OFF, XS_RING_RSP_CONS_OFF, XS_RING_RSP_PROD_OFF)
+            self._out = (XS_RING_REQ_OFF, XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF)
+        self._closed = False
+        self._send_lock = trio.StrictFIFOLock()
+
+    def kick(self) -> None:
+        """The peer signalled the event channel."""
+        self._kicks += 1
+        self._kicked.set()
+        self._kicked = trio.Event()
+
+    async def _wait(self, seen: int) -> None:
+        if self._kicks == seen:
+            await self._kicked.wait()
+
+    def _get(self, off: int) -> int:
+        return _U32.unpack_from(self.page, off)[0]
+
+    def _put(self, off: int, value: int) -> None:
+        _U32.pack_into(self.page, off, value & _MASK32)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("ring stream closed")
+
+    # -- receiving ----------------------------------------------------------
+    def _take(self, max_bytes: int) -> bytes:
+        base, cons_off, prod_off = self._in
+        cons = self._get(cons_off)
+        prod = self._get(prod_off)  # read once: the peer may change it any time
+        avail = (prod - cons) & _MASK32
+        if avail > XENSTORE_RING_SIZE:
+            raise trio.BrokenResourceError(
+                f"peer corrupted the ring indices (cons {cons}, prod {prod})")
+        if avail == 0:
+            return b""
+        start = cons & (XENSTORE_RING_SIZE - 1)
+        n = min(avail, max_bytes, XENSTORE_RING_SIZE - start)
+        data = bytes(self.page[base + start:base + start + n])
+        # xen_mb(): the data is copied out before the slot is released.
+        self._put(cons_off, cons + n)
+        return data
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        self._check_open()
+        want = max_bytes or XENSTORE_RING_SIZE
+        while True:
+            seen = self._kicks
+            data = self._take(want)
+            if data:
+                self._notify()
+                return data
+            await self._wait(seen)
+            self._check_open()
+
+    # -- sending --------------------------------------------------------------------
+    def _put_some(self, data: memoryview) -> int:
+        base, cons_off, prod_off = self._out
+        cons = self._get(cons_off)  # read once
+        prod = self._get(prod_off)
+        used = (prod - cons) & _MASK32
+        if used > XENSTORE_RING_SIZE:
+            raise trio.BrokenResourceError(
+                f"peer corrupted the ring indices (cons {cons}, prod {prod})")
+        space = XENSTORE_RING_SIZE - used
+        if space == 0:
+            return 0
+        start = prod & (XENSTORE_RING_SIZE - 1)
+        n = min(space, len(data), XENSTORE_RING_SIZE - start)
+        self.page[base + start:base + start + n] = data[:n]
+        # xen_wmb(): the bytes are in place before the index that exposes them.
+        self._put(prod_off, prod + n)
+        return n
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        async with self._send_lock:
+            view = memoryview(data)
+            while view:
+                seen = self._kicks
+                n = self._put_some(view)
+                if n:
+                    view = view[n:]
+                    self._notify()
+                    continue
+                await self._wait(seen)
+                self._check_open()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._kicked.set()
+        await trio.lowlevel.checkpoint()
