@@ -154,3 +154,162 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path):
     (tmp_path / "bin" / "xenstored").unlink()
     r = verify(units, user=False, runtime=tmp_path)
     assert r.returncode != 0 and "xenstored" in r.stderr
+
+
+# -- a real systemd --user manager -----------------------------------------
+def manager_prerequisites() -> str | None:
+    """Why a user manager cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root for unshare --mount"
+    missing = [t for t in ("unshare", "nsenter", "systemctl") if shutil.which(t) is None]
+    if missing or not os.access(SYSTEMD, os.X_OK):
+        return f"missing {missing or [str(SYSTEMD)]} (apt-get install systemd util-linux)"
+    return None
+
+
+class UserManager:
+    """``systemd --user`` in a private mount namespace, units from ``root``.
+
+    Inside the namespace ``root`` is visible as :data:`MOUNT`; its ``xdg``
+    subdirectory is ``$XDG_RUNTIME_DIR`` (so ``%t/pvxen`` is
+    ``root/xdg/pvxen`` outside) and ``config/systemd/user`` holds the units.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "xdg").mkdir(mode=0o700)
+        self.env = {k: v for k, v in os.environ.items()
+                    if k not in ("NOTIFY_SOCKET", "DBUS_SESSION_BUS_ADDRESS", "PYTHONPATH")}
+        self.env.update(XDG_RUNTIME_DIR=f"{MOUNT}/xdg", XDG_CONFIG_HOME=f"{MOUNT}/config",
+                        SYSTEMD_PAGER="", SYSTEMD_COLORS="0")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        script = (f"mount -t tmpfs tmpfs /run/systemd && mkdir /run/systemd/system {MOUNT} && "
+                  f"mount --bind {shlex.quote(str(self.root))} {MOUNT} && "
+                  f"exec {SYSTEMD} --user")
+        with open(self.root / "manager.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env)
+        private = self.root / "xdg" / "systemd" / "private"
+        deadline = time.monotonic() + timeout
+        while not private.is_socket():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                skip_or_fail(f"systemd --user did not start (rc {self.proc.poll()}): "
+                             f"{(self.root / 'manager.log').read_text()[-2000:]}")
+            time.sleep(0.02)
+
+    def systemctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        assert self.proc is not None
+        return subprocess.run(["nsenter", "-t", str(self.proc.pid), "-m", "systemctl",
+                               "--user", "--no-pager", *args], capture_output=True,
+                              text=True, env=self.env, timeout=timeout)
+
+    def show(self, unit: str, *props: str) -> dict[str, str]:
+        r = self.systemctl("show", unit, "-p", ",".join(props))
+        assert r.returncode == 0, r.stderr
+        return dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+
+    def diagnostics(self) -> str:
+        logs = "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+                         for p in sorted((self.root / "logs").glob("*.log")))
+        status = self.systemctl("status", *(s.unit for s in DAEMONS), timeout=10)
+        return f"{status.stdout}\n{logs}"
+
+    def close(self) -> None:
+        """SIGTERM: a user manager starts exit.target (stops every unit)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def install_for_manager(root: Path) -> None:
+    """Shims, units naming them by their in-namespace path, log drop-ins."""
+    write_shims(root / "bin")
+    units = root / "config" / "systemd" / "user"
+    install_units(units, f"{MOUNT}/bin", "--user")
+    (root / "logs").mkdir()
+    for spec in DAEMONS:  # there is no journald: stdout/stderr to files
+        dropin = units / f"{spec.unit}.d"
+        dropin.mkdir()
+        log = f"{MOUNT}/logs/{spec.name}.log"
+        (dropin / "test-logs.conf").write_text(
+            f"[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n")
+
+
+def talk_to_both(rundir: Path) -> None:
+    """A xenstore write and read (Debian's xenstore-read if present), and a
+    hypercall, from outside the namespace, over the daemons' sockets."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PVXEN_RUNDIR=str(rundir),
+               XENSTORED_PATH=str(rundir / "xenstored" / "socket"))
+    w = subprocess.run([sys.executable, "-m", "xenstored.cli", "write", "/systemd", "works"],
+                       env=env, capture_output=True, text=True, timeout=20)
+    assert w.returncode == 0, w.stderr
+    reader = (["/usr/bin/xenstore-read"] if os.access("/usr/bin/xenstore-read", os.X_OK)
+              else [sys.executable, "-m", "xenstored.cli", "read"])
+    r = subprocess.run([*reader, "/systemd"], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert (r.returncode, r.stdout) == (0, "works\n"), r.stderr
+    code = ("from hypervisord.libxen import ctrl\n"
+            "from hypervisord.libxen.core import SyncXenCall\n"
+            "with SyncXenCall() as xc: print(ctrl.xen_version(xc)[0] >> 16)\n")
+    v = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=20)
+    assert v.returncode == 0 and int(v.stdout) >= 4, v.stderr
+
+
+@pytest.mark.timeout(60)
+def test_units_under_a_real_user_manager(tmp_path):
+    reason = manager_prerequisites()
+    if reason:
+        pytest.skip(f"no systemd --user manager here: {reason}")
+    install_for_manager(tmp_path)
+    manager = UserManager(tmp_path)
+    main_pids: list[int] = []
+    try:
+        manager.start()
+        # returns only once both sent READY=1 (Type=notify), hypervisord first
+        start = manager.systemctl("start", XS.unit)
+        assert start.returncode == 0, start.stderr + manager.diagnostics()
+        active = manager.systemctl("is-active", HV.unit, XS.unit)
+        assert active.stdout.split() == ["active", "active"], manager.diagnostics()
+        props = ("MainPID", "StatusText", "ActiveEnterTimestampMonotonic",
+                 "ExecMainStartTimestampMonotonic", "InactiveEnterTimestampMonotonic",
+                 "ActiveExitTimestampMonotonic", "Result", "ExecMainStatus", "ActiveState")
+        hv, xs = (manager.show(s.unit, *props) for s in DAEMONS)
+        main_pids += [int(hv["MainPID"]), int(xs["MainPID"])]
+        assert int(xs["ExecMainStartTimestampMonotonic"]) >= int(
+            hv["ActiveEnterTimestampMonotonic"]), "xenstored started before hypervisord's READY"
+        assert hv["StatusText"] == xs["StatusText"] == "running"
+        rundir = tmp_path / "xdg" / "pvxen"  # RuntimeDirectory=pvxen under %t
+        for spec, pid in zip(DAEMONS, main_pids):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            assert pvxen.matches(cmdline, spec, Path(f"{MOUNT}/xdg/pvxen")), cmdline
+            assert (rundir / spec.socket).is_socket()
+        talk_to_both(rundir)
+
+        stop = manager.systemctl("stop", XS.unit, HV.unit)
+        assert stop.returncode == 0, stop.stderr + manager.diagnostics()
+        hv, xs = (manager.show(s.unit, *props) for s in DAEMONS)
+        for name, p in (("hypervisord", hv), ("xenstored", xs)):
+            assert (p["ActiveState"], p["Result"], p["ExecMainStatus"]) == (
+                "inactive", "success", "0"), (name, p, manager.diagnostics())
+        # stopped in reverse order: hypervisord only once xenstored is gone
+        assert int(hv["ActiveExitTimestampMonotonic"]) >= int(
+            xs["InactiveEnterTimestampMonotonic"])
+        for spec in DAEMONS:
+            log = (tmp_path / "logs" / f"{spec.name}.log").read_text()
+            assert "received SIGTERM" in log and f"{spec.name} stopped" in log, log
+            assert "Traceback" not in log, log
+        assert rundir.is_dir()  # RuntimeDirectoryPreserve=yes
+    finally:
+        manager.close()
+        for pid in main_pids:
+            if pvxen.process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
