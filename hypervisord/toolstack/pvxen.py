@@ -212,6 +212,7 @@ def start_daemon(spec: DaemonSpec, rundir: Path, bindir: Path | None, timeout: f
     """Start ``spec`` detached, wait for its READY=1, write its pidfile."""
     log = logfile(rundir, spec)
     env = dict(os.environ, PVXEN_RUNDIR=str(rundir), NOTIFY_SOCKET=str(rundir / "pvxen.notify"))
+    env.pop("JOURNAL_STREAM", None)  # its output goes to a file, not to journald
     if bindir is None:  # running from a source tree: let `-m` find the packages
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
