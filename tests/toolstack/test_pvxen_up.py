@@ -101,7 +101,8 @@ def test_process_alive_sees_zombies_as_gone():
 # -- the real script ------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_up_status_down(rundir):
-    up = run_pvxen("up", "--rundir", str(rundir))
+    # as if pvxen itself ran under systemd: the daemons still log to files
+    up = run_pvxen("up", "--rundir", str(rundir), env={"JOURNAL_STREAM": "8:12345"})
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()
     started = [ln.split(":")[0] for ln in lines if ": started (pid" in ln]
@@ -146,6 +147,7 @@ def test_up_status_down(rundir):
         log = (rundir / "log" / f"{name}.log").read_text()
         assert "received SIGTERM" in log and log.rstrip().endswith(f"{name} stopped"), log
         assert "Traceback" not in log and "WARNING" not in log, log
+        assert log[:2] == "20", "journald <N> prefixes in a log file"
 
     stopped = run_pvxen("status", "--rundir", str(rundir))
     assert stopped.returncode == pvxen.NOT_RUNNING
