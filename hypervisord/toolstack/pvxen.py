@@ -363,7 +363,8 @@ def cmd_install_units(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pvxen", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="pvxen", description="start and stop the pvxen daemons where systemd is not running")
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("up", "start the daemons, each once the previous one is ready"),
                        ("down", "stop the daemons in reverse order"),
