@@ -125,8 +125,9 @@ class SharedFrames:
     one over flags for the atomic clear. :meth:`close` releases them.
     """
 
-    def __init__(self, buf: Any, nr_frames: int) -> None:
+    def __init__(self, buf: Any, nr_frames: int, owns_buffer: bool = False) -> None:
         self.nr_entries = nr_frames * GNTTAB_V1_ENTRIES_PER_FRAME
+        self._buf = buf if owns_buffer else None
         self._mv = memoryview(buf)
         assert len(self._mv) >= self.nr_entries * GRANT_ENTRY_V1.size
         self._views: dict[int, tuple[Any, Any, Any, Any]] = {}
@@ -163,11 +164,21 @@ class SharedFrames:
         self._view(ref)[3].store(flags)
 
     def close(self) -> None:
+        """Release the views (idempotent), and the buffer if it was handed over."""
         for c32, _, c16, _ in self._views.values():
             c32.__exit__(None, None, None)
             c16.__exit__(None, None, None)
         self._views.clear()
         self._mv.release()
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
+
+    def __del__(self) -> None:
+        # Dropped without close() (hypervisord exiting): release the views
+        # quietly rather than let ``atomics`` complain about open contexts.
+        if getattr(self, "_views", None) is not None:
+            self.close()
 
 
 @dataclass(slots=True)

@@ -246,11 +246,18 @@ def test_flag_updates_are_atomic_across_processes():
                         break
         finally:
             os._exit(0)
-    for _ in range(n):
-        tab.table._set_status(1, None, True, True, 0)
+    done = unstable = 0
+    while done < n:
+        try:
+            tab.table._set_status(1, None, True, True, 0)
+        except GntError as e:  # Xen's answer to a guest racing it 5 times in a row
+            assert "unstable" in e.reason
+            unstable += 1
+            continue
         tab.table._reduce_status(1, 0, True)
+        done += 1
     _, code = os.waitpid(pid, 0)
-    assert code == 0
+    assert code == 0 and unstable < n
     assert tab.flags(1) == GTF_permit_access  # both toggled an even number of times
     tab.close()
 
