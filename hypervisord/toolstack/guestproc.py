@@ -1,0 +1,106 @@
+"""The first moments of a guest process, between fork and the runtime.
+
+Runs in the child the launcher just forked, as root when the launcher is,
+and leaves it as a process that can reach nothing but its own domain
+(Firecracker's jailer is the model; issue 3 requirement 3):
+
+* stdout/stderr go to the guest's log file (opened by the launcher), stdin
+  is ``/dev/null``;
+* the domain's three descriptors move to fds 3, 4, 5 (hypercall, evtchn,
+  memory) and every other descriptor is closed;
+* as root: supplementary groups dropped, gid/uid set to ``nobody`` (65534),
+  so the 0700 runtime directory (privcmd, xenstored's socket) is out of
+  reach; in every case ``PR_SET_NO_NEW_PRIVS``, not dumpable (no ptrace or
+  ``/proc/<pid>/mem`` between guests that share the uid), no core files,
+  umask 077, cwd ``/``, a session of its own.
+
+Then :func:`frontends.runtime.run` runs the program; the process ends with
+``os._exit`` and never returns into the launcher's code.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import os
+import resource
+import signal
+import sys
+import traceback
+
+from frontends import runtime
+
+NOBODY = 65534
+HYPERCALL_FD, EVTCHN_FD, MEMORY_FD = 3, 4, 5
+_PR_SET_NAME = 15
+_PR_SET_DUMPABLE = 4
+_PR_SET_NO_NEW_PRIVS = 38
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl({option}): {os.strerror(err)}")
+
+
+def place_fds(fds: dict[str, int], log_fd: int) -> None:
+    """stdio and the three domain descriptors at fixed numbers; all else closed."""
+    wanted = [fds["hypercall"], fds["evtchn"], fds["memory"]]
+    high = [fcntl_dup_high(fd) for fd in wanted + [log_fd]]  # out of the way of 0..5
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(high[3], 1)
+    os.dup2(high[3], 2)
+    for target, fd in zip((HYPERCALL_FD, EVTCHN_FD, MEMORY_FD), high):
+        os.dup2(fd, target, inheritable=False)
+    os.closerange(MEMORY_FD + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def fcntl_dup_high(fd: int) -> int:
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+
+
+def drop_privileges() -> None:
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(_PR_SET_DUMPABLE, 0)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.umask(0o077)
+    os.chdir("/")
+
+
+def child(domid: int, name: str, program: str, source: str, args: list[str],
+          start_info_gfn: int, fds: dict[str, int], log_fd: int) -> None:
+    """The forked child: set up, run the guest, exit. Never returns."""
+    code = runtime.EXIT_BROKEN
+    try:
+        gc.freeze()  # the template's objects: never finalised (their fds are gone)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        place_fds(fds, log_fd)
+        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
+        drop_privileges()
+        spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
+                                 HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
+        code = runtime.run(spec)
+    except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: BLE001
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)

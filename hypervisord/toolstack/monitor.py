@@ -1,0 +1,244 @@
+"""The launcher's core: fork guests, reap them, act on their shutdown.
+
+:class:`Launcher` has no socket of its own (``launcher.py`` serves one), so
+benchmarks and tests can use it in-process: ``launch()`` forks a guest
+process from the calling process, ``reap()`` collects the ones that ended.
+Neither may be called from inside ``trio.run`` (the child runs its own).
+
+What a guest's end means (``xl_vmcontrol.c``, ``handle_domain_death``): the
+exit status carries the SHUTDOWN_* reason (``frontends.runtime``); a process
+that died any other way crashed. The configured action for that reason is
+then applied: ``destroy`` (and ``preserve``, ``coredump-destroy``: the
+domain is already gone with its process) cleans up; ``restart`` (and
+``rename-restart``, ``coredump-restart``, ``soft-reset``) cleans up and
+builds the domain again from its configuration, at most
+:data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW` seconds. A domain that
+``xl destroy`` announced (``destroying``) is only cleaned up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from frontends import runtime
+from hypervisord.public.sched import ShutdownReason
+from hypervisord.toolstack import guestproc
+from hypervisord.toolstack.builder import BuildError, Toolstack, cleanup_domain, \
+    create_domain, destroy_domain
+from hypervisord.toolstack.domconfig import DomainConfig
+from hypervisord.toolstack.hcall import XenError, xl_dir
+from xenstored.syncclient import XsConnectionLost, XsError
+
+log = logging.getLogger("xl-launcher")
+
+MAX_RESTARTS = 5
+RESTART_WINDOW = 10.0
+RESTART_ACTIONS = ("restart", "rename-restart", "coredump-restart", "soft-reset")
+REASON_NAMES = {r.value: r.name.removeprefix("SHUTDOWN_") for r in ShutdownReason}
+ACTION_KEYS = {
+    ShutdownReason.SHUTDOWN_poweroff: "on_poweroff",
+    ShutdownReason.SHUTDOWN_reboot: "on_reboot",
+    ShutdownReason.SHUTDOWN_crash: "on_crash",
+    ShutdownReason.SHUTDOWN_watchdog: "on_watchdog",
+}
+
+
+#: What the template loads once so that guests never import them again: the
+#: runtime and every frontend, and the standard modules programs commonly
+#: use. After the fork a guest runs as ``nobody`` and may not be able to
+#: read the interpreter's own files (a Python under /root, say).
+PRELOAD = ("trio", "msgpack", "frontends.domain", "frontends.runtime",
+           "hypervisord.libxen.core", "hypervisord.libxen.ctrl", "hypervisord.libxen.evtchn",
+           "hypervisord.libxen.gnttab", "hypervisord.libxen.foreignmemory",
+           "hypervisord.libxen.xsring", "xenstored.client",
+           "asyncio", "base64", "collections", "contextlib", "dataclasses", "enum",
+           "functools", "hashlib", "inspect", "itertools", "json", "logging", "math",
+           "random", "re", "shlex", "struct", "textwrap", "time", "traceback", "typing",
+           "uuid", "zlib")
+
+
+def preload() -> list[str]:
+    """Import :data:`PRELOAD` and every ``frontends`` module; returns what failed."""
+    import importlib
+    import pkgutil
+
+    import frontends
+
+    names = list(PRELOAD) + [m.name for m in pkgutil.walk_packages(
+        frontends.__path__, "frontends.")]
+    failed = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:  # a part not written yet: guests will do without
+            failed.append(f"{name} ({e})")
+    _warm_atomics()
+    return failed
+
+
+def _warm_atomics() -> None:
+    """``atomics`` loads its C library on first use: do that use here, as root."""
+    try:
+        from hypervisord.shinfo import AtomicWord
+    except ImportError:
+        return
+    buf = bytearray(8)
+    word = AtomicWord(memoryview(buf))
+    try:
+        word.test_and_set(0)
+        word.test_and_clear(0)
+        word.test(0)
+        word.load()
+    finally:
+        word.close()
+
+
+class LaunchError(Exception):
+    """A launch request could not be carried out."""
+
+
+@dataclass
+class Guest:
+    domid: int
+    pid: int
+    config: DomainConfig
+    start_info_gfn: int
+    started: float = field(default_factory=time.monotonic)
+    restarts: list[float] = field(default_factory=list)
+
+
+def action_for(config: DomainConfig, reason: int) -> str:
+    """The configured action for a shutdown reason (suspend: the domain is gone)."""
+    if reason == ShutdownReason.SHUTDOWN_soft_reset:
+        return "restart"
+    key = ACTION_KEYS.get(reason)  # type: ignore[call-overload]
+    return getattr(config, key) if key else "destroy"
+
+
+class Launcher:
+    def __init__(self, rundir: str | os.PathLike | None = None) -> None:
+        self.rundir = rundir
+        self.guests: dict[int, Guest] = {}  # by pid
+        self._destroying: set[int] = set()
+        self._ts: Toolstack | None = None
+        for missing in preload():
+            log.debug("not preloaded: %s", missing)
+
+    # -- launching --------------------------------------------------------------------------
+    def log_path(self, name: str) -> str:
+        logs = xl_dir(self.rundir) / "log"
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(logs / f"guest-{name}.log")
+
+    def launch(self, domid: int, config: dict | DomainConfig, start_info_gfn: int,
+               fds: dict[str, int]) -> int:
+        """Fork the guest process of ``domid``; the caller keeps (and closes) ``fds``."""
+        cfg = config if isinstance(config, DomainConfig) else DomainConfig.from_dict(config)
+        missing = {"hypercall", "evtchn", "memory"} - fds.keys()
+        if missing:
+            raise LaunchError(f"missing descriptors: {sorted(missing)}")
+        try:
+            with open(cfg.kernel, encoding="utf-8") as f:
+                source = f.read()
+            log_fd = os.open(self.log_path(cfg.name),
+                             os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
+        try:
+            pid = os.fork()
+            if pid == 0:
+                guestproc.child(domid, cfg.name, cfg.kernel, source, cfg.args,
+                                start_info_gfn, fds, log_fd)
+        finally:
+            os.close(log_fd)
+        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn)
+        log.info("d%d (%s): guest process %d", domid, cfg.name, pid)
+        return pid
+
+    def destroying(self, domid: int) -> None:
+        """``xl destroy`` is taking ``domid`` down: no on_* action for it."""
+        self._destroying.add(domid)
+
+    # -- reaping ------------------------------------------------------------------------------
+    def reap(self) -> list[tuple[Guest, int]]:
+        """Collect ended guests and act on each; returns (guest, reason) pairs."""
+        ended = []
+        while self.guests:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            guest = self.guests.pop(pid, None)
+            if guest is None:
+                continue
+            reason = runtime.reason_from_status(status)
+            ended.append((guest, reason))
+            self._ended(guest, reason, status)
+        return ended
+
+    def _ended(self, guest: Guest, reason: int, status: int) -> None:
+        destroyed = guest.domid in self._destroying
+        self._destroying.discard(guest.domid)
+        action = "destroy" if destroyed else action_for(guest.config, reason)
+        log.info("d%d (%s) %s (wait status %#x): %s", guest.domid, guest.config.name,
+                 "destroyed" if destroyed else f"shut down, reason {REASON_NAMES.get(reason)}",
+                 status, action)
+        try:
+            ts = self.toolstack()
+            destroy_domain(ts, guest.domid, guest.config.uuid)
+            if action in RESTART_ACTIONS:
+                self._restart(ts, guest)
+        except (XenError, XsError, XsConnectionLost, OSError, BuildError, LaunchError) as e:
+            log.error("d%d: cleanup/%s failed: %s", guest.domid, action, e)
+            self._drop_toolstack()
+
+    def _restart(self, ts: Toolstack, guest: Guest) -> None:
+        now = time.monotonic()
+        recent = [t for t in guest.restarts if now - t < RESTART_WINDOW]
+        if len(recent) >= MAX_RESTARTS:
+            log.error("%s: restarted %d times in %.0fs, not restarting", guest.config.name,
+                      len(recent), RESTART_WINDOW)
+            return
+        built = create_domain(ts, guest.config)
+        try:
+            pid = self.launch(built.domid, guest.config, built.layout.start_info_gfn, built.fds)
+        except LaunchError:
+            destroy_domain(ts, built.domid, guest.config.uuid, quiet=True)
+            raise
+        finally:
+            built.close_fds()
+        self.guests[pid].restarts = recent + [now]
+        from hypervisord.libxen import ctrl
+
+        ctrl.domain_unpause(ts.xc, built.domid)
+        log.info("%s restarted as d%d", guest.config.name, built.domid)
+
+    # -- connections ---------------------------------------------------------------------------
+    def toolstack(self) -> Toolstack:
+        if self._ts is None:
+            self._ts = Toolstack(self.rundir)
+        return self._ts
+
+    def _drop_toolstack(self) -> None:
+        if self._ts is not None:
+            self._ts.close()
+            self._ts = None
+
+    def cleanup_only(self, domid: int, uuid: str | None) -> None:
+        cleanup_domain(self.toolstack(), domid, uuid)
+
+    def kill_all(self, sig: int = 9) -> None:
+        """Tests and benchmarks: end every guest process (hypervisord then destroys)."""
+        for pid in list(self.guests):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        self._drop_toolstack()

@@ -1,0 +1,152 @@
+"""The XenStore entries of a domain, as libxl writes and removes them.
+
+Follows ``tools/libs/light/libxl_create.c`` (``libxl__domain_make``: the
+domain's directories and their permissions), ``libxl_dom.c``
+(``libxl__build_post``: memory, store, cpu entries and ``/vm/<uuid>``),
+``libxl_console.c`` (console 0 lives in ``~/console``) and
+``libxl_domain.c`` (what destroy removes), with the paths of
+``docs/misc/xenstore-paths.pandoc``. Permissions as libxl sets them::
+
+    roperm  (n0,r<domid>)   owned by dom0, readable by the guest
+    rwperm  (n<domid>)      owned by the guest: it may write there
+    noperm  (n0)            toolstack-private (/libxl/<domid>)
+
+Pure: functions return the list of store operations; the builder applies
+them in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONSOLE_LIMIT = 1048576  # libxl's LIBXL_XENCONSOLE_LIMIT
+DOM0_NAME = "Domain-0"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One store operation: ``rm``, ``write`` (value) or ``perms`` (perms)."""
+
+    kind: str
+    path: str
+    value: str = ""
+    perms: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DomainEntries:
+    """What the builder knows when it writes the tree."""
+
+    domid: int
+    name: str
+    uuid: str
+    memory_kb: int  # memory/target
+    maxmem_kb: int  # memory/static-max
+    vcpus: int  # online at boot
+    maxvcpus: int
+    store_port: int
+    store_gfn: int
+    console_port: int
+    console_gfn: int
+    kernel: str = ""
+    cmdline: str = ""
+    start_time: float = 0.0
+
+
+def dom_path(domid: int) -> str:
+    return f"/local/domain/{domid}"
+
+
+def vm_path(uuid: str) -> str:
+    return f"/vm/{uuid}"
+
+
+def libxl_path(domid: int) -> str:
+    return f"/libxl/{domid}"
+
+
+def roperm(domid: int) -> tuple[str, ...]:
+    return ("n0", f"r{domid}")
+
+
+def rwperm(domid: int) -> tuple[str, ...]:
+    return (f"n{domid}",)
+
+
+NOPERM = ("n0",)
+
+
+def _mknod(path: str, perms: tuple[str, ...], value: str = "") -> list[Op]:
+    """``libxl__xs_mknod``: create the node, then set its permissions."""
+    return [Op("write", path, value), Op("perms", path, perms=perms)]
+
+
+def domain_make(e: DomainEntries) -> list[Op]:
+    """``libxl__domain_make``'s transaction: directories and permissions."""
+    dp, vp, lp = dom_path(e.domid), vm_path(e.uuid), libxl_path(e.domid)
+    ro, rw = roperm(e.domid), rwperm(e.domid)
+    ops = [Op("rm", dp), *_mknod(dp, ro), Op("rm", vp), *_mknod(vp, ro),
+           Op("rm", lp), *_mknod(lp, NOPERM), *_mknod(f"{lp}/device", NOPERM),
+           Op("write", f"{dp}/vm", vp), Op("write", f"{dp}/name", e.name)]
+    for sub in ("cpu", "memory", "device", "control"):
+        ops += _mknod(f"{dp}/{sub}", ro)
+    for sub in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
+                "control/feature-suspend", "control/sysrq", "device/suspend/event-channel",
+                "data", "drivers", "feature", "attr", "error"):
+        ops += _mknod(f"{dp}/{sub}", rw)
+    ops += [Op("write", f"{vp}/uuid", e.uuid), Op("write", f"{vp}/name", e.name),
+            Op("write", f"{dp}/control/platform-feature-multiprocessor-suspend", "1"),
+            Op("write", f"{dp}/control/platform-feature-xs_reset_watches", "1"),
+            Op("write", f"{lp}/type", "pv")]
+    return ops
+
+
+def build_post(e: DomainEntries) -> list[Op]:
+    """``libxl__build_post``: memory, domid, store, vCPUs; ``/vm/<uuid>/image``."""
+    dp, vp = dom_path(e.domid), vm_path(e.uuid)
+    ops = [Op("write", f"{dp}/memory/static-max", str(e.maxmem_kb)),
+           Op("write", f"{dp}/memory/target", str(e.memory_kb)),
+           Op("write", f"{dp}/memory/videoram", "0"),
+           Op("write", f"{dp}/domid", str(e.domid)),
+           Op("write", f"{dp}/store/port", str(e.store_port)),
+           Op("write", f"{dp}/store/ring-ref", str(e.store_gfn))]
+    for cpu in range(e.maxvcpus):
+        state = "online" if cpu < e.vcpus else "offline"
+        ops.append(Op("write", f"{dp}/cpu/{cpu}/availability", state))
+    ops += [Op("write", f"{vp}/image/ostype", "linux"),
+            Op("write", f"{vp}/image/kernel", e.kernel)]
+    if e.cmdline:
+        ops.append(Op("write", f"{vp}/image/cmdline", e.cmdline))
+    ops.append(Op("write", f"{vp}/start_time", f"{e.start_time:.2f}"))
+    return ops
+
+
+def console(e: DomainEntries) -> list[Op]:
+    """Console 0's frontend entries in ``~/console`` (``libxl__device_console_add``)."""
+    cp = f"{dom_path(e.domid)}/console"
+    ops = _mknod(cp, (f"n{e.domid}", "r0"))
+    for key, value in (("backend", f"/local/domain/0/backend/console/{e.domid}/0"),
+                       ("backend-id", "0"), ("limit", str(CONSOLE_LIMIT)),
+                       ("type", "xenconsoled"), ("output", "pty"),
+                       ("port", str(e.console_port)), ("ring-ref", str(e.console_gfn))):
+        ops.append(Op("write", f"{cp}/{key}", value))
+    return ops
+
+
+def create_ops(e: DomainEntries) -> list[Op]:
+    """Everything written at creation, in libxl's order."""
+    return domain_make(e) + build_post(e) + console(e)
+
+
+def destroy_ops(domid: int, uuid: str | None) -> list[Op]:
+    """What ``libxl__destroy_domid`` removes (``/vm`` only when known)."""
+    ops = [Op("rm", dom_path(domid)), Op("rm", libxl_path(domid))]
+    if uuid:
+        ops.insert(1, Op("rm", vm_path(uuid)))
+    return ops
+
+
+def dom0_ops() -> list[Op]:
+    """``xen-init-dom0``'s minimum: dom0's name and id."""
+    dp = dom_path(0)
+    return [Op("write", f"{dp}/name", DOM0_NAME), Op("write", f"{dp}/domid", "0")]

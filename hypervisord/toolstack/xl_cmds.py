@@ -1,0 +1,329 @@
+"""The ``xl`` subcommands (``xl_vmcontrol.c``, ``xl_info.c``, ``xl_mem.c``).
+
+Each is ``fn(ts, opts, args, dryrun) -> exit status``; ``ts`` is the
+toolstack's lazy connection pair, ``opts`` maps short option letters
+(``-p``) to their values. Output formats and messages are xl's; the
+pure formatting lives in :mod:`hypervisord.toolstack.xl_format`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from hypervisord.libxen import ctrl
+from hypervisord.public.errno import XenErrno
+from hypervisord.toolstack import launcher as launcher_mod
+from hypervisord.toolstack import xl_format as fmt
+from hypervisord.toolstack.builder import Toolstack, cleanup_domain, create_domain, \
+    destroy_domain, domain_names, ensure_dom0, load_config, read_or_none
+from hypervisord.toolstack.domconfig import domain_config, parse_mem_size_kb
+from hypervisord.toolstack.hcall import XenError
+from hypervisord.toolstack.monitor import LaunchError
+from hypervisord.toolstack.xlcfg import parse_file, parse_overrides
+
+INVALID_DOMAIN_RC = -6  # libxl's ERROR_INVAL
+DEATH_POLL = 0.05
+CLEANUP_WAIT = 5.0
+
+
+class XlError(Exception):
+    """A failure to report on stderr; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- domains by name or id -------------------------------------------------------------
+
+def domain_infos(ts: Toolstack) -> list[ctrl.DomainInfo]:
+    _, result = ctrl.domain_getinfolist(ts.xc)
+    return [ctrl.DomainInfo.from_result(r) for r in result["domains"]]
+
+
+def domain_info(ts: Toolstack, domid: int) -> ctrl.DomainInfo | None:
+    try:
+        _, result = ctrl.domain_getinfo(ts.xc, domid)
+    except XenError as e:
+        if e.rc == -XenErrno.XEN_ESRCH:
+            return None
+        raise
+    info = ctrl.DomainInfo.from_result(result)
+    return info if info.domid == domid else None  # getdomaininfo answers the next one up
+
+
+def find_domain(ts: Toolstack, qualifier: str) -> int:
+    """xl's ``find_domain``: a number is an id, anything else a name."""
+    if qualifier.isdigit():
+        domid = int(qualifier)
+        if domain_info(ts, domid) is not None:
+            return domid
+    else:
+        live = {i.domid for i in domain_infos(ts)}
+        for domid, name in sorted(domain_names(ts.xs).items()):
+            if name == qualifier and domid in live:
+                return domid
+    raise XlError(f"{qualifier} is an invalid domain identifier (rc={INVALID_DOMAIN_RC})")
+
+
+def domain_name(ts: Toolstack, domid: int) -> str | None:
+    return read_or_none(ts.xs, f"/local/domain/{domid}/name")
+
+
+# -- create ---------------------------------------------------------------------------------
+
+def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    filename = opts.get("-f")
+    if filename is None and args and "=" not in args[0]:
+        filename, args = args[0], args[1:]
+    if filename is None:
+        raise XlError("Config file not specified", 1)
+    if "-q" not in opts:
+        print(f"Parsing config from {filename}", file=sys.stderr)
+    try:
+        cfg = parse_file(filename)
+    except OSError as e:
+        raise XlError(f"Failed to read config file: {filename}: {e.strerror}") from None
+    if args:
+        cfg.update(parse_overrides(args))
+    dc = domain_config(cfg)
+    if dryrun or "-n" in opts:
+        print(json.dumps(fmt.config_json(dc), indent=4))
+        return 0
+    ensure_dom0(ts.xs)
+    try:
+        client = launcher_mod.connect(ts.rundir)
+    except (LaunchError, OSError) as e:
+        raise XlError(f"xl: cannot start the guest launcher: {e}") from None
+    with client:
+        built = create_domain(ts, dc)
+        try:
+            client.request({"op": "launch", "domid": built.domid, "config": dc.to_dict(),
+                            "start_info_gfn": built.layout.start_info_gfn}, built.fds)
+        except (LaunchError, OSError) as e:
+            destroy_domain(ts, built.domid, dc.uuid, quiet=True)
+            raise XlError(f"xl: cannot start the domain's process: {e}") from None
+        finally:
+            built.close_fds()
+    if "-p" not in opts:
+        ctrl.domain_unpause(ts.xc, built.domid)
+    return 0
+
+
+# -- list / info ------------------------------------------------------------------------------
+
+def list_(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    if len(args) > 1:
+        raise UsageError("list")
+    if args:
+        domid = find_domain(ts, args[0])
+        info = domain_info(ts, domid)
+        if info is None:
+            raise XlError(f"Error: Domain '{args[0]}' does not exist.")
+        infos = [info]
+    else:
+        infos = domain_infos(ts)
+    names = {i.domid: domain_name(ts, i.domid) for i in infos}
+    if "-l" in opts:
+        out = [fmt.list_long_entry(i, names[i.domid], load_config(ts.xl_dir, i.domid))
+               for i in infos]
+        print(json.dumps(out, indent=4))
+        return 0
+    sys.stdout.write(fmt.list_table(infos, names, verbose="-v" in opts))
+    return 0
+
+
+def info(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    _, phys = ctrl.physinfo(ts.xc)
+    version = fmt.VersionInfo.query(ts.xc)
+    text = fmt.info_text(os.uname(), phys, version)
+    if args and "-n" not in opts:
+        text = fmt.info_filter(text, args[0])
+    sys.stdout.write(text)
+    return 0
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+def destroy(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    domid = find_domain(ts, args[0])
+    if domid == 0 and "-f" not in opts:
+        raise XlError("Not destroying domain 0; use -f to force.\n"
+                      "This can only be done when using a disaggregated "
+                      "hardware domain and toolstack.\n")
+    _tell_launcher(ts, {"op": "destroying", "domid": domid})
+    try:
+        destroy_domain(ts, domid)
+    except XenError as e:
+        raise XlError(f"destroy failed (rc={e.rc})") from None
+    return 0
+
+
+def _tell_launcher(ts: Toolstack, req: dict) -> None:
+    """Best effort: a launcher that is not running has nothing to forget."""
+    try:
+        with launcher_mod.connect(ts.rundir, start=False) as client:
+            client.request(req)
+    except (OSError, LaunchError):
+        pass
+
+
+def pause(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    domid = find_domain(ts, args[0])
+    try:
+        ctrl.domain_pause(ts.xc, domid)
+    except XenError as e:
+        raise XlError(f"libxl: error: Pausing domain {domid}: {e.strerror}") from None
+    return 0
+
+
+def unpause(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    domid = find_domain(ts, args[0])
+    try:
+        ctrl.domain_unpause(ts.xc, domid)
+    except XenError as e:
+        raise XlError(f"libxl: error: Unpausing domain {domid}: {e.strerror}") from None
+    return 0
+
+
+def _request_shutdown(ts: Toolstack, domid: int, request: str, verb: str) -> None:
+    """``libxl_domain_shutdown``/``reboot``: the PV control node."""
+    print(f"{verb} domain {domid}", file=sys.stderr)
+    home = f"/local/domain/{domid}/control"
+    if read_or_none(ts.xs, f"{home}/feature-{'reboot' if request == 'reboot' else 'poweroff'}") != "1":
+        what = "reboot" if request == "reboot" else "shutdown"
+        event = "reset" if request == "reboot" else "power"
+        raise XlError(f"PV control interface not available: external graceful {what} not "
+                      f"possible.\nUse \"-F\" to fallback to ACPI {event} event.\n"
+                      f"{what} failed (rc=-12)")
+    ts.xs.write(f"{home}/shutdown", request)
+
+
+def wait_for_death(ts: Toolstack, domids: list[int]) -> None:
+    """``wait_for_domain_deaths``, then for the monitor's XenStore cleanup."""
+    print(f"Waiting for {len(domids)} domains", file=sys.stderr)
+    pending = set(domids)
+    while pending:
+        for domid in sorted(pending):
+            if domain_info(ts, domid) is None:
+                print(f"Domain {domid} has been destroyed", file=sys.stderr)
+                pending.discard(domid)
+                _wait_cleanup(ts, domid)
+        if pending:
+            time.sleep(DEATH_POLL)
+
+
+def _wait_cleanup(ts: Toolstack, domid: int) -> None:
+    deadline = time.monotonic() + CLEANUP_WAIT
+    while read_or_none(ts.xs, f"/local/domain/{domid}/domid") is not None:
+        if time.monotonic() > deadline:
+            cleanup_domain(ts, domid)  # no monitor did it: do it ourselves
+            return
+        time.sleep(DEATH_POLL)
+
+
+def _shutdown_or_reboot(ts: Toolstack, opts: dict, args: list[str], reboot: bool) -> int:
+    request, verb = ("reboot", "Rebooting") if reboot else ("poweroff", "Shutting down")
+    if "-F" in opts:
+        raise XlError("-F: pvxen guests have no ACPI; use xl destroy")
+    if "-a" in opts:
+        domids = [i.domid for i in domain_infos(ts) if i.domid != 0]
+    elif args:
+        domids = [find_domain(ts, args[0])]
+    else:
+        raise XlError("You must specify -a or a domain id.\n")
+    for domid in domids:
+        _request_shutdown(ts, domid, request, verb)
+    if "-w" in opts:
+        wait_for_death(ts, domids)
+    return 0
+
+
+def shutdown(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    return _shutdown_or_reboot(ts, opts, args, reboot=False)
+
+
+def reboot(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    return _shutdown_or_reboot(ts, opts, args, reboot=True)
+
+
+# -- memory ------------------------------------------------------------------------------------------
+
+def _mem_arg(text: str) -> int:
+    kb = parse_mem_size_kb(text)
+    if kb is None:
+        raise XlError(f"invalid memory size: {text}")
+    return kb
+
+
+def mem_set(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    """``libxl_set_memory_target``: the balloon target, in KiB."""
+    domid, kb = find_domain(ts, args[0]), _mem_arg(args[1])
+    base = f"/local/domain/{domid}/memory"
+    static_max = read_or_none(ts.xs, f"{base}/static-max")
+    if static_max is not None and static_max.isdigit() and kb > int(static_max):
+        raise XlError("libxl: error: memory_dynamic_max must be less than or equal to "
+                      "memory_static_max")
+    ts.xs.write(f"{base}/target", str(kb))
+    return 0
+
+
+def mem_max(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    """``libxl_domain_setmaxmem``: XEN_DOMCTL_max_mem and ``memory/static-max``."""
+    domid, kb = find_domain(ts, args[0]), _mem_arg(args[1])
+    base = f"/local/domain/{domid}/memory"
+    target = read_or_none(ts.xs, f"{base}/target")
+    if target is not None and target.isdigit() and kb < int(target):
+        raise XlError("libxl: error: memory_static_max must be greater than or equal to "
+                      "memory_dynamic_max")
+    try:
+        ctrl.domain_max_mem(ts.xc, domid, kb)
+    except XenError as e:
+        raise XlError(f"cannot set domid {domid} static max memory to : {args[1]}\n"
+                      f"libxl: error: {e.strerror}") from None
+    if domid != 0 or read_or_none(ts.xs, f"{base}/static-max") is not None:
+        ts.xs.write(f"{base}/static-max", str(kb))
+    return 0
+
+
+# -- the rest ------------------------------------------------------------------------------------------
+
+def dmesg(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    _, result = ctrl.readconsole(ts.xc, clear="-c" in opts)
+    sys.stdout.write("".join(f"(XEN) {line}\n" for line in result.get("lines", [])))
+    return 0
+
+
+def domid(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    live = {i.domid for i in domain_infos(ts)}
+    for d, name in sorted(domain_names(ts.xs).items()):
+        if name == args[0] and d in live:
+            print(d)
+            return 0
+    raise XlError(f"Can't get domid of domain name '{args[0]}', maybe this domain does not "
+                  "exist.")
+
+
+def domname(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
+    text = args[0]
+    digits = len(text) - len(text.lstrip("0123456789"))
+    if digits == 0:
+        raise XlError("Invalid domain id.\n")
+    d = int(text[:digits])
+    name = domain_name(ts, d) if domain_info(ts, d) is not None else None
+    if name is None:
+        raise XlError(f"Can't get domain name of domain id '{d}', maybe this domain does not "
+                      "exist.")
+    print(name)
+    return 0
+
+
+class UsageError(XlError):
+    """Wrong arguments for ``command``: print its help (exit 1, as xl's ``help()``)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__("", 1)
+        self.command = command

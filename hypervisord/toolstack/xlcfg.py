@@ -1,0 +1,395 @@
+"""The xl.cfg file syntax (``xl.cfg(5)``), parsed as libxlutil parses it.
+
+Follows ``tools/libs/util/libxlu_cfg_l.l`` / ``libxlu_cfg_y.y`` /
+``libxlu_cfg.c``: a file is ``KEY = VALUE`` (or ``KEY += VALUE``) settings
+ended by a newline or ``;``; a value is a ``"string"`` or ``'string'``
+(C escapes, no line breaks), a NUMBER (kept as text: decimal, ``0``-octal or
+``0x``-hex, read with ``strtol(.., 0)`` semantics when asked for), or a
+``[ list, ... ]`` of values (nestable, may span lines, a trailing comma is
+fine). ``#`` starts a comment. The syntax looks like Python but is not:
+nothing is evaluated. A later setting of a key replaces an earlier one;
+``+=`` appends to a list.
+
+Errors are reported the way libxlutil reports them,
+``<file>:<line>: config parsing error near `<token>': <reason>``, and the
+parser goes on to the next line so that one run shows every bad line.
+
+Pure: no I/O beyond the string given (:func:`parse_file` reads the file).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+PYTHON_HINT = ("warning: Config file looks like it contains Python code.\n"
+               "warning:  Arbitrary Python is no longer supported.\n"
+               "warning:  See https://wiki.xen.org/wiki/PythonInXlConfig")
+
+
+class ConfigError(Exception):
+    """One bad line: ``<source>:<line>: <reason>``."""
+
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        super().__init__(reason)
+        self.source = source
+        self.line = line
+        self.reason = reason
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        return f"{where}: {self.reason}"
+
+
+class ConfigErrors(Exception):
+    """Every error found in one file (at least one)."""
+
+    def __init__(self, errors: list[ConfigError], hint: str | None = None) -> None:
+        super().__init__("\n".join(map(str, errors)))
+        self.errors = errors
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = "\n".join(map(str, self.errors))
+        return f"{text}\n{self.hint}" if self.hint else text
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """``kind`` is "string", "number" or "list"; scalars keep their text."""
+
+    kind: str
+    text: str = ""
+    items: tuple["Value", ...] = ()
+    line: int = 0
+
+    def to_python(self) -> object:
+        if self.kind == "list":
+            return [v.to_python() for v in self.items]
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    value: Value
+    line: int
+    source: str
+
+
+# -- lexer -------------------------------------------------------------------
+
+_TOKEN = re.compile(r"""
+    (?P<ws>[ \t\r]+)
+  | (?P<comment>\#[^\n]*)
+  | (?P<newline>\n)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_.]*)
+  | (?P<number>[0-9][0-9A-Fa-fxX]*)
+  | (?P<string>"(?:[^"\\\n]|\\[^\n])*"|'(?:[^'\\\n]|\\[^\n])*')
+  | (?P<op>\+=|[=;,\[\]])
+  | (?P<python>[-+.():{}])
+""", re.VERBOSE)
+
+_SIMPLE_ESCAPES = {'"': '"', "'": "'", "\\": "\\", "a": "\a", "b": "\b", "f": "\f",
+                   "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str  # ident number string op newline error eof
+    text: str
+    line: int
+
+
+def dequote(raw: str) -> str:
+    """``xlu__cfgl_dequote``: strip the quotes, expand C escapes.
+
+    Raises ValueError with libxlutil's message for a bad escape.
+    """
+    body, out, i = raw[1:-1], [], 0
+    while i < len(body):
+        c = body[i]
+        i += 1
+        if c != "\\":
+            out.append(c)
+            continue
+        nc = body[i]
+        i += 1
+        if nc in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[nc])
+        elif nc == "x":
+            m = re.match(r"[0-9A-Fa-f]{2}", body[i:i + 2])
+            if not m:
+                raise ValueError("invalid digit after backslash hex numerical "
+                                 "character escape in quoted string")
+            out.append(chr(int(m.group(), 16)))
+            i += 2
+        elif nc in "01234567":
+            m = re.match(r"[0-9]{0,2}", body[i:i + 2])
+            digits = nc + (m.group() if m else "")
+            out.append(chr(int(digits, 10) & 0xFF))  # sic: libxlu reads base 10
+            i += len(digits) - 1
+        else:
+            raise ValueError("invalid character after backlash in quoted string")
+    return "".join(out)
+
+
+def tokenize(text: str) -> Iterator[Token]:
+    line, pos = 1, 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:  # any other character: a lexical error up to the line end
+            end = text.find("\n", pos)
+            end = len(text) if end < 0 else end
+            yield Token("error", text[pos:end], line)
+            pos = end
+            continue
+        kind, tok = m.lastgroup, m.group()
+        pos = m.end()
+        if kind == "newline":
+            yield Token("newline", tok, line)
+            line += 1
+        elif kind == "python":
+            yield Token("python", tok, line)
+        elif kind not in ("ws", "comment"):
+            yield Token(kind or "error", tok, line)
+    yield Token("eof", "", line)
+
+
+# -- parser ------------------------------------------------------------------
+
+class _Syntax(Exception):
+    def __init__(self, tok: Token, reason: str) -> None:
+        super().__init__(reason)
+        self.tok = tok
+        self.reason = reason
+
+
+_KIND_NAMES = {"ident": "IDENT", "number": "NUMBER", "string": "STRING",
+               "newline": "NEWLINE", "eof": "end of file"}
+
+
+def _kind(tok: Token) -> str:
+    return _KIND_NAMES.get(tok.kind, f"'{tok.text}'")
+
+
+def _describe(tok: Token) -> str:
+    if tok.kind == "newline":
+        return "<newline>"
+    if tok.kind == "eof":
+        return "end of file"
+    return f"`{tok.text}'"
+
+
+@dataclass
+class _Parser:
+    source: str
+    tokens: list[Token]
+    pos: int = 0
+    errors: list[ConfigError] = field(default_factory=list)
+    settings: list[tuple[Setting, str]] = field(default_factory=list)
+    likely_python: bool = False
+
+    def peek(self) -> Token:
+        return self.tokens[self.pos]
+
+    def take(self) -> Token:
+        tok = self.tokens[self.pos]
+        if tok.kind != "eof":
+            self.pos += 1
+        return tok
+
+    def expect(self, what: str, kinds: tuple[str, ...], texts: tuple[str, ...] = ()) -> Token:
+        tok = self.take()
+        if tok.kind in ("error", "python"):
+            self.likely_python |= tok.kind == "python"
+            unterminated = tok.kind == "error" and tok.text[:1] in ("'", '"')
+            raise _Syntax(tok, "unterminated quoted string" if unterminated else "lexical error")
+        if tok.kind not in kinds or (texts and tok.text not in texts):
+            raise _Syntax(tok, f"syntax error, unexpected {_kind(tok)}, expecting {what}")
+        return tok
+
+    def skip_newlines(self) -> None:
+        while self.peek().kind == "newline":
+            self.take()
+
+    def value(self) -> Value:
+        tok = self.expect("a value", ("string", "number", "op"))
+        if tok.kind == "string":
+            try:
+                return Value("string", dequote(tok.text), line=tok.line)
+            except ValueError as e:
+                raise _Syntax(tok, str(e)) from None
+        if tok.kind == "number":
+            return Value("number", tok.text, line=tok.line)
+        if tok.text != "[":
+            raise _Syntax(tok, f"syntax error, unexpected {_kind(tok)}, expecting a value")
+        return self.list_rest(tok)
+
+    def list_rest(self, opening: Token) -> Value:
+        items: list[Value] = []
+        self.skip_newlines()
+        while True:
+            if self.peek().kind == "op" and self.peek().text == "]":
+                self.take()
+                return Value("list", items=tuple(items), line=opening.line)
+            items.append(self.value())
+            self.skip_newlines()
+            sep = self.expect("',' or ']'", ("op",), (",", "]"))
+            if sep.text == "]":
+                return Value("list", items=tuple(items), line=opening.line)
+            self.skip_newlines()
+
+    def statement(self) -> None:
+        first = self.peek()
+        if first.kind == "newline" or (first.kind == "op" and first.text == ";"):
+            self.take()
+            return
+        tok = self.expect("a setting name", ("ident",))
+        op = self.expect("'=' or '+='", ("op",), ("=", "+="))
+        val = self.value()
+        if self.peek().kind != "eof":
+            self.expect("';' or a newline", ("newline", "op"), ("\n", ";"))
+        self.settings.append((Setting(tok.text, val, tok.line, self.source), op.text))
+
+    def recover(self) -> None:
+        """Bison's ``error NEWLINE``: drop tokens up to the end of the line."""
+        while self.peek().kind not in ("newline", "eof"):
+            self.take()
+        self.take()
+
+    def run(self) -> None:
+        while self.peek().kind != "eof":
+            try:
+                self.statement()
+            except _Syntax as e:
+                self.errors.append(ConfigError(
+                    self.source, e.tok.line,
+                    f"config parsing error near {_describe(e.tok)}: {e.reason}"))
+                if e.tok.kind != "newline":
+                    self.recover()
+
+
+# -- the parsed file ---------------------------------------------------------
+
+class Config:
+    """Settings by name (last one wins; ``+=`` appends to lists)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.settings: dict[str, Setting] = {}
+
+    def set(self, setting: Setting, op: str = "=") -> None:
+        prev = self.settings.get(setting.name)
+        if op == "+=" and prev is not None:
+            a, b = prev.value, setting.value
+            if a.kind != "list" or b.kind != "list":
+                raise ConfigError(setting.source, setting.line,
+                                  f"{setting.name}: += needs a list on both sides")
+            merged = Value("list", items=a.items + b.items, line=a.line)
+            setting = Setting(setting.name, merged, setting.line, setting.source)
+        self.settings[setting.name] = setting
+
+    def update(self, other: "Config") -> None:
+        """Apply ``other``'s settings over ours (command-line overrides)."""
+        for s in other.settings.values():
+            self.settings[s.name] = s
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.settings
+
+    def error(self, name: str, reason: str) -> ConfigError:
+        s = self.settings.get(name)
+        if s is None:
+            return ConfigError(self.source, None, reason)
+        return ConfigError(s.source, s.line, reason)
+
+    def get_string(self, name: str, default: str | None = None) -> str | None:
+        s = self.settings.get(name)
+        if s is None:
+            return default
+        if s.value.kind == "list":
+            raise self.error(name, f"{name}: expected a string, got a list")
+        return s.value.text
+
+    def get_long(self, name: str, default: int | None = None) -> int | None:
+        """``xlu_cfg_get_long``: a number or a string holding one (strtol base 0)."""
+        text = self.get_string(name)
+        if text is None:
+            return default
+        value = parse_c_long(text)
+        if value is None:
+            raise self.error(name, f"{name}: invalid number {text!r}")
+        return value
+
+    def get_bool(self, name: str, default: bool = False) -> bool:
+        value = self.get_long(name)
+        return default if value is None else value != 0
+
+    def get_list(self, name: str) -> list[object] | None:
+        s = self.settings.get(name)
+        if s is None:
+            return None
+        if s.value.kind != "list":
+            raise self.error(name, f"{name}: expected a list")
+        return s.value.to_python()  # type: ignore[return-value]
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: s.value.to_python() for k, s in self.settings.items()}
+
+
+def parse_c_long(text: str) -> int | None:
+    """``strtol(text, &end, 0)`` that must consume everything (leading blanks ok)."""
+    t = text.strip()
+    m = re.fullmatch(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)", t)
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    if digits[:2].lower() == "0x":
+        value = int(digits, 16)
+    elif digits.startswith("0"):
+        value = int(digits, 8)
+    else:
+        value = int(digits)
+    return -value if sign == "-" else value
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    """Parse xl.cfg text; raises :class:`ConfigErrors` listing every bad line."""
+    parser = _Parser(source, list(tokenize(text)))
+    parser.run()
+    cfg = Config(source)
+    for setting, op in parser.settings:
+        try:
+            cfg.set(setting, op)
+        except ConfigError as e:
+            parser.errors.append(e)
+    if parser.errors:
+        hint = PYTHON_HINT if parser.likely_python else None
+        parser.errors.sort(key=lambda e: e.line or 0)
+        raise ConfigErrors(parser.errors, hint)
+    return cfg
+
+
+def parse_file(path: str) -> Config:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse(f.read(), path)
+
+
+def parse_overrides(args: list[str], source: str = "<command line>") -> Config:
+    """``key=value`` arguments of ``xl create`` (each may hold ``;``-joined settings)."""
+    cfg = Config(source)
+    errors: list[ConfigError] = []
+    for index, arg in enumerate(args, 1):
+        try:
+            one = parse(arg, source)
+        except ConfigErrors as e:
+            errors.extend(ConfigError(source, index, f"{arg!r}: {err.reason}")
+                          for err in e.errors)
+            continue
+        for s in one.settings.values():
+            cfg.set(Setting(s.name, s.value, index, source))
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
