@@ -60,8 +60,10 @@ backs accounted memory: the pages live until they munmap.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -373,8 +375,19 @@ def domain_destroyed(hv, dom) -> None:
     dom.gnttab = None
 
 
+def _close_all(hv_ref: "weakref.ref") -> None:
+    """At exit, release every table's atomic views before the interpreter's
+    final collection finalizes them in arbitrary order."""
+    hv = hv_ref()
+    if hv is not None:
+        for dom in list(hv.domains.values()):
+            if dom.gnttab is not None:
+                dom.gnttab.close()
+
+
 def install(hv, server=None) -> None:
     hv.gnttab = GnttabState(GnttabLimits(max_grant_frames=hv.config.max_grant_frames))
+    atexit.register(_close_all, weakref.ref(hv))
     for dom in list(hv.domains.values()):
         if dom.gnttab is None:
             domain_created(hv, dom)
