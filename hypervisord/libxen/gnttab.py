@@ -68,6 +68,12 @@ class GrantBusy(OSError):
     """``end_access`` on an entry that is still mapped or being copied."""
 
 
+def preload() -> None:
+    """Load ``atomics``' C library now: a guest process calls this before it
+    drops privileges, as the library is found lazily on first use."""
+    atomics.atomic(width=2, atype=atomics.UINT)
+
+
 def _check_status(r: dict, what: str) -> dict:
     if r.get("status", 0) != GntSt.GNTST_okay:
         raise GrantError(r["status"], what, r.get("reason"))

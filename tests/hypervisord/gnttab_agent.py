@@ -28,7 +28,7 @@ import sys
 import trio
 
 from hypervisord.libxen.core import XenCall
-from hypervisord.libxen.gnttab import GrantTable
+from hypervisord.libxen.gnttab import GrantTable, preload
 from hypervisord.machmem import DomainMemory
 from hypervisord.public.xen import PAGE_SIZE
 
@@ -114,6 +114,7 @@ async def main(hcall_fd: int, memory_fd: int) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 3:  # drop to an unprivileged user, as a jailed guest does
+        preload()
         uid = int(sys.argv[3])
         os.setgroups([])
         os.setgid(uid)

@@ -75,7 +75,9 @@ class Guest:
         return await self.call(Hypercall.grant_table_op, sub, **args)
 
     async def grant(self, domid: int, gfn: int, readonly: bool = False) -> int:
-        return (await self.cmd("grant", domid=domid, gfn=gfn, readonly=readonly))["ref"]
+        r = await self.cmd("grant", domid=domid, gfn=gfn, readonly=readonly)
+        assert "ref" in r, r
+        return r["ref"]
 
     async def flags(self, ref: int) -> int:
         return (await self.cmd("flags", ref=ref))["flags"]
