@@ -99,7 +99,9 @@ class GnttabState:
     def maptrack(self, caller) -> Maptrack:
         mt = self.maptracks.get(caller.conn)
         if mt is None:
-            mt = self.maptracks[caller.conn] = Maptrack(caller.domid, self.limits.max_maptrack)
+            limit = self.limits.max_maptrack if caller.privileged else \
+                self.limits.max_maptrack_domu
+            mt = self.maptracks[caller.conn] = Maptrack(caller.domid, limit)
         return mt
 
 

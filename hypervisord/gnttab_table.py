@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Mapping as MappingT
+from collections import OrderedDict
+from collections.abc import Callable, Mapping as MappingT
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,34 +115,59 @@ class GntError(Exception):
 @dataclass(frozen=True)
 class GnttabLimits:
     max_grant_frames: int = 4  # per granting domain (v1: 512 entries each)
-    max_maptrack: int = 1 << 16  # live handles per mapping process
+    max_maptrack: int = 1 << 16  # live handles per dom0 process
+    #: per domU process (it can map only its own grants): also bounds how long
+    #: releasing its mappings holds hypervisord up when it dies (XSA-380)
+    max_maptrack_domu: int = 1024
 
 
 class SharedFrames:
     """The v1 entries of one domain's grant frames, over a writable buffer.
 
-    Atomic views (PyPI ``atomics``) are made on first use of a ref and kept:
-    a 32-bit one over flags+domid for loads and compare-and-swap, a 16-bit
-    one over flags for the atomic clear. :meth:`close` releases them.
+    Atomic views (PyPI ``atomics``) are made on first use of a ref and kept
+    (making one costs ~100 us): a 32-bit one over flags+domid for loads and
+    compare-and-swap, a 16-bit one over flags for the atomic clear. Views of
+    refs that ``keep`` names (the pinned ones) stay; of the others at most
+    ``max_cached`` are kept, least recently used first out, so refs a
+    hostile caller merely probes cost no lasting memory. :meth:`close`
+    releases them all.
     """
 
-    def __init__(self, buf: Any, nr_frames: int, owns_buffer: bool = False) -> None:
+    def __init__(self, buf: Any, nr_frames: int, owns_buffer: bool = False,
+                 max_cached: int = 64) -> None:
         self.nr_entries = nr_frames * GNTTAB_V1_ENTRIES_PER_FRAME
         self._buf = buf if owns_buffer else None
         self._mv = memoryview(buf)
         assert len(self._mv) >= self.nr_entries * GRANT_ENTRY_V1.size
-        self._views: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._views: OrderedDict[int, tuple[Any, Any, Any, Any]] = OrderedDict()
+        self.max_cached = max_cached
+        self.keep: Callable[[int], bool] = lambda ref: False
 
     def _view(self, ref: int) -> tuple[Any, Any, Any, Any]:
         v = self._views.get(ref)
-        if v is None:
-            if not 0 <= ref < self.nr_entries:
-                raise IndexError(f"grant ref {ref} outside the frames")
-            off = ref * GRANT_ENTRY_V1.size
-            c32 = atomics.atomicview(buffer=self._mv[off:off + 4], atype=atomics.UINT)
-            c16 = atomics.atomicview(buffer=self._mv[off:off + 2], atype=atomics.UINT)
-            v = self._views[ref] = (c32, c32.__enter__(), c16, c16.__enter__())
+        if v is not None:
+            self._views.move_to_end(ref)
+            return v
+        if not 0 <= ref < self.nr_entries:
+            raise IndexError(f"grant ref {ref} outside the frames")
+        off = ref * GRANT_ENTRY_V1.size
+        c32 = atomics.atomicview(buffer=self._mv[off:off + 4], atype=atomics.UINT)
+        c16 = atomics.atomicview(buffer=self._mv[off:off + 2], atype=atomics.UINT)
+        v = self._views[ref] = (c32, c32.__enter__(), c16, c16.__enter__())
+        if len(self._views) > self.max_cached:
+            self._evict()
         return v
+
+    def _evict(self) -> None:
+        spare = len(self._views) - self.max_cached
+        for ref in [r for r in self._views if not self.keep(r)][:-1][:spare]:
+            c32, _, c16, _ = self._views.pop(ref)  # never the newest: it is in use
+            c32.__exit__(None, None, None)
+            c16.__exit__(None, None, None)
+
+    @property
+    def cached(self) -> int:
+        return len(self._views)
 
     def load_combo(self, ref: int) -> int:
         """flags | domid << 16, one atomic load (``ACCESS_ONCE``)."""
@@ -217,6 +243,7 @@ class GrantTable:
         self.max_frames = max_frames
         self.nr_frames = INITIAL_NR_GRANT_FRAMES
         self.active: dict[int, ActiveEntry] = {}
+        frames.keep = self.active.__contains__
         self.maps: set[Mapping] = set()  # live mappings of our grants, for revocation
 
     @property

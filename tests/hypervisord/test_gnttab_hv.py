@@ -261,3 +261,18 @@ def test_many_domains_leave_nothing_behind(env):
     assert sum(len(mt.entries) for mt in hv.gnttab.maptracks.values()) == 200  # revoked handles
     gnttab.conn_closed(hv, dom0.conn)
     assert hv.gnttab.maptracks == {} or all(not mt.entries for mt in hv.gnttab.maptracks.values())
+
+
+def test_domu_maptrack_is_bounded(env):
+    hv, call, ops, dom0, (a, _), _ = env
+    for ref in range(8, 17):
+        a.grant(ref, a.domid, 1, GTF_permit_access | GTF_readonly)
+    batch = [{"dom": a.domid, "ref": ref, "flags": HOST | RO}
+             for ref in range(8, 17) for _ in range(128)]
+    res = ops(a.caller, Op.GNTTABOP_map_grant_ref, *batch[:1000])
+    res += ops(a.caller, Op.GNTTABOP_map_grant_ref, *batch[1000:1100])
+    limit = hv.gnttab.limits.max_maptrack_domu
+    assert [r["status"] for r in res].count(OK) == limit
+    assert {r["status"] for r in res[limit:]} == {GntSt.GNTST_no_space}
+    gnttab.conn_closed(hv, a.caller.conn)  # the process dies: everything released
+    assert a.d.gnttab.active == {} and all(a.flags(r) & GTF_reading == 0 for r in range(8, 17))

@@ -206,6 +206,23 @@ def test_maptrack_limit(t):
     assert status(core.map_grant_ref, mt, t.table, 1, HOST | RO) == GntSt.GNTST_no_space
 
 
+def test_probed_refs_cost_no_lasting_views(t):
+    t.table.grow(4)
+    mt = Maptrack(0, 100)
+    kept = []
+    for ref in range(0, 2048, 2):
+        t.grant(ref + 1, 0, 7)
+        if ref % 64 == 0:  # some are really mapped: their views stay
+            kept.append(core.map_grant_ref(mt, t.table, ref + 1, HOST | RO)[0])
+        assert status(core.map_grant_ref, mt, t.table, ref, HOST) == GntSt.GNTST_general_error
+    frames = t.table.frames
+    assert frames.cached <= frames.max_cached + len(kept)
+    assert all(m.ref in frames._views for m in kept)
+    for m in kept:
+        core.unmap_grant_ref(mt, m.handle)
+    assert all(t.flags(m.ref) == GTF_permit_access for m in kept)
+
+
 def test_copy_pins_are_transient_and_allow_sub_page(t):
     t.grant(1, 0, 7, GTF_permit_access | GTF_sub_page)
     act = core.acquire_for_copy(t.table, 1, 0, readonly=False)
