@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench clean venv
+.PHONY: run stop test bench clean venv
 
 venv: $(STAMP)
 
@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(PY) -m examples.demo
+
+stop: $(STAMP)
+	$(VENV)/bin/pvxen down
 
 test: $(STAMP)
 	$(PY) -m pytest -q
