@@ -19,15 +19,16 @@ Single-threaded and blocking (selectors over the socket, the clients and a
 SIGCHLD wakeup pipe): trio is loaded for the children, never run here, so a
 fork never happens inside an event loop. ``xl create`` starts it on demand
 (``--daemon``: detached, pidfile ``<rundir>/xl/launcher.pid``, lock
-``launcher.lock`` so only one runs); benchmarks can run a
-:class:`~hypervisord.toolstack.monitor.Launcher` in-process.
+``launcher.lock`` so only one runs; clients: :mod:`launchctl`);
+benchmarks can run a :class:`~hypervisord.toolstack.monitor.Launcher`
+in-process.
 
 Requests (msgpack maps over SOCK_SEQPACKET), replies ``{"ok": true, ...}``
 or ``{"ok": false, "error": "..."}``:
 
     {"op": "launch", "domid", "config", "start_info_gfn", "fds": [names]} + fds
     {"op": "destroying", "domid"}     xl destroy: no on_* action for it
-    {"op": "ping"} / {"op": "list"}   liveness / {domid: pid}
+    {"op": "ping"} / {"op": "list"}   liveness / [[domid, pid], ...]
 """
 
 from __future__ import annotations
@@ -41,26 +42,16 @@ import selectors
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 
 import msgpack
 
 from hypervisord import rpc
 from hypervisord.toolstack.hcall import xl_dir
-from hypervisord.toolstack.monitor import Launcher, LaunchError
+from hypervisord.toolstack.launchctl import LOCK_NAME, PIDFILE_NAME, LaunchError, socket_path
+from hypervisord.toolstack.monitor import Launcher
 
 log = logging.getLogger("xl-launcher")
-
-SOCKET_NAME = "launcher.sock"
-PIDFILE_NAME = "launcher.pid"
-LOCK_NAME = "launcher.lock"
-START_TIMEOUT = 15.0
-
-
-def socket_path(rundir: str | os.PathLike | None) -> Path:
-    return xl_dir(rundir) / SOCKET_NAME
-
 
 # -- server ----------------------------------------------------------------------------
 
@@ -104,6 +95,7 @@ class LauncherServer:
             signal.set_wakeup_fd(-1)
             self.path.unlink(missing_ok=True)
             listener.close()
+            self.launcher.reap()  # guests that ended with the stop signal
             log.info("launcher stopped (%d guests keep running)", len(self.launcher.guests))
 
     def _ready(self, key: selectors.SelectorKey, listener: socket.socket) -> None:
@@ -174,86 +166,8 @@ class LauncherServer:
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "guests": len(self.launcher.guests)}
         if op == "list":
-            return {"ok": True, "guests": {g.domid: g.pid for g in self.launcher.guests.values()}}
+            return {"ok": True, "guests": [[g.domid, g.pid] for g in self.launcher.guests.values()]}
         raise LaunchError(f"unknown op {op!r}")
-
-
-# -- client ------------------------------------------------------------------------------
-
-class LauncherClient:
-    """A connection to the launcher (blocking)."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            self.sock.connect(str(path))
-        except OSError:
-            self.sock.close()
-            raise
-
-    def request(self, req: dict, fds: dict[str, int] | None = None) -> dict:
-        fds = fds or {}
-        if fds:
-            req = dict(req, fds=list(fds))
-        self.sock.sendmsg([msgpack.packb(req, use_bin_type=True)],
-                          rpc.fds_ancillary(list(fds.values())))
-        data = self.sock.recv(rpc.MAX_PACKET)
-        if not data:
-            raise LaunchError("the launcher closed the connection")
-        reply = msgpack.unpackb(data, raw=False)
-        if not reply.get("ok"):
-            raise LaunchError(reply.get("error", "launch failed"))
-        return reply
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "LauncherClient":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def connect(rundir: str | os.PathLike | None, *, start: bool = True) -> LauncherClient:
-    """Connect to the launcher, starting it as a detached daemon if needed."""
-    path = socket_path(rundir)
-    try:
-        return LauncherClient(path)
-    except (FileNotFoundError, ConnectionRefusedError):
-        if not start:
-            raise
-    proc = spawn_daemon(rundir)
-    deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            return LauncherClient(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            if time.monotonic() > deadline or proc.poll() not in (None, 0):
-                raise LaunchError(f"the launcher did not start; see {log_dir(rundir)}"
-                                  "/launcher.log") from None
-            time.sleep(0.01)
-
-
-def log_dir(rundir: str | os.PathLike | None) -> Path:
-    return xl_dir(rundir) / "log"
-
-
-def spawn_daemon(rundir: str | os.PathLike | None):
-    import subprocess
-
-    logs = log_dir(rundir)
-    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(xl_dir(rundir), 0o700)
-    argv = [sys.executable, "-m", "hypervisord.toolstack.launcher", "--daemon"]
-    if rundir:
-        argv += ["--rundir", str(rundir)]
-    env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    with open(logs / "launcher.log", "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True, env=env, cwd="/")
 
 
 # -- main --------------------------------------------------------------------------------
@@ -281,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s xl-launcher[%(process)d] %(levelname)s %(message)s")
     xl = xl_dir(args.rundir)
     xl.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if args.daemon and os.fork() > 0:
+        os._exit(0)  # detach: the daemon is nobody's child but init's (or a subreaper's)
     lock = _lock(xl)
     if lock is None:
         log.info("another launcher is running")

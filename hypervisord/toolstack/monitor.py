@@ -30,6 +30,7 @@ from hypervisord.toolstack.builder import BuildError, Toolstack, cleanup_domain,
     create_domain, destroy_domain
 from hypervisord.toolstack.domconfig import DomainConfig
 from hypervisord.toolstack.hcall import XenError, xl_dir
+from hypervisord.toolstack.launchctl import LaunchError
 from xenstored.syncclient import XsConnectionLost, XsError
 
 log = logging.getLogger("xl-launcher")
@@ -94,10 +95,6 @@ def _warm_atomics() -> None:
         word.load()
     finally:
         word.close()
-
-
-class LaunchError(Exception):
-    """A launch request could not be carried out."""
 
 
 @dataclass

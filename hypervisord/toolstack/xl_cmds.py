@@ -15,13 +15,13 @@ import time
 
 from hypervisord.libxen import ctrl
 from hypervisord.public.errno import XenErrno
-from hypervisord.toolstack import launcher as launcher_mod
+from hypervisord.toolstack import launchctl as launcher_mod
 from hypervisord.toolstack import xl_format as fmt
 from hypervisord.toolstack.builder import Toolstack, cleanup_domain, create_domain, \
     destroy_domain, domain_names, ensure_dom0, load_config, read_or_none
 from hypervisord.toolstack.domconfig import domain_config, parse_mem_size_kb
 from hypervisord.toolstack.hcall import XenError
-from hypervisord.toolstack.monitor import LaunchError
+from hypervisord.toolstack.launchctl import LaunchError
 from hypervisord.toolstack.xlcfg import parse_file, parse_overrides
 
 INVALID_DOMAIN_RC = -6  # libxl's ERROR_INVAL
@@ -118,6 +118,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
 def list_(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     if len(args) > 1:
         raise UsageError("list")
+    ensure_dom0(ts.xs)
     if args:
         domid = find_domain(ts, args[0])
         info = domain_info(ts, domid)
