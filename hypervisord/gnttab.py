@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import mmap
 import os
 import weakref
 from dataclasses import dataclass
@@ -348,11 +349,12 @@ def copy(hv, caller, args):
 # -- lifecycle hooks --------------------------------------------------------------------------
 
 def domain_created(hv, dom) -> None:
-    st = state(hv)
-    nr = min(st.limits.max_grant_frames, NR_GNT_FRAMES)
-    mm = core.map_frames(dom.mem.fd, GNT_FIRST_SLOT, NR_GNT_FRAMES)
-    dom.gnttab = core.GrantTable(dom.domid, core.SharedFrames(mm, NR_GNT_FRAMES, owns_buffer=True),
-                                 dom.mem.p2m, nr)
+    """Map the domain's grant frames (slots of its memory file) and make its table."""
+    nr = min(state(hv).limits.max_grant_frames, NR_GNT_FRAMES)
+    mm = mmap.mmap(dom.mem.fd, NR_GNT_FRAMES * PAGE_SIZE, mmap.MAP_SHARED,
+                   mmap.PROT_READ | mmap.PROT_WRITE, offset=GNT_FIRST_SLOT * PAGE_SIZE)
+    frames = core.SharedFrames(mm, NR_GNT_FRAMES, owns_buffer=True)
+    dom.gnttab = core.GrantTable(dom.domid, frames, dom.mem.p2m, nr)
 
 
 def conn_closed(hv, conn) -> None:

@@ -45,7 +45,6 @@ Rules kept exactly as Xen does:
 
 from __future__ import annotations
 
-import mmap
 import struct
 from collections import OrderedDict
 from collections.abc import Callable, Mapping as MappingT
@@ -69,7 +68,6 @@ from hypervisord.public.grant_table import (
     GTF_writing,
     GntSt,
 )
-from hypervisord.public.xen import PAGE_SIZE
 
 # Xen-internal pin counters (grant_table.c): four 8-bit counters in one int.
 GNTPIN_hstw_inc = 1 << 0
@@ -267,6 +265,11 @@ class GrantTable:
             raise GntError(GntSt.GNTST_general_error,
                            f"d{self.domid} ref {ref:#x} is pinned for d{act.domid}, or its "
                            f"pin count would overflow ({act.pin:#010x})")
+        if act is not None and act.gfn not in self.p2m:
+            # Xen's page reference keeps a pinned frame; ours is gone if the
+            # granter released it (decrease_reservation): refuse new pins.
+            raise GntError(GntSt.GNTST_bad_page,
+                           f"d{self.domid} ref {ref:#x}: gfn {act.gfn:#x} was released")
         if act is None or (not readonly and not act.pin & GNTPIN_writers):
             self._set_status(ref, act, readonly, mapflag, ldomid)
             if act is None:
@@ -367,7 +370,8 @@ def release(m: Mapping, parts: int = GNTMAP_host_map | GNTMAP_device_map) -> int
     return done
 
 
-def map_grant_ref(mt: Maptrack, rd: GrantTable | None, ref: int, flags: int) -> tuple[Mapping, ActiveEntry]:
+def map_grant_ref(mt: Maptrack, rd: GrantTable | None, ref: int,
+                  flags: int) -> tuple[Mapping, ActiveEntry]:
     """``map_grant_ref``: validate, pin, record a handle; raises :class:`GntError`."""
     incr = pin_incr(flags)
     if not incr:
@@ -391,7 +395,8 @@ def unmap_grant_ref(mt: Maptrack, handle: int,
     """``unmap_grant_ref``: drop what the handle's map took (or some parts)."""
     m = mt.entries.get(handle)
     if m is None:
-        raise GntError(GntSt.GNTST_bad_handle, f"d{mt.domid} has no mapping with handle {handle:#x}")
+        raise GntError(GntSt.GNTST_bad_handle,
+                       f"d{mt.domid} has no mapping with handle {handle:#x}")
     release(m, parts)
     if not m.flags & (GNTMAP_host_map | GNTMAP_device_map):
         del mt.entries[handle]
@@ -414,10 +419,3 @@ def acquire_for_copy(rd: GrantTable, ref: int, ldomid: int, readonly: bool) -> A
 
 def release_for_copy(rd: GrantTable, ref: int, readonly: bool) -> None:
     rd.unpin(ref, GNTPIN_hstr_inc if readonly else GNTPIN_hstw_inc, readonly)
-
-
-def map_frames(fd: int, first_slot: int, nr_frames: int, writable: bool = True) -> mmap.mmap:
-    """Map a domain's grant frames (slots of its memory file)."""
-    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    return mmap.mmap(fd, nr_frames * PAGE_SIZE, mmap.MAP_SHARED, prot,
-                     offset=first_slot * PAGE_SIZE)

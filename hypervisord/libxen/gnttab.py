@@ -116,7 +116,8 @@ class GrantTable:
     """This process's grant table (its domain's, when it is the domain's process)."""
 
     def __init__(self, memory_fd: int, frame_list: list[int]) -> None:
-        if not frame_list or frame_list != list(range(GNT_FIRST_SLOT, GNT_FIRST_SLOT + len(frame_list))):
+        expected = list(range(GNT_FIRST_SLOT, GNT_FIRST_SLOT + len(frame_list)))
+        if not frame_list or frame_list != expected:
             raise ValueError(f"unexpected grant frames {frame_list}")
         self._mm = mmap.mmap(memory_fd, NR_GNT_FRAMES * PAGE_SIZE, mmap.MAP_SHARED,
                              mmap.PROT_READ | mmap.PROT_WRITE, offset=GNT_FIRST_SLOT * PAGE_SIZE)

@@ -49,7 +49,8 @@ class Agent:
             return {"nr_entries": self.gt.nr_entries}
         if op == "grant":
             assert self.gt is not None
-            return {"ref": self.gt.grant_access(cmd["domid"], cmd["gfn"], cmd.get("readonly", False))}
+            ref = self.gt.grant_access(cmd["domid"], cmd["gfn"], cmd.get("readonly", False))
+            return {"ref": ref}
         if op == "flags":
             assert self.gt is not None
             return {"flags": self.gt.flags(cmd["ref"])}

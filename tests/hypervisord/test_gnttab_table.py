@@ -181,6 +181,17 @@ def test_frame_is_read_once_at_first_pin(t):
     assert act.gfn == 7
 
 
+def test_no_new_pins_on_a_released_frame(t):
+    t.grant(4, 0, 7)
+    mt = Maptrack(0, 100)
+    m, _ = core.map_grant_ref(mt, t.table, 4, HOST | RO)
+    del t.p2m[7]  # the granter ballooned the frame out while it was mapped
+    assert status(core.map_grant_ref, mt, t.table, 4, HOST | RO) == GntSt.GNTST_bad_page
+    assert status(core.acquire_for_copy, t.table, 4, 0, True) == GntSt.GNTST_bad_page
+    core.unmap_grant_ref(mt, m.handle)
+    assert t.flags(4) == GTF_permit_access and t.table.active == {}
+
+
 def test_unstable_entry_gives_up_after_five_tries(t):
     class Racing(SharedFrames):
         def cmpxchg_combo(self, ref, old, new):

@@ -20,7 +20,13 @@ from hypervisord.libxen.core import XenCall
 from hypervisord.libxen.gnttab import GrantMapper
 from hypervisord.public.domctl import DomctlCmd
 from hypervisord.public.errno import XenErrno as E
-from hypervisord.public.grant_table import GNTCOPY_source_gref, GNTMAP_host_map, GnttabOp as Op, GntSt
+from hypervisord.public.grant_table import (
+    GNTCOPY_source_gref,
+    GNTMAP_host_map,
+    GNTMAP_readonly,
+    GnttabOp as Op,
+    GntSt,
+)
 from hypervisord.public.memory import XenMemOp
 from hypervisord.public.pvxen import HYPERVISOR_pvxen_op, PvxenOp
 from hypervisord.public.xen import DOMID_SELF, Hypercall
@@ -84,7 +90,7 @@ async def test_domu_reaches_no_other_domains_memory(hypervisord):
 
         # every route b might take to a's (or dom0's) memory
         r = await b.gnttab(Op.GNTTABOP_map_grant_ref, ops=[
-            {"dom": a.domid, "ref": to_b, "flags": GNTMAP_host_map | 4},  # granted to b
+            {"dom": a.domid, "ref": to_b, "flags": GNTMAP_host_map | GNTMAP_readonly},  # to b
             {"dom": a.domid, "ref": to_dom0, "flags": GNTMAP_host_map},  # granted to dom0
             {"dom": 0, "ref": 8, "flags": GNTMAP_host_map}])
         assert [x["status"] for x in r["result"]["ops"]] == [GntSt.GNTST_general_error] * 3
