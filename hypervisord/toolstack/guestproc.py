@@ -86,8 +86,11 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
         place_fds(fds, log_fd)
-        sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-        sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        # Fresh line-buffered streams on fds 1 and 2: the template's may be
+        # anything (a test runner's capture object, say).
+        sys.stdout = sys.__stdout__ = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
+        sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
         drop_privileges()
         spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
