@@ -59,6 +59,17 @@ STATUS_OF = {
     ECS.ECS_IPI: EvtchnStat.EVTCHNSTAT_ipi,
 }
 
+#: the state changes a channel may make; allocation is the edge out of ECS_FREE
+TRANSITIONS: dict[ECS, frozenset[ECS]] = {
+    ECS.ECS_FREE: frozenset({ECS.ECS_UNBOUND, ECS.ECS_INTERDOMAIN, ECS.ECS_VIRQ, ECS.ECS_IPI}),
+    ECS.ECS_RESERVED: frozenset(),
+    ECS.ECS_UNBOUND: frozenset({ECS.ECS_INTERDOMAIN, ECS.ECS_FREE}),  # bound; closed
+    ECS.ECS_INTERDOMAIN: frozenset({ECS.ECS_UNBOUND, ECS.ECS_FREE}),  # peer closed; closed
+    ECS.ECS_PIRQ: frozenset({ECS.ECS_FREE}),
+    ECS.ECS_VIRQ: frozenset({ECS.ECS_FREE}),
+    ECS.ECS_IPI: frozenset({ECS.ECS_FREE}),
+}
+
 VIRQ_VCPU, VIRQ_DOMAIN, VIRQ_GLOBAL = "vcpu", "domain", "global"
 
 
@@ -84,6 +95,12 @@ class Channel:
     #: the process that bound it, which gets its notifications (None: the
     #: domain's own process, looked up at delivery; see hypervisord.evtchn)
     owner: Any = None
+
+    def transition(self, new: ECS) -> None:
+        """The one place a channel changes state; an illegal edge is our bug."""
+        if new not in TRANSITIONS[self.state]:
+            raise AssertionError(f"port {self.port}: {self.state.name} -> {new.name}")
+        self.state = new
 
 
 class PortTable:
@@ -133,7 +150,8 @@ class PortTable:
             self._next += 1
         else:
             raise fail(E.XEN_ENOSPC, f"d{self.domid} has all {self.max_port} ports in use")
-        chan = self.chans[port] = Channel(port, state, **fields)
+        chan = self.chans[port] = Channel(port, ECS.ECS_FREE, **fields)
+        chan.transition(state)
         return chan
 
     def free(self, chan: Channel) -> None:
@@ -141,7 +159,7 @@ class PortTable:
         if self.chans.get(chan.port) is not chan:
             return
         del self.chans[chan.port]
-        chan.state = ECS.ECS_FREE
+        chan.transition(ECS.ECS_FREE)
         heapq.heappush(self._freed, chan.port)
 
 
@@ -173,7 +191,7 @@ def bind_interdomain(ltab: PortTable, rtab: PortTable, rport: int, owner: Any) -
         ltab.free(lchan)
         raise
     lchan.remote_domid, lchan.remote_port = rtab.domid, rport
-    rchan.state = ECS.ECS_INTERDOMAIN
+    rchan.transition(ECS.ECS_INTERDOMAIN)
     rchan.remote_domid, rchan.remote_port = ltab.domid, lchan.port
     return lchan
 
@@ -222,7 +240,7 @@ def close(table: PortTable, port: int, tables: Tables) -> tuple[int, Channel] | 
         # The peer always matches while tables stay consistent (Xen: BUG_ON).
         if rchan is not None and rchan.state == ECS.ECS_INTERDOMAIN \
                 and rchan.remote_domid == table.domid and rchan.remote_port == port:
-            rchan.state = ECS.ECS_UNBOUND
+            rchan.transition(ECS.ECS_UNBOUND)
             rchan.remote_domid, rchan.remote_port = table.domid, 0
             peer = (chan.remote_domid, rchan)
     table.free(chan)

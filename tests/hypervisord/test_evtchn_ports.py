@@ -130,3 +130,16 @@ def test_status_of_every_state(tables):
     assert core.status(t1, 0)["status"] == EvtchnStat.EVTCHNSTAT_closed
     assert errno_of(core.status, t1, 9) == E.XEN_EINVAL
     assert errno_of(core.bind_ipi, t1, 1, 1, "c") == E.XEN_ENOENT
+
+
+def test_state_machine_refuses_illegal_edges():
+    t = PortTable(1, 8)
+    virq = core.bind_virq(t, Virq.VIRQ_TIMER, 0, 1, False, "c")
+    with pytest.raises(AssertionError):
+        virq.transition(ECS.ECS_UNBOUND)
+    assert virq.state == ECS.ECS_VIRQ
+    unbound = core.alloc_unbound(t, 2, None)
+    with pytest.raises(AssertionError):
+        unbound.transition(ECS.ECS_VIRQ)
+    for state, edges in core.TRANSITIONS.items():
+        assert state == ECS.ECS_RESERVED or ECS.ECS_FREE in edges or state == ECS.ECS_FREE
