@@ -183,7 +183,14 @@ async def guest_main(spec: GuestSpec, main: GuestMain) -> int:
 
 
 def run(spec: GuestSpec) -> int:
-    """The guest process's whole life; returns its exit status."""
+    """The guest process's whole life; returns its exit status.
+
+    A duplicate of the hypercall descriptor stays open until the process
+    ends: hypervisord destroys the domain (and kills its process) when the
+    connection closes, which must not happen before the exit status that
+    carries the shutdown reason exists.
+    """
+    os.dup(spec.hypercall_fd)  # closed by the kernel at exit, never by us
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s d{spec.domid} %(levelname)s %(message)s")
     try:

@@ -9,13 +9,14 @@ Creating a domain, in Xen's order (``libxl_create.c``, ``libxl_dom.c``,
     XENMEM_populate_physmap           gfns 0 .. N-1 (N = memory), privileged
     EVTCHNOP_alloc_unbound x2         store and console ports, in the guest,
                                       for dom0 to bind (remote_dom 0)
+    pvxen connect_domain              the descriptors of the domain's process
+                                      (hypercall, evtchn, its memory file)
     start_info                        written into the guest's gfn N-3 through
-                                      dom0's foreign mapping; store page at
-                                      N-1 and console page at N-2 (the magic
-                                      pages sit at the end of memory)
+                                      that memory file; store page at N-1 and
+                                      console page at N-2 (the magic pages sit
+                                      at the end of memory)
     XenStore entries                  as libxl writes them (xenstore_layout)
     XS_INTRODUCE                      xenstored takes over the store ring
-    pvxen connect_domain              the descriptors of the domain's process
 
 The caller then hands those descriptors to the launcher and unpauses the
 domain. A failure at any step destroys what was built. The start_info gfn
@@ -28,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,11 +159,19 @@ def apply_ops(xs: XsSyncClient, ops: list[layout.Op], tx_id: int = 0) -> None:
             raise ValueError(f"unknown store op {op.kind}")
 
 
-def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20) -> None:
-    """Apply ``ops`` atomically, redoing the transaction on EAGAIN as libxl does."""
+def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20,
+                    check: Callable[[int], None] | None = None) -> None:
+    """Apply ``ops`` atomically, redoing the transaction on EAGAIN as libxl does.
+
+    ``check(tx_id)`` runs first inside the transaction and may raise to
+    abort it; what it reads is part of the transaction, so a concurrent
+    change to it makes the commit fail and the whole thing run again.
+    """
     for attempt in range(attempts):
         try:
             with xs.transaction() as tx_id:
+                if check is not None:
+                    check(tx_id)
                 apply_ops(xs, ops, tx_id)
             return
         except XsError as e:
@@ -171,9 +180,9 @@ def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20) 
             time.sleep(min(0.001 * 2 ** attempt, 0.05))
 
 
-def read_or_none(xs: XsSyncClient, path: str) -> str | None:
+def read_or_none(xs: XsSyncClient, path: str, tx_id: int = 0) -> str | None:
     try:
-        return xs.read(path).decode("utf-8", "replace")
+        return xs.read(path, tx_id).decode("utf-8", "replace")
     except XsError:
         return None
 
@@ -184,17 +193,17 @@ def ensure_dom0(xs: XsSyncClient) -> None:
         apply_ops(xs, layout.dom0_ops())
 
 
-def domain_names(xs: XsSyncClient) -> dict[int, str]:
+def domain_names(xs: XsSyncClient, tx_id: int = 0) -> dict[int, str]:
     """Names of the domains under ``/local/domain`` (libxl_name_to_domid's scan)."""
     names = {}
     try:
-        children = xs.directory("/local/domain")
+        children = xs.directory("/local/domain", tx_id)
     except XsError:
         return {}
     for child in children:
         if not child.isdigit():
             continue
-        name = read_or_none(xs, f"/local/domain/{int(child)}/name")
+        name = read_or_none(xs, f"/local/domain/{int(child)}/name", tx_id)
         if name is not None:
             names[int(child)] = name
     return names
@@ -245,24 +254,18 @@ def start_info_bytes(nr_pages: int, store: tuple[int, int], console: tuple[int, 
         console[1], 0, 0, 0, 0, 0, cmd, 0, 0)
 
 
-def write_start_info(xc: SyncHypercall, domid: int, gfn: int, data: bytes) -> None:
-    _, result = ctrl.map_foreign(xc, domid)
-    fd = result["fds"]["memory"]
-    try:
-        os.pwrite(fd, data, DomainMemory.offset_of_gfn(gfn))
-    finally:
-        os.close(fd)
-
-
-def check_name(xs: XsSyncClient, name: str) -> None:
-    if name in domain_names(xs).values():
+def check_name(xs: XsSyncClient, name: str, tx_id: int = 0) -> None:
+    """``libxl__domain_rename``'s check, made inside the creation transaction."""
+    if name in domain_names(xs, tx_id).values():
         raise BuildError(f"domain with name {name} already exists")
 
 
 def create_domain(ts: Toolstack, cfg: DomainConfig, *, unique_name: bool = True) -> BuiltDomain:
-    """Build a paused domain for ``cfg``; returns it with its process's descriptors."""
-    if unique_name:
-        check_name(ts.xs, cfg.name)
+    """Build a paused domain for ``cfg``; returns it with its process's descriptors.
+
+    ``unique_name=False`` skips libxl's scan of every domain's name (O(N)),
+    for callers that guarantee distinct names themselves (benchmarks).
+    """
     nr_pages = cfg.memory_kb * 1024 // PAGE_SIZE
     if nr_pages < MAGIC_PAGES + 1:
         raise BuildError(f"memory: {cfg.memory} MiB is too small")
@@ -271,13 +274,14 @@ def create_domain(ts: Toolstack, cfg: DomainConfig, *, unique_name: bool = True)
                                        max_vcpus=cfg.maxvcpus)
     domid = int(result["domain"])
     try:
-        return _build(ts, cfg, domid, MemoryLayout(nr_pages))
+        return _build(ts, cfg, domid, MemoryLayout(nr_pages), unique_name)
     except BaseException:
         destroy_domain(ts, domid, cfg.uuid, quiet=True)
         raise
 
 
-def _build(ts: Toolstack, cfg: DomainConfig, domid: int, mem: MemoryLayout) -> BuiltDomain:
+def _build(ts: Toolstack, cfg: DomainConfig, domid: int, mem: MemoryLayout,
+           unique_name: bool) -> BuiltDomain:
     with _step("XEN_DOMCTL_max_mem"):
         ctrl.domain_max_mem(ts.xc, domid, cfg.maxmem_kb)
     with _step("XEN_DOMCTL_max_vcpus"):
@@ -286,25 +290,36 @@ def _build(ts: Toolstack, cfg: DomainConfig, domid: int, mem: MemoryLayout) -> B
         populate(ts.xc, domid, mem.nr_pages)
     built = BuiltDomain(domid, cfg, mem, alloc_unbound(ts.xc, domid, "xenstore"),
                         alloc_unbound(ts.xc, domid, "console"))
+    with _step("pvxen connect_domain"):
+        _, result = ctrl.connect_domain(ts.xc, domid)
+    built.fds = dict(result["fds"])
+    try:
+        _finish(ts, cfg, built, unique_name)
+    except BaseException:
+        built.close_fds()
+        raise
+    return built
+
+
+def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: bool) -> None:
+    """start_info, the XenStore entries, XS_INTRODUCE, the saved configuration."""
+    mem, domid = built.layout, built.domid
     info = start_info_bytes(mem.nr_pages, (mem.store_gfn, built.store_port),
                             (mem.console_gfn, built.console_port), cfg.cmdline)
-    with _step("writing start_info"):
-        write_start_info(ts.xc, domid, mem.start_info_gfn, info)
+    # Through the memory file the domain's process will get (its own frames).
+    os.pwrite(built.fds["memory"], info, DomainMemory.offset_of_gfn(mem.start_info_gfn))
     entries = layout.DomainEntries(
         domid=domid, name=cfg.name, uuid=cfg.uuid, memory_kb=cfg.memory_kb,
         maxmem_kb=cfg.maxmem_kb, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,
         store_port=built.store_port, store_gfn=mem.store_gfn,
         console_port=built.console_port, console_gfn=mem.console_gfn,
         kernel=cfg.kernel, cmdline=cfg.cmdline, start_time=time.time())
+    check = (lambda tx: check_name(ts.xs, cfg.name, tx)) if unique_name else None
     with _step("writing the domain's XenStore entries"):
-        run_transaction(ts.xs, layout.create_ops(entries))
+        run_transaction(ts.xs, layout.create_ops(entries), check=check)
     with _step("XS_INTRODUCE"):
         ts.xs.request(T.XS_INTRODUCE, f"{domid}\0{mem.store_gfn}\0{built.store_port}\0".encode())
     save_config(ts.xl_dir, domid, cfg)
-    with _step("pvxen connect_domain"):
-        _, result = ctrl.connect_domain(ts.xc, domid)
-    built.fds = dict(result["fds"])
-    return built
 
 
 def _uuid_bytes(text: str) -> bytes:

@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("another launcher is running")
         return 0
     launcher = Launcher(args.rundir)
+    launcher.ensure_dom0()
     (xl / PIDFILE_NAME).write_text(f"{os.getpid()}\n")
     try:
         LauncherServer(launcher, socket_path(args.rundir)).serve()

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from frontends import runtime
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.toolstack import guestproc
-from hypervisord.toolstack.builder import BuildError, Toolstack, cleanup_domain, \
-    create_domain, destroy_domain
+from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack, \
+    create_domain, destroy_domain, ensure_dom0
 from hypervisord.toolstack.domconfig import DomainConfig
 from hypervisord.toolstack.hcall import XenError, xl_dir
 from hypervisord.toolstack.launchctl import LaunchError
@@ -190,7 +190,8 @@ class Launcher:
             destroy_domain(ts, guest.domid, guest.config.uuid)
             if action in RESTART_ACTIONS:
                 self._restart(ts, guest)
-        except (XenError, XsError, XsConnectionLost, OSError, BuildError, LaunchError) as e:
+        except (XenError, XsError, XsConnectionLost, OSError, BuildError, LaunchError,
+                ConnectError) as e:
             log.error("d%d: cleanup/%s failed: %s", guest.domid, action, e)
             self._drop_toolstack()
 
@@ -226,8 +227,13 @@ class Launcher:
             self._ts.close()
             self._ts = None
 
-    def cleanup_only(self, domid: int, uuid: str | None) -> None:
-        cleanup_domain(self.toolstack(), domid, uuid)
+    def ensure_dom0(self) -> None:
+        """dom0's name and id in the store (xen-init-dom0's job), if xenstored is up."""
+        try:
+            ensure_dom0(self.toolstack().xs)
+        except (ConnectError, XsError, XsConnectionLost) as e:
+            log.warning("cannot write dom0's XenStore entries: %s", e)
+            self._drop_toolstack()
 
     def kill_all(self, sig: int = 9) -> None:
         """Tests and benchmarks: end every guest process (hypervisord then destroys)."""

@@ -224,3 +224,30 @@ def test_actions_by_reason(prog):
     assert action_for(dc, R.SHUTDOWN_crash) == "preserve"
     assert action_for(dc, R.SHUTDOWN_watchdog) == "destroy"
     assert action_for(dc, R.SHUTDOWN_suspend) == "destroy"
+
+
+class FakeXc:
+    """A hypercall client whose event_channel_op answers ``-rc``."""
+
+    def __init__(self, rc: int) -> None:
+        self.rc = rc
+        self.calls: list[tuple[int, int, dict]] = []
+
+    def call(self, hypercall, subop, **args):
+        from hypervisord.toolstack.hcall import XenError
+
+        self.calls.append((hypercall, subop, args))
+        raise XenError(self.rc, f"hypercall {hypercall}/{subop}")
+
+
+def test_alloc_unbound_without_event_channels_says_so():
+    from hypervisord.public.errno import XenErrno
+    from hypervisord.public.event_channel import EvtchnOp
+    from hypervisord.toolstack.builder import BuildError, alloc_unbound
+
+    xc = FakeXc(-XenErrno.XEN_ENOSYS)
+    with pytest.raises(BuildError, match="hypervisord has no event channels"):
+        alloc_unbound(xc, 5, "xenstore")
+    assert xc.calls == [(32, EvtchnOp.EVTCHNOP_alloc_unbound, {"dom": 5, "remote_dom": 0})]
+    with pytest.raises(BuildError, match=r"EVTCHNOP_alloc_unbound \(console\) failed: XEN_EPERM"):
+        alloc_unbound(FakeXc(-XenErrno.XEN_EPERM), 5, "console")

@@ -248,3 +248,29 @@ def test_console_script_runs_as_a_process(stack):
                         "print('trio' in sys.modules)"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=30)
     assert p.stdout == "False\n"  # xl stays light: no event loop to import
+
+
+def test_failed_create_leaves_nothing_behind(stack, tmp_path):
+    cfg = write_guest(tmp_path, "huge", "async def main(domain):\n    pass\n", memory=4096)
+    free = stack.xl_ok("info", "free_memory").out
+    r = stack.xl("create", str(cfg))
+    assert r.rc == 1 and "xl: XEN_DOMCTL_max_mem failed" in r.err
+    cfg = write_guest(tmp_path, "big", "async def main(domain):\n    pass\n",
+                      "maxmem = 1000\n", memory=1000)
+    stack.xl_ok("create", "-p", str(cfg))  # 1000 of the machine's 1024 MiB
+    r = stack.xl("create", str(cfg), 'name="big2"')
+    assert r.rc == 1 and "populate_physmap: only" in r.err
+    stack.xl_ok("destroy", "big")
+    assert stack.domids() == [0]
+    assert stack.xl_ok("info", "free_memory").out == free
+    assert store_dirs(stack) == (["0"], [], [])
+
+
+def store_dirs(stack):
+    def children(path):
+        try:
+            return sorted(c.decode() for c in stack.ts.xs.directory(path))
+        except OSError:
+            return []
+
+    return children("/local/domain"), children("/vm"), children("/libxl")
