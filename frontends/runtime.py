@@ -26,6 +26,7 @@ connection).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -92,8 +93,8 @@ def load_program(path: str, source: str, args: list[str]) -> GuestMain:
     sys.argv = [path, *args]
     exec(compile(source, path, "exec"), module.__dict__)
     main = getattr(module, "main", None)
-    if main is None or not callable(main):
-        raise TypeError(f"{path} defines no main(domain)")
+    if main is None or not inspect.iscoroutinefunction(main):
+        raise TypeError(f"{path} defines no async def main(domain)")
     return main
 
 

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from frontends import runtime
+from hypervisord.libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.toolstack import guestproc
 from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack, \
@@ -157,7 +158,8 @@ class Launcher:
 
     def destroying(self, domid: int) -> None:
         """``xl destroy`` is taking ``domid`` down: no on_* action for it."""
-        self._destroying.add(domid)
+        if any(g.domid == domid for g in self.guests.values()):
+            self._destroying.add(domid)
 
     # -- reaping ------------------------------------------------------------------------------
     def reap(self) -> list[tuple[Guest, int]]:
@@ -211,8 +213,6 @@ class Launcher:
         finally:
             built.close_fds()
         self.guests[pid].restarts = recent + [now]
-        from hypervisord.libxen import ctrl
-
         ctrl.domain_unpause(ts.xc, built.domid)
         log.info("%s restarted as d%d", guest.config.name, built.domid)
 

@@ -103,12 +103,25 @@ async def main(domain):
         report["rundir"] = "listed"
     except OSError as e:
         report["rundir"] = type(e).__name__
-    report["fds"] = {}
+    report["fds"], report["named_sockets"] = {}, []
     for fd in os.listdir("/proc/self/fd"):
         try:
             report["fds"][fd] = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        if report["fds"][fd].startswith("socket:"):
+            s = socket.socket(fileno=os.dup(int(fd)))
+            try:
+                if s.family == socket.AF_UNIX:  # path names are dom0 endpoints
+                    names = [s.getsockname(), s.getpeername()]
+                    if any(isinstance(n, str) and n for n in names):
+                        report["named_sockets"].append([fd, *map(repr, names)])
+                else:
+                    report["named_sockets"].append([fd, str(s.family)])
+            except OSError:
+                pass
+            finally:
+                s.close()
     report["maps"] = sorted({l.split(None, 5)[5] for l in open("/proc/self/maps")
                              if len(l.split(None, 5)) > 5 and "memfd:" in l})
     print("REPORT " + json.dumps(report), flush=True)
@@ -143,6 +156,9 @@ def test_guest_process_is_confined(stack, tmp_path):
     assert memfds == {fds["5"]}, "a descriptor of another domain's memory"
     assert all(f"memfd:pvxen-dom{domid} " in m for m in report["maps"]), report["maps"]
     assert not any(str(stack.rundir) in t for k, t in fds.items() if k not in ("1", "2"))
+    # socketpairs only (autobound, abstract names at most): no connection to a
+    # dom0 endpoint (privcmd, xenstored, the launcher) leaked in
+    assert report["named_sockets"] == []
     assert prog.exists()
 
 
