@@ -104,11 +104,14 @@ class XenEvtchn:
         """
         sock = trio.socket.from_stdlib_socket(socket.socket(fileno=evtchn_fd))
         own_map = shared_info is None
-        if own_map:
-            if memory_fd is None:
-                sock.close()
-                raise ValueError("need memory_fd or shared_info")
-            shared_info = map_shared_info(memory_fd)
+        try:
+            if own_map:
+                if memory_fd is None:
+                    raise ValueError("need memory_fd or shared_info")
+                shared_info = map_shared_info(memory_fd)
+        except BaseException:
+            sock.close()
+            raise
         xe = cls(xc, sock, shared_info)
         try:
             async with trio.open_nursery() as nursery:
