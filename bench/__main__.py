@@ -13,6 +13,7 @@ import sys
 #: name -> (module, one-line summary)
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "xenstore": ("bench.xenstore", "xenstored vs a trio echo server: RTT, scaling, watches"),
+    "hypervisor": ("bench.hypervisor", "hypervisord: hypercalls/s, event RTT, domain create"),
 }
 
 
