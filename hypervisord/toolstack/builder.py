@@ -42,9 +42,11 @@ from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from hypervisord.public.xen import (
     MAX_GUEST_CMDLINE, PAGE_SIZE, START_INFO, XEN_START_INFO_MAGIC, Hypercall)
 from hypervisord.toolstack import xenstore_layout as layout
+from hypervisord.toolstack import xspipe
 from hypervisord.toolstack.domconfig import DomainConfig
 from hypervisord.toolstack.hcall import SyncHypercall, XenError, privcmd_path, \
     xenstored_path, xl_dir
+from hypervisord.toolstack.xspipe import XsPipe
 from xenstored.syncclient import XsError, XsSyncClient
 
 POPULATE_CHUNK = 1 << 14  # gfns per populate_physmap call (keeps packets small)
@@ -100,6 +102,7 @@ class Toolstack:
         self.rundir = rundir
         self._xc: SyncHypercall | None = None
         self._xs: XsSyncClient | None = None
+        self._pipe: XsPipe | None = None
 
     @property
     def xc(self) -> SyncHypercall:
@@ -122,7 +125,22 @@ class Toolstack:
                 raise ConnectError(f"cannot reach xenstored{where}: {e.strerror}") from e
         return self._xs
 
+    @property
+    def pipe(self) -> XsPipe:
+        """A second store connection, for pipelined batches (the builder's)."""
+        if self._pipe is None:
+            path = xenstored_path(self.rundir)
+            try:
+                self._pipe = XsPipe.open(path)
+            except OSError as e:
+                where = f" at {path}" if path else ""
+                raise ConnectError(f"cannot reach xenstored{where}: {e.strerror}") from e
+        return self._pipe
+
     def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
         if self._xc is not None:
             self._xc.close()
             self._xc = None
@@ -144,6 +162,7 @@ class Toolstack:
 # -- XenStore helpers ------------------------------------------------------------
 
 def apply_ops(xs: XsSyncClient, ops: list[layout.Op], tx_id: int = 0) -> None:
+    """One op at a time on a plain client (what is not worth a batch)."""
     for op in ops:
         if op.kind == "write":
             xs.write(op.path, op.value, tx_id)
@@ -159,9 +178,9 @@ def apply_ops(xs: XsSyncClient, ops: list[layout.Op], tx_id: int = 0) -> None:
             raise ValueError(f"unknown store op {op.kind}")
 
 
-def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20,
+def run_transaction(pipe: XsPipe, ops: list[layout.Op], attempts: int = 20,
                     check: Callable[[int], None] | None = None) -> None:
-    """Apply ``ops`` atomically, redoing the transaction on EAGAIN as libxl does.
+    """Apply ``ops`` atomically in one batch, redoing it on EAGAIN as libxl does.
 
     ``check(tx_id)`` runs first inside the transaction and may raise to
     abort it; what it reads is part of the transaction, so a concurrent
@@ -169,10 +188,10 @@ def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20,
     """
     for attempt in range(attempts):
         try:
-            with xs.transaction() as tx_id:
+            with pipe.transaction() as tx_id:
                 if check is not None:
                     check(tx_id)
-                apply_ops(xs, ops, tx_id)
+                xspipe.apply_ops(pipe, ops, tx_id)
             return
         except XsError as e:
             if e.name != "EAGAIN" or attempt == attempts - 1:
@@ -191,22 +210,6 @@ def ensure_dom0(xs: XsSyncClient) -> None:
     """What ``xen-init-dom0`` does: dom0's name and domid exist."""
     if read_or_none(xs, "/local/domain/0/name") is None:
         apply_ops(xs, layout.dom0_ops())
-
-
-def domain_names(xs: XsSyncClient, tx_id: int = 0) -> dict[int, str]:
-    """Names of the domains under ``/local/domain`` (libxl_name_to_domid's scan)."""
-    names = {}
-    try:
-        children = xs.directory("/local/domain", tx_id)
-    except XsError:
-        return {}
-    for child in children:
-        if not child.isdigit():
-            continue
-        name = read_or_none(xs, f"/local/domain/{int(child)}/name", tx_id)
-        if name is not None:
-            names[int(child)] = name
-    return names
 
 
 # -- the build steps ---------------------------------------------------------------
@@ -254,9 +257,9 @@ def start_info_bytes(nr_pages: int, store: tuple[int, int], console: tuple[int, 
         console[1], 0, 0, 0, 0, 0, cmd, 0, 0)
 
 
-def check_name(xs: XsSyncClient, name: str, tx_id: int = 0) -> None:
+def check_name(pipe: XsPipe, name: str, tx_id: int = 0) -> None:
     """``libxl__domain_rename``'s check, made inside the creation transaction."""
-    if name in domain_names(xs, tx_id).values():
+    if name in xspipe.domain_names(pipe, tx_id).values():
         raise BuildError(f"domain with name {name} already exists")
 
 
@@ -314,11 +317,11 @@ def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: b
         store_port=built.store_port, store_gfn=mem.store_gfn,
         console_port=built.console_port, console_gfn=mem.console_gfn,
         kernel=cfg.kernel, cmdline=cfg.cmdline, start_time=time.time())
-    check = (lambda tx: check_name(ts.xs, cfg.name, tx)) if unique_name else None
+    check = (lambda tx: check_name(ts.pipe, cfg.name, tx)) if unique_name else None
     with _step("writing the domain's XenStore entries"):
-        run_transaction(ts.xs, layout.create_ops(entries), check=check)
+        run_transaction(ts.pipe, layout.create_ops(entries), check=check)
     with _step("XS_INTRODUCE"):
-        ts.xs.request(T.XS_INTRODUCE, f"{domid}\0{mem.store_gfn}\0{built.store_port}\0".encode())
+        ts.pipe.request(T.XS_INTRODUCE, f"{domid}\0{mem.store_gfn}\0{built.store_port}\0".encode())
     save_config(ts.xl_dir, domid, cfg)
 
 
@@ -354,13 +357,13 @@ def load_config(xl: Path, domid: int) -> DomainConfig | None:
 def cleanup_domain(ts: Toolstack, domid: int, uuid: str | None = None) -> None:
     """Remove what libxl removes for a dead domain (idempotent)."""
     if uuid is None:
-        vm = read_or_none(ts.xs, f"{layout.dom_path(domid)}/vm")
+        vm = xspipe.read(ts.pipe, f"{layout.dom_path(domid)}/vm")
         uuid = vm.rsplit("/", 1)[-1] if vm else None
     try:
-        ts.xs.request(T.XS_RELEASE, f"{domid}\0".encode())
+        ts.pipe.request(T.XS_RELEASE, f"{domid}\0".encode())
     except XsError:
         pass  # never introduced, or xenstored already noticed the death
-    run_transaction(ts.xs, layout.destroy_ops(domid, uuid))
+    run_transaction(ts.pipe, layout.destroy_ops(domid, uuid))
     config_path(ts.xl_dir, domid).unlink(missing_ok=True)
 
 
@@ -368,7 +371,7 @@ def destroy_domain(ts: Toolstack, domid: int, uuid: str | None = None, *,
                    quiet: bool = False) -> None:
     """``libxl_domain_destroy``: the domain goes, then its store entries."""
     if uuid is None:
-        vm = read_or_none(ts.xs, f"{layout.dom_path(domid)}/vm")
+        vm = xspipe.read(ts.pipe, f"{layout.dom_path(domid)}/vm")
         uuid = vm.rsplit("/", 1)[-1] if vm else None
     try:
         ctrl.domain_destroy(ts.xc, domid)

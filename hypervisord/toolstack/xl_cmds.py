@@ -18,7 +18,8 @@ from hypervisord.public.errno import XenErrno
 from hypervisord.toolstack import launchctl as launcher_mod
 from hypervisord.toolstack import xl_format as fmt
 from hypervisord.toolstack.builder import Toolstack, cleanup_domain, create_domain, \
-    destroy_domain, domain_names, ensure_dom0, load_config, read_or_none
+    destroy_domain, ensure_dom0, load_config, read_or_none
+from hypervisord.toolstack.xspipe import domain_names, read_many
 from hypervisord.toolstack.domconfig import domain_config, parse_mem_size_kb
 from hypervisord.toolstack.hcall import XenError
 from hypervisord.toolstack.launchctl import LaunchError
@@ -63,7 +64,7 @@ def find_domain(ts: Toolstack, qualifier: str) -> int:
             return domid
     else:
         live = {i.domid for i in domain_infos(ts)}
-        for domid, name in sorted(domain_names(ts.xs).items()):
+        for domid, name in sorted(domain_names(ts.pipe).items()):
             if name == qualifier and domid in live:
                 return domid
     raise XlError(f"{qualifier} is an invalid domain identifier (rc={INVALID_DOMAIN_RC})")
@@ -127,7 +128,8 @@ def list_(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> i
         infos = [info]
     else:
         infos = domain_infos(ts)
-    names = {i.domid: domain_name(ts, i.domid) for i in infos}
+    names = dict(zip((i.domid for i in infos),
+                     read_many(ts.pipe, [f"/local/domain/{i.domid}/name" for i in infos])))
     if "-l" in opts:
         out = [fmt.list_long_entry(i, names[i.domid], load_config(ts.xl_dir, i.domid))
                for i in infos]
@@ -300,7 +302,7 @@ def dmesg(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> i
 
 def domid(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     live = {i.domid for i in domain_infos(ts)}
-    for d, name in sorted(domain_names(ts.xs).items()):
+    for d, name in sorted(domain_names(ts.pipe).items()):
         if name == args[0] and d in live:
             print(d)
             return 0
