@@ -159,7 +159,7 @@ class Toolstack:
         return xl_dir(self.rundir)
 
 
-# -- XenStore helpers ------------------------------------------------------------
+# -- XenStore helpers ------------------------------------------------------------------
 
 def apply_ops(xs: XsSyncClient, ops: list[layout.Op], tx_id: int = 0) -> None:
     """One op at a time on a plain client (what is not worth a batch)."""
@@ -212,7 +212,7 @@ def ensure_dom0(xs: XsSyncClient) -> None:
         apply_ops(xs, layout.dom0_ops())
 
 
-# -- the build steps ---------------------------------------------------------------
+# -- the build steps -------------------------------------------------------------------
 
 @contextmanager
 def _step(what: str) -> Iterator[None]:
@@ -331,7 +331,7 @@ def _uuid_bytes(text: str) -> bytes:
     return uuid.UUID(text).bytes
 
 
-# -- saved configuration (libxl's userdata "libxl-json") ------------------------------
+# -- saved configuration (libxl's userdata "libxl-json") -------------------------------
 
 def config_path(xl: Path, domid: int) -> Path:
     return xl / "userdata" / f"d.{domid}.libxl-json"
@@ -352,7 +352,7 @@ def load_config(xl: Path, domid: int) -> DomainConfig | None:
         return None
 
 
-# -- teardown -------------------------------------------------------------------------
+# -- teardown --------------------------------------------------------------------------
 
 def cleanup_domain(ts: Toolstack, domid: int, uuid: str | None = None) -> None:
     """Remove what libxl removes for a dead domain (idempotent)."""

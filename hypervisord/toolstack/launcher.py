@@ -170,7 +170,7 @@ class LauncherServer:
         raise LaunchError(f"unknown op {op!r}")
 
 
-# -- main --------------------------------------------------------------------------------
+# -- main ------------------------------------------------------------------------------
 
 def _lock(xl: Path) -> int | None:
     """Hold ``launcher.lock`` for our lifetime; None when another launcher has it."""

@@ -40,8 +40,11 @@ class Command:
     reqargs: int = 0
 
 
+MEM_USAGE = "<Domain> <MemMB['b'[bytes]|'k'[KB]|'g'[GB]|'m'[MB]|'t'[TB]]>"
+
 COMMANDS: dict[str, Command] = {
-    "create": Command(xl_cmds.create, "<ConfigFile> [options] [vars]", "Create a domain from config file <filename>",
+    "create": Command(xl_cmds.create, "<ConfigFile> [options] [vars]",
+                      "Create a domain from config file <filename>",
                       "-h                      Print this help.\n"
                       "-p                      Leave the domain paused after it is created.\n"
                       "-n, --dryrun            Dry run - prints the resulting configuration\n"
@@ -63,7 +66,8 @@ COMMANDS: dict[str, Command] = {
                        "domain 0.", "f", (), 1),
     "pause": Command(xl_cmds.pause, "<Domain>", "Pause execution of a domain", reqargs=1),
     "unpause": Command(xl_cmds.unpause, "<Domain>", "Unpause a paused domain", reqargs=1),
-    "shutdown": Command(xl_cmds.shutdown, "[options] <-a|Domain>", "Issue a shutdown signal to a domain",
+    "shutdown": Command(xl_cmds.shutdown, "[options] <-a|Domain>",
+                        "Issue a shutdown signal to a domain",
                         "-a, --all               Shutdown all guest domains.\n"
                         "-h                      Print this help.\n"
                         "-F                      Fallback to ACPI power event for HVM guests with\n"
@@ -77,14 +81,16 @@ COMMANDS: dict[str, Command] = {
                       "                        no PV drivers.\n"
                       "-w, --wait              Wait for guest(s) to reboot.\n",
                       "awF", ("all", "wait")),
-    "mem-set": Command(xl_cmds.mem_set, "<Domain> <MemMB['b'[bytes]|'k'[KB]|'g'[GB]|'m'[MB]|'t'[TB]]>",
-                       "Set the current memory usage for a domain", reqargs=2),
-    "mem-max": Command(xl_cmds.mem_max, "<Domain> <MemMB['b'[bytes]|'k'[KB]|'g'[GB]|'m'[MB]|'t'[TB]]>",
+    "mem-set": Command(xl_cmds.mem_set, MEM_USAGE, "Set the current memory usage for a domain",
+                       reqargs=2),
+    "mem-max": Command(xl_cmds.mem_max, MEM_USAGE,
                        "Set the maximum amount reservation for a domain", reqargs=2),
     "dmesg": Command(xl_cmds.dmesg, "[-c]", "Read and/or clear dmesg buffer",
-                     "  -c                        Clear dmesg buffer as well as printing it",
+                     "  -c                        Clear dmesg buffer as well as printing "
+                     "it",
                      "c", ("clear",)),
-    "domid": Command(xl_cmds.domid, "<DomainName>", "Convert a domain name to domain id", reqargs=1),
+    "domid": Command(xl_cmds.domid, "<DomainName>", "Convert a domain name to domain id",
+                     reqargs=1),
     "domname": Command(xl_cmds.domname, "<DomainId>", "Convert a domain id to domain name",
                        reqargs=1),
 }

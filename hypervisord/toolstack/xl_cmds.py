@@ -74,7 +74,7 @@ def domain_name(ts: Toolstack, domid: int) -> str | None:
     return read_or_none(ts.xs, f"/local/domain/{domid}/name")
 
 
-# -- create ---------------------------------------------------------------------------------
+# -- create ----------------------------------------------------------------------------
 
 def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     filename = opts.get("-f")
@@ -114,7 +114,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
     return 0
 
 
-# -- list / info ------------------------------------------------------------------------------
+# -- list / info -----------------------------------------------------------------------
 
 def list_(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     if len(args) > 1:
@@ -149,7 +149,7 @@ def info(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> in
     return 0
 
 
-# -- lifecycle ------------------------------------------------------------------------------------
+# -- lifecycle -------------------------------------------------------------------------
 
 def destroy(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     domid = find_domain(ts, args[0])
@@ -196,7 +196,8 @@ def _request_shutdown(ts: Toolstack, domid: int, request: str, verb: str) -> Non
     """``libxl_domain_shutdown``/``reboot``: the PV control node."""
     print(f"{verb} domain {domid}", file=sys.stderr)
     home = f"/local/domain/{domid}/control"
-    if read_or_none(ts.xs, f"{home}/feature-{'reboot' if request == 'reboot' else 'poweroff'}") != "1":
+    feature = "feature-reboot" if request == "reboot" else "feature-poweroff"
+    if read_or_none(ts.xs, f"{home}/{feature}") != "1":
         what = "reboot" if request == "reboot" else "shutdown"
         event = "reset" if request == "reboot" else "power"
         raise XlError(f"PV control interface not available: external graceful {what} not "
@@ -253,7 +254,7 @@ def reboot(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
     return _shutdown_or_reboot(ts, opts, args, reboot=True)
 
 
-# -- memory ------------------------------------------------------------------------------------------
+# -- memory ----------------------------------------------------------------------------
 
 def _mem_arg(text: str) -> int:
     kb = parse_mem_size_kb(text)
@@ -292,7 +293,7 @@ def mem_max(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) ->
     return 0
 
 
-# -- the rest ------------------------------------------------------------------------------------------
+# -- the rest --------------------------------------------------------------------------
 
 def dmesg(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     _, result = ctrl.readconsole(ts.xc, clear="-c" in opts)
