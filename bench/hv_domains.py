@@ -62,6 +62,8 @@ MAX_MEM_KB = 1024
 READY = struct.Struct("<ii")  # (tag: domid, or -k for a bare child; pid)
 READY_TIMEOUT = 10.0
 FD_NAMES = ("hypercall", "evtchn", "memory")
+#: the parts of a creation, as the driver times them
+STEPS = ("domctl+populate", "connect_domain", "fork", "unpause", "guest to 1st hypercall")
 
 
 # ---------------------------------------------------------------------------
@@ -236,25 +238,33 @@ class Driver:
             if got == tag:
                 return pid
 
-    def create(self, process: bool = True) -> tuple[int, int | None, float]:
-        """One domain, as the toolstack builds it; (domid, pid, seconds)."""
+    def create(self, process: bool = True) -> tuple[int, int | None, list[float]]:
+        """One domain, as the toolstack builds it: (domid, pid, step end times).
+
+        The times (seconds from the start) end the steps of :data:`STEPS`;
+        the last one is the whole creation.
+        """
         xc, t0 = self.xc, time.perf_counter()
         domid = ctrl.domain_create(xc)[1]["domain"]
         ctrl.domain_max_mem(xc, domid, MAX_MEM_KB)
         ctrl.populate_physmap(xc, list(range(GUEST_PAGES)), domid=domid)
-        pid = None
+        marks, pid = [time.perf_counter()], None
         if process:
             fds = ctrl.connect_domain(xc, domid)[1]["fds"]
+            marks.append(time.perf_counter())
             try:
                 self._request({"op": "launch", "kind": "guest", "tag": domid,
                                "fds": list(fds)}, list(fds.values()))
             finally:
                 for fd in fds.values():
                     os.close(fd)
+            marks.append(time.perf_counter())
         ctrl.domain_unpause(xc, domid)
+        marks.append(time.perf_counter())
         if process:
             pid = self._wait_ready(domid)
-        return domid, pid, time.perf_counter() - t0
+            marks.append(time.perf_counter())
+        return domid, pid, [t - t0 for t in marks]
 
     def destroy(self, domid: int) -> float:
         t0 = time.perf_counter()
@@ -287,10 +297,10 @@ def grow(cmd: dict[str, Any]) -> dict[str, Any]:
     while len(d.background) < cmd["n"] and time.perf_counter() - t0 < cmd["time_limit"]:
         procs = sum(1 for _, pid in d.background if pid is not None)
         process = procs < cmd["max_procs"] and mem_available_kb() > reserve_kb
-        domid, pid, dt = d.create(process)
+        domid, pid, marks = d.create(process)
         d.background.append((domid, pid))
         if process:
-            times.append(dt)
+            times.append(marks[-1])
     return {"live": len(d.background),
             "with_process": sum(1 for _, pid in d.background if pid is not None),
             "elapsed": time.perf_counter() - t0,
@@ -302,19 +312,23 @@ def measure(cmd: dict[str, Any]) -> dict[str, Any]:
     d = _driver
     assert d is not None
     create, destroy, bare = [], [], []
+    steps: list[list[float]] = []
     t0 = time.perf_counter()
     for r in range(cmd["repeats"]):
         if time.perf_counter() - t0 > cmd["time_limit"]:
             break
         if r % 2:
             bare.append(d.bare())
-        domid, _, dt = d.create(True)
-        create.append(dt)
+        domid, _, marks = d.create(True)
+        create.append(marks[-1])
+        steps.append([b - a for a, b in zip([0.0] + marks, marks)])
         destroy.append(d.destroy(domid))
         if not r % 2:
             bare.append(d.bare())
-    return {"create_ms": [x * 1e3 for x in create], "destroy_ms": [x * 1e3 for x in destroy],
-            "bare_ms": [x * 1e3 for x in bare]}
+    ms = lambda xs: [x * 1e3 for x in xs]  # noqa: E731
+    return {"create_ms": ms(create), "destroy_ms": ms(destroy), "bare_ms": ms(bare),
+            "steps_ms_p50": {name: statistics.median(s[i] for s in steps) * 1e3
+                             for i, name in enumerate(STEPS)} if steps else {}}
 
 
 def guest_memory(pids: list[int]) -> dict[str, float]:

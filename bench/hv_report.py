@@ -76,8 +76,11 @@ def domains_table(rows: list[dict]) -> str:
                     pct(r["create_ms"], 0.9), common.median(r["destroy_ms"]),
                     pct(r["destroy_ms"], 0.9), bare, create / bare, r["hv_rss_mb"],
                     r["memory"]["pss_total_mb"]])
-    return common.table(["N", "procs", "reps", "create p50", "p90", "destroy p50", "p90",
-                         "bare fork p50", "x fork", "hv RSS MB", "guests Pss MB"], out)
+    table = common.table(["N", "procs", "reps", "create p50", "p90", "destroy p50", "p90",
+                          "bare fork p50", "x fork", "hv RSS MB", "guests Pss MB"], out)
+    steps = list(rows[0]["steps_ms_p50"])
+    return table + "\n\ncreate, step by step (p50, ms):\n" + common.table(
+        ["N", *steps], [[r["n"], *r["steps_ms_p50"].values()] for r in rows])
 
 
 def _calls_json(samples: dict) -> dict[str, Any]:
@@ -131,6 +134,8 @@ def _domains_json(rows: list[dict], close: dict) -> dict[str, Any]:
     out["live_guest_processes_max"] = last["grown"]["with_process"] + 1
     out["background_domains_without_process"] = (last["grown"]["live"]
                                                  - last["grown"]["with_process"])
+    out["create_steps_ms_p50_by_n"] = {n: {k: r(v) for k, v in x["steps_ms_p50"].items()}
+                                       for n, x in by_n.items()}
     out["hypervisord_rss_mb_by_n"] = {n: r(x["hv_rss_mb"], 1) for n, x in by_n.items()}
     out["guests_pss_mb_by_n"] = {n: r(x["memory"]["pss_total_mb"], 1) for n, x in by_n.items()}
     out["guest_pss_kb"] = r(last["memory"]["pss_kb"], 0)
