@@ -145,6 +145,7 @@ async def run_program(domain: Domain, main: GuestMain) -> int:
     the program and the control watcher, which therefore end first, while
     the store ring still works (an UNWATCH in flight gets its reply).
     """
+    exit_reason: int | None = None
     try:
         async with trio.open_nursery() as services:
             domain.nursery = services
@@ -153,15 +154,29 @@ async def run_program(domain: Domain, main: GuestMain) -> int:
                 main_scope = trio.CancelScope()
                 inner.start_soon(_control_watch, domain, main_scope)
                 with main_scope:
-                    await main(domain)
+                    exit_reason = await _call_main(domain, main)
                 inner.cancel_scope.cancel()
             services.cancel_scope.cancel()
     except Exception:
         traceback.print_exc()
         return ShutdownReason.SHUTDOWN_crash
+    if exit_reason == ShutdownReason.SHUTDOWN_crash:
+        return exit_reason
     if domain.shutdown_reason is not None:
         return domain.shutdown_reason
     return ShutdownReason.SHUTDOWN_poweroff
+
+
+async def _call_main(domain: Domain, main: GuestMain) -> int | None:
+    """``main(domain)``; ``sys.exit()`` in it means poweroff (0) or crash (else)."""
+    try:
+        await main(domain)
+    except SystemExit as e:
+        if e.code in (None, 0):
+            return ShutdownReason.SHUTDOWN_poweroff
+        print(f"guest program exited: {e.code}", file=sys.stderr)
+        return ShutdownReason.SHUTDOWN_crash
+    return None
 
 
 async def guest_main(spec: GuestSpec, main: GuestMain) -> int:

@@ -104,8 +104,7 @@ class Guest:
     pid: int
     config: DomainConfig
     start_info_gfn: int
-    started: float = field(default_factory=time.monotonic)
-    restarts: list[float] = field(default_factory=list)
+    restarts: list[float] = field(default_factory=list)  # when it was restarted
 
 
 def action_for(config: DomainConfig, reason: int) -> str:

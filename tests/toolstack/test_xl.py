@@ -274,3 +274,17 @@ def store_dirs(stack):
             return []
 
     return children("/local/domain"), children("/vm"), children("/libxl")
+
+
+def test_crash_loop_restarts_are_bounded(stack, tmp_path):
+    cfg = write_guest(tmp_path, "looper", "async def main(domain):\n"
+                      "    raise SystemExit('boom')\n", "on_crash = 'restart'\n")
+    stack.xl_ok("create", str(cfg))
+    launcher_log = stack.xl_dir / "log" / "launcher.log"
+    stack.wait(lambda: "looper: restarted 5 times" in launcher_log.read_text(),
+               "the launcher to give up restarting", 30)
+    assert launcher_log.read_text().count("looper restarted as d") == 5
+    assert "(looper) shut down, reason crash (wait status 0x6700)" in launcher_log.read_text()
+    assert "guest program exited: boom" in stack.guest_log("looper")
+    stack.wait(lambda: stack.domids() == [0], "the last incarnation to go")
+    assert stack.xl("domid", "looper").rc == 1
