@@ -10,9 +10,9 @@
 * memory by gfn: :meth:`map_gfn` (a shared ``mmap`` of guest frames),
   :meth:`read_gfn` / :meth:`write_gfn` (copies), ``shared_info`` (the
   domain's ``shared_info`` page);
-* ``evtchn_fd``: the event-channel notification stream (u32 LE ports);
-  ``await domain.open_evtchn()`` wraps it in a ``XenEvtchn``
-  (``hypervisord.libxen.evtchn``), which owns it from then on;
+* ``evtchn``: the domain's event channels, a ``XenEvtchn``
+  (``hypervisord.libxen.evtchn``) over its notification stream
+  (``evtchn_fd``), opened by the runtime before the program starts;
 * ``await domain.open_xenbus()``: a XenStore client over the store ring
   (``frontends.xenbus``), opened on first use so that guests that never
   touch the store do not need it;

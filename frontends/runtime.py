@@ -150,6 +150,7 @@ async def run_program(domain: Domain, main: GuestMain) -> int:
         async with trio.open_nursery() as services:
             domain.nursery = services
             services.start_soon(_watch_connection, domain.xc, services.cancel_scope)
+            await _open_evtchn(domain)
             async with trio.open_nursery() as inner:
                 main_scope = trio.CancelScope()
                 inner.start_soon(_control_watch, domain, main_scope)
@@ -165,6 +166,14 @@ async def run_program(domain: Domain, main: GuestMain) -> int:
     if domain.shutdown_reason is not None:
         return domain.shutdown_reason
     return ShutdownReason.SHUTDOWN_poweroff
+
+
+async def _open_evtchn(domain: Domain) -> None:
+    """``domain.evtchn`` ready before the program runs, when the client exists."""
+    try:
+        await domain.open_evtchn()
+    except ModuleNotFoundError as e:
+        log.warning("no event-channel client (%s missing)", e.name)
 
 
 async def _call_main(domain: Domain, main: GuestMain) -> int | None:

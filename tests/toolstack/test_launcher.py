@@ -189,3 +189,27 @@ def test_in_process_launcher_reaps_and_cleans(stack, tmp_path):
     finally:
         launcher.kill_all()
         launcher.close()
+
+
+def test_program_sees_its_domain(stack, tmp_path):
+    """What ``main(domain)`` gets: ids, start_info, its own memory, event channels."""
+    body = (
+        "import sys\n"
+        "async def main(domain):\n"
+        "    si = domain.start_info\n"
+        "    page = domain.map_gfn(0)\n"
+        "    page[:5] = b'hello'\n"
+        "    port = await domain.evtchn.bind_unbound_port(0)\n"
+        "    print('SEEN', domain.domid, domain.name, si.nr_pages, si.cmd_line, domain.args,\n"
+        "          domain.read_gfn(0, 0, 5), port > 0, sys.argv[1:], flush=True)\n"
+        "    try:\n"
+        "        domain.read_gfn(si.nr_pages)\n"
+        "    except ValueError:\n"
+        "        print('BOUNDED', flush=True)\n")
+    cfg = write_guest(tmp_path, "seer", body, "cmdline = 'x=1 y'\n", memory=2)
+    stack.xl_ok("create", "-p", str(cfg))
+    domid = stack.domid_of("seer")
+    stack.xl_ok("unpause", "seer")
+    stack.wait(lambda: "BOUNDED" in stack.guest_log("seer"), "the program's report")
+    seen = [x for x in stack.guest_log("seer").splitlines() if x.startswith("SEEN")][0]
+    assert seen == f"SEEN {domid} seer 512 x=1 y ['x=1', 'y'] b'hello' True ['x=1', 'y']"
