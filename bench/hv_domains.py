@@ -52,7 +52,7 @@ from typing import Any
 import msgpack
 
 from bench.common import _die_with_parent
-from bench.hv_proc import mem_available_kb, smaps_rollup_kb
+from bench.hv_proc import mem_available_kb, schedstat, smaps_rollup_kb
 from hypervisord import rpc
 from hypervisord.libxen import ctrl
 from hypervisord.libxen.core import SyncXenCall, XenError
@@ -313,6 +313,8 @@ def measure(cmd: dict[str, Any]) -> dict[str, Any]:
     assert d is not None
     create, destroy, bare = [], [], []
     steps: list[list[float]] = []
+    cpu_pids = {k: cmd[f"{k}_pid"] for k in ("hv", "template") if cmd.get(f"{k}_pid")}
+    cpu0 = {k: schedstat(pid)[0] for k, pid in cpu_pids.items()}
     t0 = time.perf_counter()
     for r in range(cmd["repeats"]):
         if time.perf_counter() - t0 > cmd["time_limit"]:
@@ -326,7 +328,12 @@ def measure(cmd: dict[str, Any]) -> dict[str, Any]:
         if not r % 2:
             bare.append(d.bare())
     ms = lambda xs: [x * 1e3 for x in xs]  # noqa: E731
+    # hypervisord's CPU per create+destroy; the template's per guest fork + bare fork
+    cpu = {f"{k}_cpu_ms": (schedstat(pid)[0] - cpu0[k]) / max(1, len(create)) / 1e6
+           for k, pid in cpu_pids.items()}
+    hv_steps = [s[0] + s[1] + s[3] for s in steps]  # the hypercalls of a creation
     return {"create_ms": ms(create), "destroy_ms": ms(destroy), "bare_ms": ms(bare),
+            "hv_steps_ms": ms(hv_steps), **cpu,
             "steps_ms_p50": {name: statistics.median(s[i] for s in steps) * 1e3
                              for i, name in enumerate(STEPS)} if steps else {}}
 

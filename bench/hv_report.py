@@ -74,10 +74,13 @@ def domains_table(rows: list[dict]) -> str:
         create, bare = common.median(r["create_ms"]), common.median(r["bare_ms"])
         out.append([r["n"], r["grown"]["with_process"] + 1, len(r["create_ms"]), create,
                     pct(r["create_ms"], 0.9), common.median(r["destroy_ms"]),
-                    pct(r["destroy_ms"], 0.9), bare, create / bare, r["hv_rss_mb"],
+                    pct(r["destroy_ms"], 0.9), common.median(r["hv_steps_ms"]),
+                    r.get("hv_cpu_ms", float("nan")), bare, create / bare,
+                    r.get("template_cpu_ms", float("nan")), r["hv_rss_mb"],
                     r["memory"]["pss_total_mb"]])
     table = common.table(["N", "procs", "reps", "create p50", "p90", "destroy p50", "p90",
-                          "bare fork p50", "x fork", "hv RSS MB", "guests Pss MB"], out)
+                          "hcalls p50", "hv CPU", "bare fork p50", "x fork", "tpl CPU",
+                          "hv RSS MB", "guests Pss MB"], out)
     steps = list(rows[0]["steps_ms_p50"])
     return table + "\n\ncreate, step by step (p50, ms):\n" + common.table(
         ["N", *steps], [[r["n"], *r["steps_ms_p50"].values()] for r in rows])
@@ -131,6 +134,15 @@ def _domains_json(rows: list[dict], close: dict) -> dict[str, Any]:
     # Over the alternated yardstick: what is left when the host's load moves.
     x_fork = lambda x: p50(x, "create_ms") / p50(x, "bare_ms")  # noqa: E731
     out["create_growth_ratio_vs_fork"] = r(x_fork(last) / x_fork(base))
+    # hypervisord's own share: the creation's hypercalls (wall) and its CPU per cycle
+    out["create_hypercalls_ms_p50_by_n"] = {n: r(p50(x, "hv_steps_ms")) for n, x in by_n.items()}
+    out["create_hypercalls_growth_ratio"] = r(p50(last, "hv_steps_ms") / p50(base, "hv_steps_ms"))
+    out["hv_cpu_ms_per_create_destroy_by_n"] = {n: r(x.get("hv_cpu_ms", float("nan")))
+                                                for n, x in by_n.items()}
+    if "hv_cpu_ms" in last and base.get("hv_cpu_ms"):
+        out["hv_cpu_growth_ratio"] = r(last["hv_cpu_ms"] / base["hv_cpu_ms"])
+    out["template_cpu_ms_per_cycle_by_n"] = {n: r(x.get("template_cpu_ms", float("nan")))
+                                             for n, x in by_n.items()}
     out["live_guest_processes_max"] = last["grown"]["with_process"] + 1
     out["background_domains_without_process"] = (last["grown"]["live"]
                                                  - last["grown"]["with_process"])
@@ -183,9 +195,12 @@ def print_report(calls: dict, events: dict, rows: list[dict], close: dict, args)
     last = rows[-1]["grown"]
     print("\n3. domain create (createdomain .. the guest's first hypercall) and destroy "
           "(destroydomain .. getdomaininfo says gone), ms,\n   with N live domains; procs: "
-          "live guest processes (forked from the template); bare fork: template fork + "
-          "trio.run,\n   no domain (the yardstick, alternated with each create); guests Pss: "
-          "what the live guest processes cost together.")
+          "live guest processes (forked from the template); hcalls: the creation's "
+          "hypercalls\n   (domctls, populate, connect_domain, unpause); hv CPU: hypervisord's "
+          "CPU per create+destroy; bare fork: template\n   fork + trio.run, no domain (the "
+          "yardstick, alternated with each create); tpl CPU: the template's CPU per guest\n"
+          "   fork + bare fork; guests Pss: what the N-1 background guest processes cost "
+          "together.")
     print(domains_table(rows))
     print(f"{last['live'] - last['with_process']} background domains without a process; "
           f"guest process Pss {rows[-1]['memory']['pss_kb']:.0f} KiB, private dirty "

@@ -131,7 +131,8 @@ def run_domains(w: common.Worker, paths: dict, args) -> tuple[list[dict], dict]:
                 "reserve_mb": args.reserve_mb, "time_limit": args.grow_time_limit})
         grown = w.result()
         common.note(f"domains: N={grown['live'] + 1}, {args.repeats} create+destroy")
-        w.send({"op": "dom_measure", "repeats": args.repeats, "time_limit": 60.0})
+        w.send({"op": "dom_measure", "repeats": args.repeats, "time_limit": 60.0,
+                "hv_pid": pid_of(paths, "hypervisord"), "template_pid": pid_of(paths, "template")})
         m = w.result()
         w.send({"op": "dom_memory"})
         rows.append({"n": grown["live"] + 1, "grown": grown, **m, "memory": w.result(),
