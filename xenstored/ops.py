@@ -132,6 +132,10 @@ def _create_missing(layer: Layer, caller: Caller, path: str, value: bytes) -> No
         raise XsError("EACCES", anc)
     perms = node.perms if caller.privileged else node.perms.with_owner(caller.domid)
     _check_size(caller, value, {}, perms)
+    # The existing ancestor gains a child: it must stay within node-size too.
+    grown = dict(node.children)
+    grown[xpath.basename(missing[-1])] = None
+    _check_size(caller, node.value, grown, node.perms)
     if not caller.privileged and exceeded(
         caller.quotas.nodes, layer.owned(caller.domid) + len(missing)
     ):

@@ -42,6 +42,7 @@ class Transaction:
         self.overlay: dict[str, Node | None] = {}
         self.owner_delta: Counter[int] = Counter()
         self.fires: list = []  # watch fires, delivered on commit
+        self.deleted: set[str] = set()  # paths removed by this transaction
 
     # -- access bookkeeping ---------------------------------------------------
     def _access(self, path: str) -> None:
@@ -55,7 +56,16 @@ class Transaction:
         if path in self.overlay:
             return self.overlay[path]
         self._access(path)
+        if self._under_deleted(path):
+            # Created outside below a node this transaction removed: not
+            # there for us (and the commit will conflict on the parent).
+            return None
         return self.store.get(path)
+
+    def _under_deleted(self, path: str) -> bool:
+        if not self.deleted:
+            return False
+        return any(anc in self.deleted for anc in xpath.ancestors(path))
 
     def _writable(self, path: str) -> Node:
         node = self.overlay.get(path)
@@ -79,6 +89,7 @@ class Transaction:
         parent = self._writable(xpath.parent(path))
         parent.children[xpath.basename(path)] = None
         self.overlay[path] = Node(value, perms, {}, self.store.next_generation())
+        self.deleted.discard(path)
         self.owner_delta[perms.owner] += 1
 
     def set_value(self, path: str, value: bytes) -> None:
@@ -94,9 +105,13 @@ class Transaction:
     def delete(self, path: str) -> None:
         node = self.get(path)
         assert node is not None, path
+        # The parent first: touching it may hit the transaction-nodes quota,
+        # and nothing may have changed when that raises.
+        parent = self._writable(xpath.parent(path))
         self.owner_delta[node.perms.owner] -= 1
         self.overlay[path] = None
-        self._writable(xpath.parent(path)).children.pop(xpath.basename(path), None)
+        self.deleted.add(path)
+        parent.children.pop(xpath.basename(path), None)
 
     # -- end ---------------------------------------------------------------------
     def conflicts(self) -> list[str]:

@@ -54,15 +54,15 @@ QUOTAS = Quotas(nodes=8, transactions=2, transaction_nodes=10, node_size=64, nod
 LIMITS = m.Limits(nodes=8, transactions=2, transaction_nodes=10, node_size=64, node_permissions=3)
 
 #: Core deviations the model follows (each pinned by a strict xfail below).
-EXCUSED = frozenset({m.PARENT_SIZE})
+EXCUSED: frozenset = frozenset()
 #: After an ENOSPC (transaction-nodes) on an RM inside a transaction, the
 #: core may have half-applied it (test_rm_hitting_transaction_nodes_...):
 #: the machine then aborts that transaction instead of going on.
-STEP_AROUND_RM_TX_NODES = True
+STEP_AROUND_RM_TX_NODES = False
 #: An operation in a doomed transaction whose view holds a node under a
 #: parent it removed may crash the core (test_rm_under_parent_removed_...):
 #: the machine then aborts that transaction instead of failing.
-STEP_AROUND_DOOMED_CRASH = True
+STEP_AROUND_DOOMED_CRASH = False
 
 
 class CoreCrashed(Exception):
@@ -533,10 +533,6 @@ def test_readable_descendant_hears_of_recursive_rm():
     assert (1, b"/a/b\0tok\0") in w.events
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: an unprivileged domain creating a child grows the parent past the "
-    "node-size quota unchecked (ops._create_missing checks only the new node; "
-    "cxenstored's create_node writes the parent with the quota check)"))
 def test_new_child_may_not_grow_parent_past_node_size():
     w = Wire()
     w.introduce(1)
@@ -548,11 +544,6 @@ def test_new_child_may_not_grow_parent_past_node_size():
     assert w.req(1, T.XS_WRITE, b"/a/c\0") == ("ERROR", b"ENOSPC\0")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: an RM inside a transaction that exceeds transaction-nodes only when "
-    "it reaches the removed node's parent (accessed after the deletions, in "
-    "Transaction.delete) fails with ENOSPC yet stays half applied; committing it "
-    "leaves the parent naming a missing child (store.check() fails)"))
 def test_rm_hitting_transaction_nodes_has_no_effect():
     w = Wire()
     w.introduce(1)
@@ -570,11 +561,6 @@ def test_rm_hitting_transaction_nodes_has_no_effect():
     assert w.req(0, T.XS_READ, b"/local/domain/1/x/y\0") == ("OK", b"")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: in a (doomed) transaction that removed /a, RM of /a/b created "
-    "outside since then raises AssertionError out of handle() "
-    "(Transaction._writable: parent missing) instead of replying; the service "
-    "closes the connection"))
 def test_rm_under_parent_removed_in_transaction_replies():
     w = Wire()
     assert w.req(0, T.XS_MKDIR, b"/a\0") == OK
