@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import gc
 import logging
 import os
 import selectors
@@ -203,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     launcher = Launcher(args.rundir)
     launcher.ensure_dom0()
+    gc.freeze()  # the template's objects: shared with every guest, never collected
     (xl / PIDFILE_NAME).write_text(f"{os.getpid()}\n")
     try:
         LauncherServer(launcher, socket_path(args.rundir)).serve()
