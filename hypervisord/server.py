@@ -28,7 +28,7 @@ import trio
 
 from hypervisord import rpc
 from hypervisord.errors import E, fail
-from hypervisord.hypercall import Caller, Dispatcher, Handler, u
+from hypervisord.hypercall import Caller, Dispatcher, Handler, int_list, u
 from hypervisord.public.pvxen import HYPERVISOR_pvxen_op, PvxenOp
 
 log = logging.getLogger("hypervisord")
@@ -171,11 +171,17 @@ class HvServer:
             named = result.pop("_fds")
             result["fds"] = list(named)
             fds = list(named.values())
+        packet = rpc.encode_reply(rpc.Reply(req_id, rc, result))
+        if len(packet) > rpc.MAX_PACKET:  # never leave a caller waiting forever
+            log.error("%s: reply of %d bytes is too large; answering E2BIG", conn, len(packet))
+            packet = rpc.encode_reply(rpc.Reply(req_id, -int(E.XEN_E2BIG), {"error": "reply too large"}))
+            for fd in fds:
+                os.close(fd)
+            fds = []
         try:
-            await conn.sock.sendmsg([rpc.encode_reply(rpc.Reply(req_id, rc, result))],
-                                    rpc.fds_ancillary(fds))
-        except OSError:
-            pass
+            await conn.sock.sendmsg([packet], rpc.fds_ancillary(fds))
+        except OSError as e:
+            log.debug("%s: reply not sent: %s", conn, e)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -230,9 +236,14 @@ class HvServer:
                                              "memory": os.dup(dom.mem.fd)}}
 
     def map_foreign(self, hv, caller, args):
+        """privcmd: the domain's memory file; ``gfns`` (optional) are checked
+        and the populated ones returned, so the caller maps only real frames."""
         dom = hv.domain(u(args, "domid", 16))
+        gfns = int_list(args, "gfns", 4096) if "gfns" in args else []
         return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
-                "p2m": sorted(dom.mem.p2m), "_fds": {"memory": os.dup(dom.mem.fd)}}
+                "nr_pages": dom.mem.tot_pages,
+                "populated": [g for g in gfns if g in dom.mem.p2m],
+                "_fds": {"memory": os.dup(dom.mem.fd)}}
 
     def pvxen_handlers(self) -> dict:
         P = HYPERVISOR_pvxen_op

@@ -156,5 +156,8 @@ def connect_domain(xc, domid: int):
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.connect_domain, domid=domid)
 
 
-def map_foreign(xc, domid: int):
-    return xc.call(HYPERVISOR_pvxen_op, PvxenOp.map_foreign, domid=domid)
+def map_foreign(xc, domid: int, gfns: list[int] | None = None):
+    """dom0: the domain's memory fd; with ``gfns``, which of them are populated."""
+    if gfns is None:
+        return xc.call(HYPERVISOR_pvxen_op, PvxenOp.map_foreign, domid=domid)
+    return xc.call(HYPERVISOR_pvxen_op, PvxenOp.map_foreign, domid=domid, gfns=gfns)

@@ -97,10 +97,15 @@ class ForeignMemory:
         """The frames ``gfns`` of domain ``domid`` as one memoryview."""
         if not gfns:
             raise ValueError("no frames to map")
-        _, r = await ctrl.map_foreign(self.xc, domid)
+        gfns = list(gfns)
+        _, r = await ctrl.map_foreign(self.xc, domid, gfns[:4096])
         fd = r["fds"]["memory"]
         try:
-            populated = set(r["p2m"])
+            populated = set(r["populated"])
+            for i in range(4096, len(gfns), 4096):  # the op checks 4096 frames a call
+                _, more = await ctrl.map_foreign(self.xc, domid, gfns[i:i + 4096])
+                os.close(more["fds"]["memory"])
+                populated.update(more["populated"])
             missing = [g for g in gfns if g not in populated]
             if missing:
                 raise OSError(errno.EINVAL, f"d{domid} has not populated gfn(s) "

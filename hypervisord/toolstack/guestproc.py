@@ -8,11 +8,12 @@ and leaves it as a process that can reach nothing but its own domain
   is ``/dev/null``;
 * the domain's three descriptors move to fds 3, 4, 5 (hypercall, evtchn,
   memory) and every other descriptor is closed;
-* as root: supplementary groups dropped, gid/uid set to ``nobody`` (65534),
-  so the 0700 runtime directory (privcmd, xenstored's socket) is out of
-  reach; in every case ``PR_SET_NO_NEW_PRIVS``, not dumpable (no ptrace or
-  ``/proc/<pid>/mem`` between guests that share the uid), no core files,
-  umask 077, cwd ``/``, a session of its own.
+* as root: supplementary groups dropped, gid/uid set to a uid of the
+  domain's own (``GUEST_UID_BASE + domid``, as Firecracker's jailer gives
+  each microVM its own uid), so the 0700 runtime directory (privcmd,
+  xenstored's socket) is out of reach and no guest can signal or trace
+  another; in every case ``PR_SET_NO_NEW_PRIVS``, not dumpable, no core
+  files, umask 077, cwd ``/``, a session of its own.
 
 Then :func:`frontends.runtime.run` runs the program; the process ends with
 ``os._exit`` and never returns into the launcher's code.
@@ -30,7 +31,13 @@ import traceback
 
 from frontends import runtime
 
-NOBODY = 65534
+#: Guest uids/gids: one per domain, above the range distributions hand out.
+GUEST_UID_BASE = 0x30000
+
+
+def guest_uid(domid: int) -> int:
+    return GUEST_UID_BASE + domid
+
 HYPERCALL_FD, EVTCHN_FD, MEMORY_FD = 3, 4, 5
 _PR_SET_NAME = 15
 _PR_SET_DUMPABLE = 4
@@ -63,11 +70,11 @@ def fcntl_dup_high(fd: int) -> int:
     return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
 
 
-def drop_privileges() -> None:
+def drop_privileges(domid: int) -> None:
     if os.geteuid() == 0:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(guest_uid(domid))
+        os.setuid(guest_uid(domid))
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     _prctl(_PR_SET_DUMPABLE, 0)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -92,7 +99,7 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
-        drop_privileges()
+        drop_privileges(domid)
         spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
                                  HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
         code = runtime.run(spec)

@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from hypervisord.toolstack import guestproc
+
 from hypervisord.libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.toolstack.builder import create_domain, destroy_domain
@@ -128,7 +130,7 @@ async def main(domain):
 '''
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to nobody needs root")
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping to a guest uid needs root")
 def test_guest_process_is_confined(stack, tmp_path):
     privcmd = stack.rundir / "hypervisord" / "privcmd"
     cfg = write_guest(tmp_path, "probe", PROBE,
@@ -142,8 +144,9 @@ def test_guest_process_is_confined(stack, tmp_path):
     domid_line = [x for x in (stack.xl_dir / "log" / "launcher.log").read_text().splitlines()
                   if "(probe): guest process" in x][0]
     domid = int(domid_line.split(" d", 1)[1].split(" ", 1)[0])
+    uid = guestproc.guest_uid(domid)
     assert (report["uid"], report["euid"], report["gid"], report["groups"]) == \
-        (65534, 65534, 65534, [])
+        (uid, uid, uid, [])
     assert report["no_new_privs"] == "1" and report["dumpable"] == 0
     assert report["cwd"] == "/"
     assert report["privcmd"] == "PermissionError" and report["rundir"] == "PermissionError"

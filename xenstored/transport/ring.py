@@ -85,10 +85,10 @@ class DomainRings:
             del self.scopes[domid]
 
     async def _connect(self, domid: int, gfn: int, port: int):
-        _, r = await ctrl.map_foreign(self.xc, domid)
+        _, r = await ctrl.map_foreign(self.xc, domid, [gfn])
         fd = r["fds"]["memory"]
         try:
-            if gfn not in r["p2m"]:
+            if gfn not in r["populated"]:
                 raise ValueError(f"store gfn {gfn:#x} is not populated")
             page_map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,
