@@ -160,7 +160,10 @@ class Template:
         finally:
             for fd in fds:
                 os.close(fd)
-        conn.send(msgpack.packb(reply, use_bin_type=True))
+        try:
+            conn.send(msgpack.packb(reply, use_bin_type=True))
+        except OSError:
+            return False  # the driver went away
         return True
 
     def kill_children(self) -> None:
