@@ -43,8 +43,9 @@ class Domain:
     created: float = field(default_factory=time.monotonic)
     cpu_time_ns: int = 0
     shared_info: mmap.mmap | None = None
-    evtchn: Any = None  # evtchn.PortTable
-    gnttab: Any = None  # gnttab.GrantTable
+    shutdown_code_latched: int | None = None  # SCHEDOP_shutdown_code
+    evtchn: Any = None  # evtchn.DomainEvtchn (ports + shared_info bits)
+    gnttab: Any = None  # the domain's grant-table state (hypervisord.gnttab)
     conns: list = field(default_factory=list)  # attached connections
 
     def map_shared_info(self) -> None:

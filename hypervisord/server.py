@@ -179,6 +179,12 @@ class HvServer:
                 os.close(fd)
             fds = []
         try:
+            if not fds:  # the common case: try at once, no scheduler pass
+                try:
+                    os.write(conn.sock.fileno(), packet)
+                    return
+                except BlockingIOError:
+                    pass
             await conn.sock.sendmsg([packet], rpc.fds_ancillary(fds))
         except OSError as e:
             log.debug("%s: reply not sent: %s", conn, e)

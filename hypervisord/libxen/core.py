@@ -6,8 +6,8 @@ descriptors that came with a reply. dom0 processes open the privileged
 socket; a domU process wraps the descriptor the toolstack gave it
 (:meth:`XenCall.from_fd`).
 
-Also :class:`SyncXenCall`, a blocking variant for command-line tools,
-which should not pay for an event loop.
+The blocking variant for command-line tools (:class:`SyncXenCall`) lives
+in :mod:`hypervisord.libxen.sync`, free of trio; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -22,29 +22,10 @@ from typing import Any
 import trio
 
 from hypervisord import rpc
-from hypervisord.libxen.daemon import default_runtime_dir
-from hypervisord.public.errno import XenErrno
+from hypervisord.libxen.paths import privcmd_path
+from hypervisord.libxen.sync import SyncXenCall, XenError, check
 
-
-class XenError(OSError):
-    """A hypercall returned ``-errno``."""
-
-    def __init__(self, rc: int, what: str, detail: str | None = None) -> None:
-        err = -rc
-        try:
-            name = XenErrno(err).name
-        except ValueError:
-            name = f"errno {err}"
-        msg = f"{what}: {name}" + (f" ({detail})" if detail else "")
-        super().__init__(err, msg)
-        self.rc = rc
-        self.name = name
-
-
-def privcmd_path(rundir: str | os.PathLike | None = None) -> Path:
-    """Where dom0 finds hypervisord: ``$PVXEN_RUNDIR/hypervisord/privcmd``."""
-    base = Path(rundir) if rundir else default_runtime_dir()
-    return base / "hypervisord" / "privcmd"
+__all__ = ["XenCall", "SyncXenCall", "XenError", "privcmd_path"]
 
 
 class _Waiter:
@@ -126,59 +107,43 @@ class XenCall:
         waiter = _Waiter()
         self._waiting[req_id] = waiter
         packet = rpc.encode_request(rpc.Request(req_id, hypercall, subop, args))
-        async with self._send_lock:
-            await self.sock.send(packet)
+        if not self._send_now(packet):
+            async with self._send_lock:
+                await self.sock.send(packet)
         await waiter.event.wait()
         if waiter.reply is None:
             raise ConnectionResetError(f"hypercall connection broken: {self._broken}")
         return waiter.reply
 
+    def _send_now(self, packet: bytes) -> bool:
+        """Send without a scheduler pass when the socket has room.
+
+        A SOCK_SEQPACKET packet goes whole or not at all, so no lock is
+        needed unless a task is already waiting to send (order is kept).
+        """
+        if self._send_lock.locked():
+            return False
+        try:
+            os.write(self.sock.fileno(), packet)
+        except BlockingIOError:
+            return False
+        return True
+
+    def post(self, hypercall: int, subop: int, **args: Any) -> None:
+        """Fire-and-forget a hypercall whose result nobody needs (a notify).
+
+        Like Linux ignoring EVTCHNOP_send's return value: the reply is
+        dropped by the reader. Falls back to a background-free blocking
+        attempt only when the socket is full (then the call is lost, as a
+        notification to a dead port would be).
+        """
+        if self._broken is not None:
+            raise ConnectionResetError(f"hypercall connection broken: {self._broken}")
+        req_id = next(self._ids) & 0xFFFFFFFF
+        if not self._send_now(rpc.encode_request(rpc.Request(req_id, hypercall, subop, args))):
+            raise BlockingIOError("hypercall socket full")
+
     async def call(self, hypercall: int, subop: int, **args: Any) -> tuple[int, dict]:
         """Returns ``(rc, result)``; raises :class:`XenError` when rc < 0."""
         reply = await self.call_raw(hypercall, subop, **args)
         return check(reply, hypercall, subop)
-
-
-def check(reply: rpc.Reply, hypercall: int, subop: int) -> tuple[int, dict]:
-    result = dict(reply.result or {})
-    if reply.fds:
-        result["fds"] = dict(zip(result.get("fds", []), reply.fds))
-    if reply.rc < 0:
-        for fd in reply.fds:
-            os.close(fd)
-        raise XenError(reply.rc, f"hypercall {hypercall}/{subop}", result.get("error"))
-    return reply.rc, result
-
-
-class SyncXenCall:
-    """Blocking hypercalls for command-line tools (one request at a time)."""
-
-    def __init__(self, path: str | os.PathLike | None = None, *, fd: int | None = None) -> None:
-        if fd is not None:
-            self.sock = socket.socket(fileno=fd)
-        else:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            self.sock.connect(str(path or privcmd_path()))
-        self._ids = itertools.count(1)
-
-    def call(self, hypercall: int, subop: int, **args: Any) -> tuple[int, dict]:
-        req_id = next(self._ids)
-        self.sock.send(rpc.encode_request(rpc.Request(req_id, hypercall, subop, args)))
-        while True:
-            data, ancdata, _, _ = self.sock.recvmsg(rpc.MAX_PACKET, rpc.ancillary_space())
-            if not data:
-                raise ConnectionResetError("hypervisord closed the connection")
-            reply = rpc.decode_reply(data, rpc.fds_from_ancillary(ancdata))
-            if reply.req_id == req_id:
-                return check(reply, hypercall, subop)
-            for fd in reply.fds:
-                os.close(fd)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> "SyncXenCall":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

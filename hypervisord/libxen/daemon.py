@@ -25,6 +25,8 @@ from pathlib import Path
 
 import trio
 
+from hypervisord.libxen.paths import default_runtime_dir
+
 _PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -73,18 +75,6 @@ def sd_notify(message: str) -> bool:
         logging.getLogger(__name__).warning("sd_notify(%r) failed: %s", message, e)
         return False
     return True
-
-
-def default_runtime_dir() -> Path:
-    env = os.environ.get("PVXEN_RUNDIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/run/pvxen")
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return Path(xdg) / "pvxen"
-    return Path(f"/tmp/pvxen-{os.geteuid()}")
 
 
 def runtime_dir(arg: str | None) -> Path:

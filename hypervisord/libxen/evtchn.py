@@ -174,7 +174,10 @@ class XenEvtchn:
         """
         if self._nursery is None:
             raise RuntimeError("XenEvtchn is not open")
-        self._nursery.start_soon(self._notify_logged, port)
+        try:  # no reply needed: no task, no scheduler pass (Linux ignores it too)
+            self.xc.post(EVTCHN_OP, Op.EVTCHNOP_send, port=port)
+        except BlockingIOError:  # socket full: wait for room in a task, keep order
+            self._nursery.start_soon(self._notify_logged, port)
 
     async def _notify_logged(self, port: int) -> None:
         try:
