@@ -26,10 +26,9 @@ def pytest_runtest_makereport(item, call):
             rep.sections.append((f"{d.name} log", d.log()[-20000:]))
 
 
-@pytest.fixture
-def xenstored(tmp_path):
-    """A fresh xenstored process; yields the Xenstored handle."""
-    d = Xenstored(tmp_path).start()
+def _daemon(cls, tmp_path):
+    """Start a daemon, show its log if the test fails, kill it on teardown."""
+    d = cls(tmp_path).start()
     _running.append(d)
     try:
         yield d
@@ -41,13 +40,14 @@ def xenstored(tmp_path):
 @pytest.fixture
 def hypervisord(tmp_path):
     """A fresh hypervisord process; yields the Hypervisord handle."""
-    d = Hypervisord(tmp_path).start()
-    _running.append(d)
-    try:
-        yield d
-    finally:
-        _running.remove(d)
-        d.kill()
+    yield from _daemon(Hypervisord, tmp_path)
+
+
+@pytest.fixture
+def xenstored(tmp_path):
+    """A fresh xenstored process (attached to ``hypervisord`` when a test
+    requests that fixture first: they share the runtime directory)."""
+    yield from _daemon(Xenstored, tmp_path)
 
 
 def require_c_tools(*names: str) -> None:

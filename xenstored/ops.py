@@ -184,6 +184,9 @@ def rm(layer: Layer, caller: Caller, path: str) -> list[Fire]:
     if not access(caller, node.perms) & PERM_WRITE:
         raise XsError("EACCES", path)
     perms = node.perms
+    # Touch the parent before changing anything: in a transaction that may
+    # hit the transaction-nodes quota, and an rm must fail whole or not at all.
+    layer.get(xpath.parent(path))
     removed = remove_subtree(layer, path)
     return [Fire(path, True, perms, removed)]
 
