@@ -235,12 +235,22 @@ def install_for_manager(root: Path) -> None:
     units = root / "config" / "systemd" / "user"
     install_units(units, f"{MOUNT}/bin", "--user")
     (root / "logs").mkdir()
+    # The checkout under test (and its venv's interpreter) may live in /tmp,
+    # which the units' PrivateTmp=yes would hide: the test drop-in turns it
+    # off; everything else stays as shipped.
+    private_tmp = "PrivateTmp=no\n" if _under_tmp(REPO, Path(sys.executable)) else ""
     for spec in DAEMONS:  # there is no journald: stdout/stderr to files
         dropin = units / f"{spec.unit}.d"
         dropin.mkdir()
         log = f"{MOUNT}/logs/{spec.name}.log"
         (dropin / "test-logs.conf").write_text(
-            f"[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n")
+            f"[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n"
+            + private_tmp)
+
+
+def _under_tmp(*paths: Path) -> bool:
+    tmp = Path("/tmp").resolve()
+    return any(p.resolve() == tmp or tmp in p.resolve().parents for p in paths)
 
 
 def talk_to_both(rundir: Path) -> None:
