@@ -53,8 +53,11 @@ def main() -> int:
     if xl.exists():
         banner("booting the demo guests")
         for cfg in GUESTS:
-            if cfg.exists():
-                run(str(xl), "create", str(cfg))
+            name = cfg.stem
+            if subprocess.run([str(xl), "domid", name], capture_output=True).returncode == 0:
+                print(f"{name}: already running")
+                continue
+            run(str(xl), "create", str(cfg))
         time.sleep(1.0)  # let the guests write their first keys
         banner("the domains, as xl shows them")
         run(str(xl), "list")
