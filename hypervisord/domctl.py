@@ -114,6 +114,9 @@ def physinfo(hv, caller, args):
         "scrub_pages": 0,
         "outstanding_pages": 0,
         "max_mfn": hv.mem.max_mfn,
+        # pvxen: changes whenever hypervisord starts (a new "host boot"), so
+        # dom0 daemons that outlive it can tell their state is stale.
+        "boot_id": hv.boot_id,
     }
 
 

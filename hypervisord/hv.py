@@ -40,6 +40,7 @@ class HvConfig:
 class Hypervisor:
     def __init__(self, config: HvConfig | None = None) -> None:
         self.config = config or HvConfig()
+        self.boot_id = uuid.uuid4().hex  # a new "host boot" each start
         self.mem = MachineMemory(self.config.memory_bytes)
         self.domains: dict[int, Domain] = {}
         self._next_domid = 1

@@ -232,6 +232,17 @@ class XenstoreCore:
         if self.on_introduce:
             self.on_introduce(domid, mfn, port)
 
+    def reset_store(self) -> None:
+        """Back to the initial tree (a new host boot): everything else goes."""
+        initial = Store()
+        for p in sorted((p for p in self.store.nodes if p not in initial.nodes), key=len):
+            if self.store.get(p) is not None and not xpath.is_special(p):
+                ops.remove_subtree(self.store, p)
+        for p in ("@introduceDomain", "@releaseDomain"):
+            self.store.set_perms(p, initial.nodes[p].perms)
+        self.domains.by_id.clear()
+        self.domains.pending_features.clear()
+
     # -- consistency (XS_CONTROL check) ----------------------------------------------
     def check(self) -> list[str]:
         return self.store.check()

@@ -78,7 +78,7 @@ def open_store(state_dir: Path | None):
 
 
 async def attach_domains(nursery: trio.Nursery, service: XenstoreService, path: Path,
-                         log: logging.Logger) -> None:
+                         state_dir: Path | None, log: logging.Logger) -> None:
     """Serve domains' rings through hypervisord, when it is there."""
     if not path.exists():
         log.info("no hypervisord at %s: serving the socket only (no domain rings)", path)
@@ -86,7 +86,7 @@ async def attach_domains(nursery: trio.Nursery, service: XenstoreService, path: 
     from xenstored.transport.ring import attach_hypervisor
 
     try:
-        await nursery.start(attach_hypervisor, service, path)
+        await nursery.start(attach_hypervisor, service, path, state_dir)
     except OSError as e:
         log.warning("cannot attach to hypervisord at %s: %s; serving the socket only", path, e)
         return
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         service = XenstoreService(core, committer)
         if not args.no_hypervisor:
             await attach_domains(nursery, service, Path(args.hypervisor) if args.hypervisor
-                                 else rundir / "hypervisord" / "privcmd", log)
+                                 else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
         await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
         log.info("listening on %s", sock_path)

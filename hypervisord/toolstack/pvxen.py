@@ -264,6 +264,25 @@ def stop_daemon(spec: DaemonSpec, rundir: Path, pid: int, timeout: float) -> str
     return how or "stopped cleanly"
 
 
+def stop_launcher(rundir: Path, timeout: float) -> None:
+    """xl's guest launcher (started on demand by ``xl create``) goes first:
+    it is a client of both daemons, like xl's per-domain monitors."""
+    pidpath = rundir / "xl" / "launcher.pid"
+    try:
+        pid = int(pidpath.read_text().split()[0])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return
+    if b"launcher" not in cmdline:
+        return  # a stale pidfile naming somebody else
+    with suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        if not wait_gone(pid, timeout):
+            os.kill(pid, signal.SIGKILL)
+            wait_gone(pid, 5.0)
+    print(f"xl launcher: stopped (pid {pid})")
+
+
 @contextmanager
 def locked(rundir: Path) -> Iterator[None]:
     """One ``pvxen up``/``down`` at a time per runtime directory."""
@@ -306,6 +325,7 @@ def cmd_down(rundir: Path, timeout: float, specs: Sequence[DaemonSpec] = DAEMONS
         return 0
     rc = 0
     with locked(rundir):
+        stop_launcher(rundir, timeout)
         for spec in reversed(specs):
             pid = running_pid(rundir, spec)
             if pid is None:

@@ -92,3 +92,31 @@ def test_rm_and_transaction_survive_sigkill(xenstored):
     client.send_msg(T.XS_CONTROL, nul("check"))
     assert client.recv_reply().payload == b"OK\0"
     client.close()
+
+
+@pytest.mark.timeout(60)
+def test_store_survives_xenstored_restart_but_not_a_new_boot(hypervisord, xenstored):
+    client = RawClient(xenstored.socket)
+    client.send_msg(T.XS_WRITE, b"/local/domain/7/name\0ghost")
+    assert not client.recv_reply().is_error
+    client.close()
+
+    xenstored.kill()  # xenstored alone restarts: the same host, nothing lost
+    xenstored.start()
+    client = RawClient(xenstored.socket)
+    client.send_msg(T.XS_READ, nul("/local/domain/7/name"))
+    assert client.recv_reply().payload == b"ghost"
+    client.close()
+
+    xenstored.kill()  # hypervisord restarts too: a new boot, no old domain exists
+    hypervisord.kill()
+    hypervisord.start()
+    xenstored.start()
+    client = RawClient(xenstored.socket)
+    client.send_msg(T.XS_READ, nul("/local/domain/7/name"))
+    assert client.recv_reply().error == "ENOENT"
+    client.send_msg(T.XS_DIRECTORY, nul("/"))
+    assert client.recv_reply().strings == [b"tool"]
+    client.send_msg(T.XS_CONTROL, nul("check"))
+    assert client.recv_reply().payload == b"OK\0"
+    client.close()

@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import struct
+from pathlib import Path
 
 import trio
 
@@ -79,8 +80,13 @@ class DomainRings:
             try:
                 await self._run(domid, page_map, local)
             finally:
-                with trio.CancelScope(shield=True):
+                # Bounded: when the whole daemon stops, the hypercall reader is
+                # gone too; hypervisord closes our ports with our connection.
+                with trio.move_on_after(0.5) as cleanup:
+                    cleanup.shield = True
                     await self._disconnect(domid, page_map, local)
+                if cleanup.cancelled_caught:
+                    page_map.close()
         if self.scopes.get(domid) is scope:
             del self.scopes[domid]
 
@@ -159,11 +165,29 @@ class DomainRings:
                     lambda out, d=domid: self.core.fire_special("@releaseDomain", d, out))
 
 
-async def attach_hypervisor(service: XenstoreService, path,
+def forget_previous_boot(service: XenstoreService, boot_id: str, state_dir) -> None:
+    """A new hypervisord means a new host boot: no domain of the store's
+    past exists any more. Start from the initial tree, as Xen's xenstored
+    does at boot (its database is wiped by the init scripts)."""
+    if state_dir is None:
+        return
+    marker = Path(state_dir) / "hypervisor-boot-id"
+    previous = marker.read_text().strip() if marker.exists() else None
+    if previous is not None and previous != boot_id:
+        log.info("hypervisord was restarted (a new boot): starting from an empty store")
+        service.apply(lambda out: service.core.reset_store())
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(boot_id + "\n")
+    os.replace(tmp, marker)
+
+
+async def attach_hypervisor(service: XenstoreService, path, state_dir=None,
                             *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Connect to hypervisord as dom0 and serve domain rings until cancelled."""
     async with XenCall.open(path) as xc, XenEvtchn.attach(xc) as xe, \
             trio.open_nursery() as nursery:
+        _, info = await ctrl.physinfo(xc)
+        forget_previous_boot(service, info.get("boot_id", ""), state_dir)
         rings = DomainRings(service, xc, xe, nursery)
         await nursery.start(rings.watch_dom_exc)
         # Domains introduced before a restart of xenstored come back through
