@@ -61,6 +61,12 @@ def main() -> int:
         time.sleep(1.0)  # let the guests write their first keys
         banner("the domains, as xl shows them")
         run(str(xl), "list")
+        banner("what the guests printed (their stdout, kept by xl's launcher)")
+        for cfg in GUESTS:
+            log = rundir / "xl" / "log" / f"guest-{cfg.stem}.log"
+            if log.exists():
+                for line in log.read_text(errors="replace").splitlines()[-2:]:
+                    print(f"  {cfg.stem}: {line}")
 
     banner("the store, as xenstore-ls shows it")
     env_hint = f"XENSTORED_PATH={socket}"
@@ -81,7 +87,7 @@ def main() -> int:
   xenstore-watch /local/domain # watch guests come and go
   pvxen status                 # the daemons
   make stop                    # pvxen down: stop everything
-Logs: {rundir}/log/""")
+Logs: {rundir}/log/ (daemons), {rundir}/xl/log/ (guests)""")
     return 0
 
 
