@@ -16,7 +16,6 @@ import itertools
 import os
 import socket
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import trio
