@@ -154,7 +154,14 @@ class XenstoreService:
             except ProtocolError as e:
                 log.warning("%s: protocol error, closing: %s", conn, e)
                 return
-            for msg in messages:
+            # The outstanding-requests quota (cxenstored's, 20 for a domain):
+            # at most that many requests are handled before their replies
+            # are on their way; a client that does not take its replies
+            # stops its own reader there.
+            limit = None if conn.privileged else max(1, conn.quotas.outstanding)
+            for i, msg in enumerate(messages):
+                if limit is not None and i and i % limit == 0:
+                    await box.flush(stream, self.committer)
                 out = self.core.handle(conn, msg)
                 self._deliver(conn, out, self._stage())
             await box.flush(stream, self.committer)
