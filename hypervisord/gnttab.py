@@ -379,6 +379,12 @@ def domain_destroyed(hv, dom) -> None:
     dom.gnttab = None
 
 
+def frame_pinned(dom, gfn: int) -> bool:
+    """Is ``gfn`` of ``dom`` pinned by a live grant mapping or copy?"""
+    table = dom.gnttab
+    return table is not None and any(a.gfn == gfn and a.pin for a in table.active.values())
+
+
 def _close_all(hv_ref: "weakref.ref") -> None:
     """At exit, release every table's atomic views before the interpreter's
     final collection finalizes them in arbitrary order."""
@@ -397,6 +403,7 @@ def install(hv, server=None) -> None:
             domain_created(hv, dom)
     hv.on_create.append(lambda dom: domain_created(hv, dom))
     hv.on_destroy.append(lambda dom: domain_destroyed(hv, dom))
+    hv.frame_in_use.append(frame_pinned)
     if server is not None:
         server.conn_closed_hooks.append(lambda conn: conn_closed(hv, conn))
 

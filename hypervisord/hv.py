@@ -50,6 +50,9 @@ class Hypervisor:
         #: extra per-domain setup/teardown hooks (evtchn, gnttab register here)
         self.on_create: list[Callable[[Domain], None]] = []
         self.on_destroy: list[Callable[[Domain], None]] = []
+        #: ``(domain, gfn) -> bool``: is the frame in use by someone else (a
+        #: grant mapping)? Such a frame is not released (gnttab registers one).
+        self.frame_in_use: list[Callable[[Domain, int], bool]] = []
         self.dom0 = self._make_domain(0, self.config.dom0_pages, privileged=True)
         self.dom0.pause_count = 0
 
@@ -179,6 +182,11 @@ class Hypervisor:
         done = 0
         for gfn in gfns:
             if gfn not in dom.mem.p2m:
+                break
+            if any(check(dom, gfn) for check in self.frame_in_use):
+                # Mapped by another domain through a grant: its contents must
+                # stay; the guest learns it from the short count, as from Xen.
+                self.printk(f"(d{dom.domid}) gfn {gfn:#x} is granted and mapped: not released")
                 break
             self.mem.release(dom.mem, gfn)
             done += 1

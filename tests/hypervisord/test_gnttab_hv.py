@@ -281,3 +281,17 @@ def test_domu_maptrack_is_bounded(env):
     assert {r["status"] for r in res[limit:]} == {GntSt.GNTST_no_space}
     gnttab.conn_closed(hv, a.caller.conn)  # the process dies: everything released
     assert a.d.gnttab.active == {} and all(a.flags(r) & GTF_reading == 0 for r in range(8, 17))
+
+
+def test_a_mapped_frame_is_not_ballooned_out(env):
+    hv, call, ops, dom0, (a, _), _ = env
+    a.grant(40, 0, 5)
+    a.poke(5, b"still here")
+    (m,) = ops(dom0, Op.GNTTABOP_map_grant_ref, {"dom": a.domid, "ref": 40, "flags": HOST})
+    assert m["status"] == OK
+    # gfns 4, 5, 6: 4 goes, 5 is mapped by dom0 so the call stops there
+    assert hv.decrease(a.d, [4, 5, 6]) == 1
+    assert 5 in a.d.mem.p2m and 6 in a.d.mem.p2m and 4 not in a.d.mem.p2m
+    assert a.page(5).startswith(b"still here")
+    ops(dom0, Op.GNTTABOP_unmap_grant_ref, {"handle": m["handle"]})
+    assert hv.decrease(a.d, [5, 6]) == 2
