@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +51,10 @@ _ABANDON: dict[str, Any] = {
 COMPACT_RETRY_DELAY = 30.0
 
 
+#: a sync this fast may run on the event loop itself (s)
+INLINE_SYNC_MAX = 0.001
+
+
 class GroupCommitter:
     """Stages journal records and fsyncs them in batches (see module doc)."""
 
@@ -59,6 +64,9 @@ class GroupCommitter:
         self._get_state = get_state
         self._close_timeout = close_timeout
         self._staged = 0  # sequence number of the newest stage
+        #: recent sync duration (s); inline syncs only while it stays small,
+        #: so a slow disk never stalls the event loop
+        self._sync_ewma = float("inf")
         self._synced = 0  # every seq <= this is on disk
         self._kick = trio.Event()  # something was staged, or close()
         self._progress = trio.Event()  # a sync ended; replaced after each one
@@ -146,7 +154,17 @@ class GroupCommitter:
         if target <= self._synced:
             return
         try:
-            await trio.to_thread.run_sync(self.journal.sync)
+            started = time.perf_counter()
+            if target - self._synced == 1 and self._sync_ewma < INLINE_SYNC_MAX:
+                # One write waiting, on a disk that has been fast: an fsync
+                # inline costs less than the hand-off to a worker and back.
+                self.journal.sync()
+                await trio.lowlevel.checkpoint()
+            else:  # a batch, or a slow disk: let more arrive while it works
+                await trio.to_thread.run_sync(self.journal.sync)
+            took = time.perf_counter() - started
+            self._sync_ewma = took if self._sync_ewma == float("inf") else \
+                0.8 * self._sync_ewma + 0.2 * took
         except (OSError, PersistError) as exc:
             log.critical("journal sync failed; no further write can be acknowledged: %s",
                          exc)

@@ -210,7 +210,7 @@ class Journal:
             try:
                 fd = self._writer()
                 _write_all(fd, b"".join(batch))
-                os.fsync(fd)
+                os.fdatasync(fd)  # the data and the file size: what a replay needs
             except BaseException as exc:
                 # A half-written batch may sit in the file: append no more.
                 self._broken = exc
