@@ -1,0 +1,464 @@
+"""The XenStore protocol against the real daemon process: Watches, domains, features, quotas and control.
+
+Every message type and every error path a socket (dom0, privileged) client
+can reach. Unprivileged semantics (permissions, quotas, event filtering)
+are in ``test_protocol_unpriv.py`` at the core level. Spec:
+``docs/misc/xenstore.txt`` and ``xen/include/public/io/xs_wire.h``; where
+the spec is silent, cxenstored (``tools/xenstored/``) is the reference and
+each such test says so.
+
+"No event" assertions never sleep: after the action, the watcher does one
+round trip of its own. The daemon queues an event for a watcher before it
+answers the request that caused it, and a connection's messages leave in
+order, so an event that exists arrives before the watcher's reply.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tests.xenstored.rawclient import (
+    XS_CONTROL,
+    XS_DIRECTORY,
+    XS_DIRECTORY_PART,
+    XS_ERROR,
+    XS_GET_DOMAIN_PATH,
+    XS_GET_FEATURE,
+    XS_GET_PERMS,
+    XS_GET_QUOTA,
+    XS_INTRODUCE,
+    XS_INVALID,
+    XS_IS_DOMAIN_INTRODUCED,
+    XS_MKDIR,
+    XS_READ,
+    XS_RELEASE,
+    XS_RESET_WATCHES,
+    XS_RESTRICT,
+    XS_RESUME,
+    XS_RM,
+    XS_SET_FEATURE,
+    XS_SET_PERMS,
+    XS_SET_QUOTA,
+    XS_SET_TARGET,
+    XS_TRANSACTION_END,
+    XS_TRANSACTION_START,
+    XS_UNWATCH,
+    XS_WATCH,
+    XS_WATCH_EVENT,
+    XS_WRITE,
+    RawClient,
+    nul,
+    pack,
+)
+
+pytestmark = pytest.mark.timeout(20)
+
+
+from tests.xenstored.conftest import ev, no_events  # noqa: F401,E402
+
+
+# ======================================================================================
+# Watches
+# ======================================================================================
+def test_watch_initial_event_then_write_modify_delete_perms(connect):
+    w, c = connect(), connect()
+    w.watch("/w", "tok")  # the node need not exist
+    assert ev(w) == (b"/w", b"tok")
+    c.write("/w", "1")
+    assert ev(w) == (b"/w", b"tok")
+    c.write("/w/child", "2")
+    assert ev(w) == (b"/w/child", b"tok")
+    c.write("/w/child", "3")  # modify
+    assert ev(w) == (b"/w/child", b"tok")
+    c.set_perms("/w/child", "b0", "r4")  # permission change
+    assert ev(w) == (b"/w/child", b"tok")
+    c.rm("/w/child")  # delete
+    assert ev(w) == (b"/w/child", b"tok")
+    c.mkdir("/w/dir")  # creation by mkdir
+    assert ev(w) == (b"/w/dir", b"tok")
+    c.mkdir("/w/dir")  # existing: no change, no event (as cxenstored)
+    no_events(w)
+
+
+def test_watch_prefix_match_is_by_path_component(connect):
+    w, c = connect(), connect()
+    w.watch("/pre", "t")
+    ev(w)
+    c.write("/prefix", "not a child")
+    c.write("/pr", "not a child either")
+    c.write("/other/pre", "nor this")
+    no_events(w)
+    c.write("/pre/a/b/c", "deep child")
+    assert ev(w) == (b"/pre/a/b/c", b"t")
+
+
+def test_watch_on_root_sees_everything(connect):
+    w, c = connect(), connect()
+    w.watch("/", "all")
+    assert ev(w) == (b"/", b"all")
+    c.write("/x/y", "")
+    assert ev(w) == (b"/x/y", b"all")
+    c.rm("/x")
+    assert ev(w) == (b"/x", b"all")
+
+
+def test_recursive_rm_reports_the_watched_path(connect):
+    """xenstore.txt: on recursive removal of a parent of <wpath>, <epath> is <wpath>."""
+    w, c = connect(), connect()
+    c.write("/rr/a/b/c", "v")
+    w.watch("/rr/a/b/c", "deep")
+    w.watch("/rr", "top")
+    assert ev(w) == (b"/rr/a/b/c", b"deep")
+    assert ev(w) == (b"/rr", b"top")
+    c.rm("/rr/a")
+    got = {ev(w), ev(w)}
+    assert got == {(b"/rr/a/b/c", b"deep"), (b"/rr/a", b"top")}
+    no_events(w)
+
+
+def test_write_fires_parent_watches_and_not_siblings(connect):
+    w, c = connect(), connect()
+    w.watch("/s/a", "a")
+    w.watch("/s/b", "b")
+    ev(w), ev(w)
+    c.write("/s/a/x", "")
+    assert ev(w) == (b"/s/a/x", b"a")
+    no_events(w)
+
+
+def test_two_tokens_same_path_two_events(connect):
+    w, c = connect(), connect()
+    w.watch("/tt", "one")
+    w.watch("/tt", "two")
+    ev(w), ev(w)
+    c.write("/tt", "")
+    assert {ev(w), ev(w)} == {(b"/tt", b"one"), (b"/tt", b"two")}
+
+
+def test_every_watching_connection_gets_the_event(connect):
+    watchers = [connect() for _ in range(5)]
+    for i, w in enumerate(watchers):
+        w.watch("/multi", f"w{i}")
+        assert ev(w) == (b"/multi", f"w{i}".encode())
+    connect().write("/multi/x", "")
+    for i, w in enumerate(watchers):
+        assert ev(w) == (b"/multi/x", f"w{i}".encode())
+
+
+def test_own_writes_fire_own_watches_after_the_reply(c):
+    c.watch("/own", "t")
+    ev(c)
+    c.send(pack(XS_WRITE, b"/own\0v", req_id=77))
+    assert c.recv_msg().raw == pack(XS_WRITE, b"OK\0", req_id=77)
+    m = c.recv_msg()
+    assert m.type == XS_WATCH_EVENT and m.strings == [b"/own", b"t"]
+
+
+def test_transaction_fires_on_commit_only(connect):
+    w, c = connect(), connect()
+    w.watch("/txw", "t")
+    ev(w)
+    tx = c.start()
+    c.write("/txw/a", "1", tx=tx)
+    c.write("/txw/b", "2", tx=tx)
+    no_events(w)
+    assert c.end(tx) == "OK"
+    assert {ev(w), ev(w)} == {(b"/txw/a", b"t"), (b"/txw/b", b"t")}
+    no_events(w)
+
+
+def test_aborted_or_failed_transaction_fires_nothing(connect):
+    w, c, other = connect(), connect(), connect()
+    w.watch("/txa", "t")
+    ev(w)
+    tx = c.start()
+    c.write("/txa/a", "1", tx=tx)
+    assert c.end(tx, commit=False) == "OK"
+    no_events(w)
+    tx = c.start()
+    c.read("/tool", tx=tx)
+    c.write("/txa/b", "1", tx=tx)
+    other.write("/tool", "conflict")
+    assert c.end(tx) == "EAGAIN"
+    no_events(w)
+
+
+def test_relative_watch_gets_relative_paths(connect):
+    w, c = connect(), connect()
+    w.watch("relw", "r")
+    assert ev(w) == (b"relw", b"r")
+    c.write("/local/domain/0/relw/x", "")
+    assert ev(w) == (b"relw/x", b"r")
+    w.watch("/local/domain/0/relw", "abs")
+    assert ev(w) == (b"/local/domain/0/relw", b"abs")
+    c.write("relw/y", "")
+    assert {ev(w), ev(w)} == {(b"relw/y", b"r"), (b"/local/domain/0/relw/y", b"abs")}
+
+
+def test_unwatch_stops_events(connect):
+    w, c = connect(), connect()
+    w.watch("/uw", "t")
+    w.watch("/uw", "keep")
+    ev(w), ev(w)
+    w.unwatch("/uw", "t")
+    c.write("/uw", "")
+    assert ev(w) == (b"/uw", b"keep")
+    no_events(w)
+    assert w.err(XS_UNWATCH, nul("/uw", "t")) == "ENOENT"
+
+
+def test_unwatch_relative_spelling(c):
+    c.watch("relu", "t")
+    ev(c)
+    c.unwatch("/local/domain/0/relu", "t")
+    assert c.err(XS_UNWATCH, nul("relu", "t")) == "ENOENT"
+
+
+def test_reset_watches_drops_watches_and_transactions(connect):
+    w, c = connect(), connect()
+    w.watch("/rw", "t")
+    w.watch("@introduceDomain", "i")
+    ev(w), ev(w)
+    tx = w.start()
+    w.write("/rw/in-tx", "", tx=tx)
+    assert w.ok(XS_RESET_WATCHES, b"\0") == b"OK\0"
+    c.write("/rw", "")
+    c.introduce(5)
+    no_events(w)
+    assert w.err(XS_READ, nul("/tool"), tx_id=tx) == "ENOENT"
+    assert w.err(XS_TRANSACTION_END, nul("T"), tx_id=tx) == "ENOENT"
+    assert c.err(XS_READ, nul("/rw/in-tx")) == "ENOENT"
+    w.watch("/rw", "t")  # and may be registered again
+    assert ev(w) == (b"/rw", b"t")
+
+
+def test_watches_end_with_their_connection(xenstored, connect):
+    w = connect()
+    w.watch("/gone", "t")
+    ev(w)
+    w.close()
+    c = connect()
+    c.watch("/gone", "mine")
+    ev(c)
+    c.write("/gone", "")
+    assert ev(c) == (b"/gone", b"mine")
+    no_events(c)
+
+
+def test_watch_depth(connect):
+    w, c = connect(), connect()
+    w.watch("/dp", "d0", depth=0)
+    w.watch("/dp", "d1", depth=1)
+    w.watch("/dp", "d2", depth=2)
+    for _ in range(3):
+        ev(w)
+    c.write("/dp", "")
+    assert {ev(w), ev(w), ev(w)} == {(b"/dp", b"d0"), (b"/dp", b"d1"), (b"/dp", b"d2")}
+    c.write("/dp/a", "")
+    assert {ev(w), ev(w)} == {(b"/dp/a", b"d1"), (b"/dp/a", b"d2")}
+    c.write("/dp/a/b", "")
+    assert ev(w) == (b"/dp/a/b", b"d2")
+    c.write("/dp/a/b/c", "")
+    no_events(w)
+
+
+def test_introduce_and_release_fire_special_watches(connect):
+    w, c = connect(), connect()
+    w.watch("@introduceDomain", "in")
+    w.watch("@releaseDomain", "out")
+    w.watch("@introduceDomain", "in1", depth=1)
+    w.watch("@releaseDomain", "out1", depth=1)
+    for _ in range(4):
+        ev(w)
+    c.introduce(5, 4096, 7)
+    assert {ev(w), ev(w)} == {(b"@introduceDomain", b"in"), (b"@introduceDomain/5", b"in1")}
+    no_events(w)
+    c.introduce(5, 4096, 7)  # a harmless repeat is no new domain
+    no_events(w)
+    c.release(5)
+    assert {ev(w), ev(w)} == {(b"@releaseDomain", b"out"), (b"@releaseDomain/5", b"out1")}
+    no_events(w)
+    assert c.err(XS_RELEASE, nul("5")) == "ENOENT"  # second release: nothing fires
+    no_events(w)
+
+
+def test_ordinary_writes_do_not_fire_special_watches(connect):
+    w, c = connect(), connect()
+    w.watch("@introduceDomain", "in")
+    w.watch("@releaseDomain", "out")
+    ev(w), ev(w)
+    c.write("/local/domain/5/x", "")
+    c.rm("/local/domain/5")
+    no_events(w)
+
+
+def test_watch_release_of_one_domain(connect):
+    w, c = connect(), connect()
+    w.watch("@releaseDomain/6", "six")
+    assert ev(w) == (b"@releaseDomain/6", b"six")
+    c.introduce(5)
+    c.introduce(6)
+    c.release(5)
+    no_events(w)
+    c.release(6)
+    assert ev(w) == (b"@releaseDomain/6", b"six")
+
+
+def test_release_removes_the_domains_nodes_and_keeps_dom0s(c):
+    """XSA-419: nodes owned by a released domain go with it."""
+    c.introduce(5)
+    c.write("/local/domain/5/owned", "x")
+    c.set_perms("/local/domain/5/owned", "b5")
+    c.write("/local/domain/5/dom0s", "y")
+    c.release(5)
+    assert c.err(XS_READ, nul("/local/domain/5/owned")) == "ENOENT"
+    assert c.read("/local/domain/5/dom0s") == b"y"
+    assert c.control("check") == b"OK\0"
+
+
+# ======================================================================================
+# Domains
+# ======================================================================================
+def test_is_domain_introduced_and_get_domain_path(c):
+    assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("0")) == b"T\0"  # dom0 is always there
+    assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("7")) == b"F\0"
+    c.introduce(7)
+    assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("7")) == b"T\0"
+    c.release(7)
+    assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("7")) == b"F\0"
+    for domid in (0, 1, 7, 32752, 65535):
+        assert c.ok(XS_GET_DOMAIN_PATH, nul(str(domid))) == f"/local/domain/{domid}\0".encode()
+    # introduced or not: the path is computed, not looked up; <domid> is normalised
+    assert c.ok(XS_GET_DOMAIN_PATH, nul("123")) == b"/local/domain/123\0"
+    assert c.ok(XS_GET_DOMAIN_PATH, nul("007")) == b"/local/domain/7\0"
+
+
+def test_resume(c):
+    c.introduce(8)
+    assert c.ok(XS_RESUME, nul("8")) == b"OK\0"
+    assert c.ok(XS_RESUME, nul("8")) == b"OK\0"
+    assert c.err(XS_RESUME, nul("9")) == "ENOENT"
+    assert c.err(XS_RESUME, nul("8", "9")) == "EINVAL"
+
+
+def test_set_target(c):
+    c.introduce(5)
+    c.introduce(6)
+    assert c.ok(XS_SET_TARGET, nul("5", "6")) == b"OK\0"
+    assert c.err(XS_SET_TARGET, nul("5", "9")) == "ENOENT"
+    assert c.err(XS_SET_TARGET, nul("9", "5")) == "ENOENT"
+    assert c.err(XS_SET_TARGET, nul("5")) == "EINVAL"
+    assert c.err(XS_SET_TARGET, nul("5", "x")) == "EINVAL"
+
+
+def test_introduce_release_introduce_again(c):
+    for _ in range(3):
+        c.introduce(5, 4096, 7)
+        assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("5")) == b"T\0"
+        c.release(5)
+        assert c.ok(XS_IS_DOMAIN_INTRODUCED, nul("5")) == b"F\0"
+    c.introduce(5, 8192, 9)  # a new incarnation may bring a new page and port
+    assert c.control("check") == b"OK\0"
+
+
+# ======================================================================================
+# Features, quotas, control
+# ======================================================================================
+def test_get_feature(c):
+    feats = int(c.ok(XS_GET_FEATURE, b"")[:-1])
+    assert feats & 4, "XENSTORE_SERVER_FEATURE_WATCHDEPTH: the daemon supports WATCH depth"
+    assert feats & ~0xF == 0
+    c.introduce(5)
+    dom = int(c.ok(XS_GET_FEATURE, nul("5"))[:-1])
+    assert dom & ~feats == 0
+    assert c.err(XS_GET_FEATURE, nul("5", "6")) == "EINVAL"
+    assert c.err(XS_GET_FEATURE, nul("x")) == "EINVAL"
+
+
+def test_set_feature_argument_errors(c):
+    c.introduce(5)
+    assert c.err(XS_SET_FEATURE, nul("5")) == "EINVAL"
+    assert c.err(XS_SET_FEATURE, nul("5", "x")) == "EINVAL"
+    assert c.err(XS_SET_FEATURE, nul("5", str(1 << 20))) == "EINVAL"  # not offered
+    # before INTRODUCE the toolstack may set a domain's features (xenstore.txt)
+    assert c.ok(XS_SET_FEATURE, nul("9", "0")) == b"OK\0"
+    assert c.ok(XS_GET_FEATURE, nul("9")) == b"0\0"
+
+
+def test_get_set_quota(c):
+    names = c.ok(XS_GET_QUOTA, b"")[:-1].split(b" ")
+    assert {b"nodes", b"watches", b"transactions", b"node-size", b"node-permissions",
+            b"path-max", b"transaction-nodes"} <= set(names)
+    defaults = {b"nodes": 1000, b"watches": 128, b"transactions": 10, b"node-size": 2048,
+                b"node-permissions": 5, b"path-max": 2048, b"transaction-nodes": 1024}
+    for name, value in defaults.items():
+        assert c.ok(XS_GET_QUOTA, name + b"\0") == str(value).encode() + b"\0"
+    assert c.ok(XS_SET_QUOTA, nul("nodes", "1234")) == b"OK\0"
+    assert c.ok(XS_GET_QUOTA, nul("nodes")) == b"1234\0"
+    # a domain introduced now starts from the global values ...
+    c.introduce(5)
+    assert c.ok(XS_GET_QUOTA, nul("5", "nodes")) == b"1234\0"
+    # ... and may get its own
+    assert c.ok(XS_SET_QUOTA, nul("5", "nodes", "7")) == b"OK\0"
+    assert c.ok(XS_GET_QUOTA, nul("5", "nodes")) == b"7\0"
+    assert c.ok(XS_GET_QUOTA, nul("nodes")) == b"1234\0"
+    # errors
+    assert c.err(XS_GET_QUOTA, nul("no-such")) == "EINVAL"
+    assert c.err(XS_GET_QUOTA, nul("5", "nodes", "x")) == "EINVAL"
+    assert c.err(XS_SET_QUOTA, nul("nodes")) == "EINVAL"
+    assert c.err(XS_SET_QUOTA, nul("nodes", "x")) == "EINVAL"
+    assert c.err(XS_SET_QUOTA, nul("no-such", "1")) == "EINVAL"
+    assert c.err(XS_SET_QUOTA, nul("5", "no-such", "1")) == "EINVAL"
+    assert c.err(XS_SET_QUOTA, nul("1", "2", "3", "4")) == "EINVAL"
+
+
+def test_quota_does_not_limit_dom0(c):
+    assert c.ok(XS_SET_QUOTA, nul("nodes", "1")) == b"OK\0"
+    assert c.ok(XS_SET_QUOTA, nul("watches", "1")) == b"OK\0"
+    assert c.ok(XS_SET_QUOTA, nul("transactions", "1")) == b"OK\0"
+    for i in range(5):
+        c.write(f"/q/{i}", "x" * 3000)
+        c.watch(f"/q/{i}", "t")
+    txs = [c.start() for _ in range(5)]
+    for tx in txs:
+        assert c.end(tx) == "OK"
+
+
+def test_control_commands(c):
+    assert c.control("check") == b"OK\0"
+    help_text = c.control("help")
+    for cmd in (b"check", b"log", b"quota", b"help"):
+        assert cmd in help_text
+    assert c.control("log", "on") == b"OK\0"
+    assert c.control("log") == b"on\0"
+    assert c.control("log", "off") == b"OK\0"
+    assert c.control("log") == b"off\0"
+    assert c.err(XS_CONTROL, nul("log", "maybe")) == "EINVAL"
+    shown = c.control("quota")
+    assert b"nodes: 1000" in shown and b"watches: 128" in shown
+    assert c.control("quota", "set", "nodes", "999") == b"OK\0"
+    assert c.ok(XS_GET_QUOTA, nul("nodes")) == b"999\0"
+    c.introduce(5)
+    assert b"nodes: 999" in c.control("quota", "5")
+    assert c.err(XS_CONTROL, nul("quota", "set", "nodes")) == "EINVAL"
+    assert c.err(XS_CONTROL, nul("quota", "set", "bogus", "1")) == "EINVAL"
+    assert c.err(XS_CONTROL, nul("no-such-command")) == "EINVAL"
+    assert c.err(XS_CONTROL, b"check") == "EINVAL"  # not nul-terminated
+
+
+def test_control_ignores_tx_id(c):
+    """Ours treats CONTROL as XS_FLAG_NOTID: a bogus tx_id is echoed, not looked up.
+    (cxenstored's wire_funcs give CONTROL no NOTID flag: it answers ENOENT.)"""
+    reply = c.call(XS_CONTROL, nul("check"), tx_id=99)
+    assert (reply.type, reply.payload) == (XS_CONTROL, b"OK\0")
+
+
+def test_watch_any_special_path_is_accepted(connect):
+    w, c = connect(), connect()
+    w.watch("@someOtherEvent", "t")
+    assert ev(w) == (b"@someOtherEvent", b"t")
+    c.introduce(5)
+    c.release(5)
+    no_events(w)
