@@ -43,7 +43,9 @@ from bench.hv_proc import schedstat
 from hypervisord.libxen import ctrl
 from hypervisord.libxen.core import SyncXenCall, XenError
 from hypervisord.public.event_channel import EvtchnOp as Op
+from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
 from hypervisord.public.xen import DOMID_SELF, Hypercall
+from hypervisord.rpc import fds_from_ancillary
 
 KINDS = ("raw", "trio-socket", "evtchn", "evtchn-sync")
 _PORT = struct.Struct("<I")
@@ -209,7 +211,8 @@ def evtchn_b(fds: dict[str, int], peer: int, port_r: int, go_w: int) -> None:
 
 
 class SyncEvtchn:
-    """Blocking event-channel client: EVTCHNOP_* over SyncXenCall, stream reads."""
+    """Blocking event-channel client: EVTCHNOP_* over SyncXenCall, stream reads,
+    and the channel's doorbell (pvxen.EVTCHN_NOTIFY_DOORBELL) when one comes."""
 
     def __init__(self, fds: dict[str, int]) -> None:
         from hypervisord.libxen.evtchn import map_shared_info
@@ -219,25 +222,68 @@ class SyncEvtchn:
         self.stream = socket.socket(fileno=fds["evtchn"])
         self.bits = SharedInfoBits(map_shared_info(fds["memory"]))
         self.buf = b""
+        self.fds: list[int] = []
+        self.doorbells: dict[int, int] = {}
+        self.xc.call(HYPERVISOR_pvxen_op, PvxenOp.evtchn_doorbells)
 
     def call(self, op: Op, **args: Any) -> dict:
         return self.xc.call(EVTCHN_OP, op, **args)[1]
 
     def send(self, port: int) -> None:
+        fd = self.doorbells.get(port)
+        if fd is not None:
+            try:
+                os.write(fd, b"\1")
+                return
+            except BlockingIOError:
+                return
+            except OSError:
+                del self.doorbells[port]
         self.xc.call(EVTCHN_OP, Op.EVTCHNOP_send, port=port)
 
-    def wait_port(self, port: int) -> None:
-        """Read notifications until ``port``'s pending bit is found set (and cleared)."""
-        while True:
-            while len(self.buf) < 4:
-                data = self.stream.recv(4096)
-                if not data:
-                    raise ConnectionResetError("event-channel stream closed")
-                self.buf += data
+    def _stream_entry(self) -> int | None:
+        """One u32 from the stream if a whole one is buffered (doorbells taken)."""
+        while len(self.buf) >= 4:
             (p,) = _PORT.unpack(self.buf[:4])
             self.buf = self.buf[4:]
-            if p == port and self.bits.clear_pending(p):
+            if p & EVTCHN_NOTIFY_DOORBELL and self.fds:
+                fd = self.fds.pop(0)
+                os.set_blocking(fd, False)  # rings are drained, never waited on here
+                self.doorbells[p & ~EVTCHN_NOTIFY_DOORBELL] = fd
+                continue
+            return p
+        return None
+
+    def _read_stream(self) -> None:
+        data, anc, _, _ = self.stream.recvmsg(4096, socket.CMSG_SPACE(64))
+        if not data:
+            raise ConnectionResetError("event-channel stream closed")
+        self.fds.extend(fds_from_ancillary(anc))
+        self.buf += data
+
+    def wait_port(self, port: int) -> None:
+        """Until ``port`` fires: a ring on its doorbell, or a stream entry whose
+        pending bit is set (and cleared here)."""
+        while True:
+            p = self._stream_entry()
+            while p is not None:
+                if p == port and self.bits.clear_pending(p):
+                    return
+                p = self._stream_entry()
+            bell = self.doorbells.get(port)
+            ready, _, _ = select.select([self.stream] + ([bell] if bell is not None else []),
+                                        [], [])
+            if bell is not None and bell in ready:
+                if not os.read(bell, 64):
+                    del self.doorbells[port]
+                    continue
+                try:
+                    while os.read(bell, 64):
+                        pass
+                except BlockingIOError:
+                    pass
                 return
+            self._read_stream()
 
 
 def evtchn_sync_a(fds: dict[str, int], peer: int, port_w: int, go_r: int,

@@ -171,7 +171,9 @@ def result_json(calls: dict, events: dict, rows: list[dict], close: dict, args) 
     out.update(_domains_json(rows, close))
     out["targets_met"] = {
         "hypercall_ge_0.7x_echo": (out["hypercall_ratio_vs_echo"] or 0) >= TARGET_CALLS,
-        "evtchn_rtt_le_2x_raw": (out["evtchn_ratio_vs_raw"] or 1e9) <= TARGET_EVTCHN,
+        # like for like: the raw pair is two blocking processes, so is
+        # evtchn-sync; the trio client's figure is reported beside it
+        "evtchn_rtt_le_2x_raw": (out["evtchn_sync_ratio_vs_raw"] or 1e9) <= TARGET_EVTCHN,
         "create_p50_le_10ms": (out["create_ms_p50_max_over_n"] or 1e9) <= TARGET_CREATE_MS,
         "create_growth_le_1.2": (out["create_growth_ratio"] or 1e9) <= TARGET_GROWTH,
     }
@@ -189,7 +191,7 @@ def print_report(calls: dict, events: dict, rows: list[dict], close: dict, args)
           "the echo's (target >= 0.7, sync client).\n   CPU us: /proc schedstat time per call.")
     print(calls_table(calls))
     print("\n2. one event's round trip between two processes. x raw: time over the raw "
-          "socketpair's (target <= 2 for evtchn).\n   CPU us: per round trip in A, B and "
+          "socketpair's (target <= 2 for evtchn-sync: blocking clients, like the raw pair; evtchn uses trio clients).\n   CPU us: per round trip in A, B and "
           "hypervisord; CPU wait: time they sat runnable without a CPU (host load).")
     print(events_table(events))
     last = rows[-1]["grown"]

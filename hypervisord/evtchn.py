@@ -32,6 +32,8 @@ hardware domain's ``max_evtchn_port`` unlimited.
 
 from __future__ import annotations
 
+import socket
+
 from typing import Any
 
 from hypervisord import evtchn_ports as core
@@ -140,7 +142,32 @@ def bind_interdomain(hv, caller, args):
     # "We may have lost notifications on the remote unbound port": Xen
     # conservatively makes the new local port pending.
     set_pending(hv, ld, lchan)
+    _doorbell(caller.conn, lchan.port, _process_of(rd, rd.evtchn.ports.chans.get(rport)),
+              rport)
     return {"local_port": lchan.port}
+
+
+def _process_of(dom, chan: Channel | None) -> Any:
+    if chan is None:
+        return None
+    return chan.owner if chan.owner is not None else (dom.conns[0] if dom.conns else None)
+
+
+def _doorbell(local: Any, lport: int, remote: Any, rport: int) -> None:
+    """A direct notification path between the channel's two processes.
+
+    Each end goes to its process over its event stream (both must have
+    asked for doorbells). Sends on the channel then need no hypercall;
+    masking, closing and status still go through hypervisord. If either
+    end cannot be handed over, the other end sees its doorbell close and
+    both keep using EVTCHNOP_send, which is always correct.
+    """
+    if not (getattr(local, "doorbells", False) and getattr(remote, "doorbells", False)):
+        return
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:  # each process keeps its own copy; ours go now
+        if remote.push_doorbell(rport, b.fileno()):
+            local.push_doorbell(lport, a.fileno())
 
 
 def bind_virq(hv, caller, args):

@@ -29,7 +29,7 @@ import trio
 from hypervisord import rpc
 from hypervisord.errors import E, fail
 from hypervisord.hypercall import Caller, Dispatcher, Handler, int_list, u
-from hypervisord.public.pvxen import HYPERVISOR_pvxen_op, PvxenOp
+from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
 
 log = logging.getLogger("hypervisord")
 _PORT = struct.Struct("<I")
@@ -48,6 +48,8 @@ class Connection:
         self.caller = Caller(domid, privileged, self)
         self.evtchn_sock: socket.socket | None = None
         self.pending_ports: dict[int, None] = {}
+        self.outbuf = bytearray()  # notification bytes the socket did not take yet
+        self.doorbells = False  # the process understands doorbell entries
         self.wakeup = trio.Event()
         self.pid: int | None = None
         self.closed = False
@@ -63,22 +65,45 @@ class Connection:
         self._flush_nowait()
 
     def _flush_nowait(self) -> None:
-        if not self.pending_ports or self.evtchn_sock is None:
+        """Write what fits; a partly written entry is finished before anything
+        else, so the u32 stream never loses its alignment."""
+        if self.evtchn_sock is None:
             return
-        data = b"".join(_PORT.pack(p) for p in self.pending_ports)
+        if self.pending_ports:
+            self.outbuf += b"".join(_PORT.pack(p) for p in self.pending_ports)
+            self.pending_ports.clear()
+        if not self.outbuf:
+            return
         try:
-            sent = self.evtchn_sock.send(data, socket.MSG_DONTWAIT)
+            sent = self.evtchn_sock.send(self.outbuf, socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
         except OSError:
-            self.pending_ports.clear()
+            self.outbuf.clear()
             return
-        ports = list(self.pending_ports)
-        done = sent // _PORT.size  # a partial port is resent whole: harmless
-        for p in ports[:done]:
-            del self.pending_ports[p]
-        if self.pending_ports:
+        del self.outbuf[:sent]
+        if self.outbuf:
             self.wakeup.set()
+
+    def push_doorbell(self, port: int, fd: int) -> bool:
+        """Hand this process a doorbell for ``port`` (pvxen.EVTCHN_NOTIFY_DOORBELL).
+
+        Only when nothing is queued on the stream, so the entry and its
+        descriptor travel together; otherwise the caller keeps using
+        hypercalls for that channel, which is always correct.
+        """
+        if (not self.doorbells or self.evtchn_sock is None or self.closed or self.outbuf
+                or self.pending_ports):
+            return False
+        try:
+            sent = self.evtchn_sock.sendmsg([_PORT.pack(port | EVTCHN_NOTIFY_DOORBELL)],
+                                           rpc.fds_ancillary([fd]), socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        if sent != _PORT.size:  # cannot happen for 4 bytes on an empty queue
+            log.error("%s: doorbell entry cut at %d bytes", self, sent)
+            self.outbuf += _PORT.pack(port | EVTCHN_NOTIFY_DOORBELL)[sent:]
+        return True
 
     async def notifier(self) -> None:
         """Delivers notifications the socket could not take at once."""
@@ -86,8 +111,9 @@ class Connection:
         while not self.closed:
             await self.wakeup.wait()
             self.wakeup = trio.Event()
-            await trio.lowlevel.wait_writable(self.evtchn_sock)
-            self._flush_nowait()
+            while self.outbuf and not self.closed:
+                await trio.lowlevel.wait_writable(self.evtchn_sock)
+                self._flush_nowait()
 
 
 class HvServer:
@@ -251,9 +277,15 @@ class HvServer:
                 "populated": [g for g in gfns if g in dom.mem.p2m],
                 "_fds": {"memory": os.dup(dom.mem.fd)}}
 
+    def evtchn_doorbells(self, hv, caller, args):
+        if caller.conn.evtchn_sock is None:
+            raise fail(E.XEN_EINVAL, "no event-channel stream on this connection")
+        caller.conn.doorbells = True
+
     def pvxen_handlers(self) -> dict:
         P = HYPERVISOR_pvxen_op
         return {
+            (P, PvxenOp.evtchn_doorbells): Handler(self.evtchn_doorbells),
             (P, PvxenOp.attach): Handler(self.attach),
             (P, PvxenOp.connect_domain): Handler(self.connect_domain, privileged=True),
             (P, PvxenOp.map_foreign): Handler(self.map_foreign, privileged=True),

@@ -43,7 +43,8 @@ import trio
 from hypervisord.libxen.core import XenCall, XenError
 from hypervisord.machmem import SHARED_INFO_SLOT
 from hypervisord.public.event_channel import EvtchnOp as Op
-from hypervisord.public.pvxen import HYPERVISOR_pvxen_op, PvxenOp
+from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
+from hypervisord.rpc import fds_from_ancillary
 from hypervisord.public.xen import DOMID_SELF, PAGE_SIZE, Hypercall
 from hypervisord.shinfo import NR_PORTS_2L, SharedInfoBits
 
@@ -87,8 +88,10 @@ class XenEvtchn:
         self._claimed: set[int] = set()  # ports served by wait_port()
         self._fired: set[int] = set()  # claimed ports that fired with no waiter
         self._waiters: dict[int, trio.Event] = {}
+        self._nwaiting: dict[int, int] = {}  # tasks in wait_port(), per port
         self._broken: BaseException | None = None
         self._nursery: trio.Nursery | None = None
+        self._doorbells: dict[int, Any] = {}  # port -> the channel's doorbell socket
         #: notifications read from the stream (stale ones included)
         self.received = 0
 
@@ -117,12 +120,15 @@ class XenEvtchn:
             async with trio.open_nursery() as nursery:
                 xe._nursery = nursery
                 nursery.start_soon(xe._reader)
+                await xe._ask_for_doorbells()
                 try:
                     yield xe
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
             xe._nursery = None
+            for port in list(xe._doorbells):
+                xe._drop_doorbell(port)
             sock.close()
             xe.bits.close()
             if own_map:
@@ -153,8 +159,9 @@ class XenEvtchn:
 
     async def bind_interdomain(self, remote_domid: int, remote_port: int) -> int:
         """EVTCHNOP_bind_interdomain; the new local port starts pending (Xen)."""
-        return (await self._op(Op.EVTCHNOP_bind_interdomain, remote_dom=remote_domid,
-                               remote_port=remote_port))["local_port"]
+        r = await self._op(Op.EVTCHNOP_bind_interdomain, remote_dom=remote_domid,
+                           remote_port=remote_port)
+        return r["local_port"]  # a doorbell, if any, comes on the event stream
 
     async def bind_virq(self, virq: int, vcpu: int = 0) -> int:
         return (await self._op(Op.EVTCHNOP_bind_virq, virq=virq, vcpu=vcpu))["port"]
@@ -163,8 +170,23 @@ class XenEvtchn:
         return (await self._op(Op.EVTCHNOP_bind_ipi, vcpu=vcpu))["port"]
 
     async def notify(self, port: int) -> None:
-        """EVTCHNOP_send."""
+        """EVTCHNOP_send (a byte on the channel's doorbell when there is one)."""
+        if self._ring_doorbell(port):
+            return
         await self.xc.call(EVTCHN_OP, Op.EVTCHNOP_send, port=port)
+
+    def _ring_doorbell(self, port: int) -> bool:
+        sock = self._doorbells.get(port)
+        if sock is None:
+            return False
+        try:
+            os.write(sock.fileno(), b"\1")
+        except BlockingIOError:
+            pass  # the peer has unread rings: this one coalesces with them
+        except OSError:  # the peer closed its end: hypercalls from now on
+            self._drop_doorbell(port)
+            return False
+        return True
 
     def notify_soon(self, port: int) -> None:
         """EVTCHNOP_send from synchronous code (a ring's notify callback).
@@ -174,6 +196,8 @@ class XenEvtchn:
         """
         if self._nursery is None:
             raise RuntimeError("XenEvtchn is not open")
+        if self._ring_doorbell(port):
+            return
         try:  # no reply needed: no task, no scheduler pass (Linux ignores it too)
             self.xc.post(EVTCHN_OP, Op.EVTCHNOP_send, port=port)
         except BlockingIOError:  # socket full: wait for room in a task, keep order
@@ -187,6 +211,7 @@ class XenEvtchn:
 
     async def unbind(self, port: int) -> None:
         """EVTCHNOP_close; waiters on the port wake up (a spurious wakeup)."""
+        self._drop_doorbell(port)
         await self.xc.call(EVTCHN_OP, Op.EVTCHNOP_close, port=port)
         self._forget(port)
 
@@ -207,16 +232,22 @@ class XenEvtchn:
     # -- receiving ----------------------------------------------------------------------------
     async def _reader(self) -> None:
         partial = b""
+        fds: list[int] = []
+        anc = socket.CMSG_SPACE(16 * 4)
         try:
             while True:
-                data = await self._sock.recv(65536)
+                data, ancdata, _, _ = await self._sock.recvmsg(65536, anc)
                 if not data:
                     raise ConnectionResetError("hypervisord closed the event-channel stream")
+                fds.extend(fds_from_ancillary(ancdata))
                 data = partial + data
                 end = len(data) & ~3
-                self.received += end >> 2
-                for (port,) in _PORT.iter_unpack(data[:end]):
-                    self._arrived(port)
+                for (entry,) in _PORT.iter_unpack(data[:end]):
+                    if entry & EVTCHN_NOTIFY_DOORBELL and fds:
+                        self._add_doorbell(entry & ~EVTCHN_NOTIFY_DOORBELL, fds.pop(0))
+                    else:
+                        self.received += 1
+                        self._arrived(entry)
                 partial = data[end:]
         except OSError as e:
             self._broken = e
@@ -229,6 +260,53 @@ class XenEvtchn:
         # Test-and-clear first, then handle: a later send sets the bit again.
         if not 0 < port < NR_PORTS_2L or not self.bits.clear_pending(port):
             return  # stale: closed since, or a duplicate of a handled event
+        self._fire(port)
+
+    # -- doorbells (pvxen.EVTCHN_NOTIFY_DOORBELL) -----------------------------------------
+    async def _ask_for_doorbells(self) -> None:
+        try:
+            await self.xc.call(HYPERVISOR_pvxen_op, PvxenOp.evtchn_doorbells)
+        except XenError as e:  # an older hypervisord: hypercall sends only
+            log.debug("no doorbells: %s", e)
+
+    def _add_doorbell(self, port: int, fd: int) -> None:
+        sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+        if not 0 < port < NR_PORTS_2L or self._nursery is None:
+            sock.close()
+            return
+        self._drop_doorbell(port)
+        self._doorbells[port] = sock
+        self._nursery.start_soon(self._doorbell_reader, port, sock)
+
+    def _drop_doorbell(self, port: int) -> None:
+        sock = self._doorbells.pop(port, None)
+        if sock is not None:
+            sock.close()
+
+    async def _doorbell_reader(self, port: int, sock) -> None:
+        """Rings from the peer: drained, then one event (they coalesce)."""
+        try:
+            while True:
+                if not await sock.recv(64):
+                    break  # the peer's end is closed
+                try:
+                    while os.read(sock.fileno(), 64):
+                        pass
+                except BlockingIOError:
+                    pass
+                if self.bits.is_masked(port):
+                    # Delivered by hypervisord on EVTCHNOP_unmask, as any
+                    # event that came while masked.
+                    self.bits.set_pending(port)
+                else:
+                    self._fire(port)
+        except (OSError, trio.ClosedResourceError):
+            pass  # the peer went, or we closed it (unbind): hypercalls from now on
+        finally:
+            if self._doorbells.get(port) is sock:
+                self._drop_doorbell(port)
+
+    def _fire(self, port: int) -> None:
         waiter = self._waiters.pop(port, None)
         if waiter is not None:
             waiter.set()
@@ -273,7 +351,23 @@ class XenEvtchn:
         ev = self._waiters.get(port)
         if ev is None:
             ev = self._waiters[port] = trio.Event()
-        await ev.wait()
+        self._nwaiting[port] = self._nwaiting.get(port, 0) + 1
+        try:
+            await ev.wait()
+        except trio.Cancelled:
+            # A waiter that gives up must not swallow the next event: the
+            # last one leaves no stale Event behind, and an event that came
+            # just as it was cancelled is kept for the next wait.
+            if self._nwaiting[port] == 1:
+                if self._waiters.get(port) is ev:
+                    del self._waiters[port]
+                if ev.is_set():
+                    self._fired.add(port)
+            raise
+        finally:
+            n = self._nwaiting.pop(port) - 1
+            if n:
+                self._nwaiting[port] = n
         self._check()
 
     def _forget(self, port: int) -> None:

@@ -23,7 +23,18 @@ class PvxenOp(IntEnum):
     #: dom0 only (privcmd foreign map). IN: domid. OUT: fd ``memory`` of the
     #: domain, and ``p2m``: the gfns it has populated.
     map_foreign = 2
+    #: The calling process reads doorbells from its event stream
+    #: (EVTCHN_NOTIFY_DOORBELL entries); channels between two such processes
+    #: get one at EVTCHNOP_bind_interdomain.
+    evtchn_doorbells = 3
 
 
-#: Layout of a notification on the event-channel stream.
+#: Layout of a notification on the event-channel stream: a u32 LE port.
 EVTCHN_NOTIFY_SIZE = 4
+#: A stream entry ``port | EVTCHN_NOTIFY_DOORBELL`` carries (SCM_RIGHTS) the
+#: process's end of the doorbell of interdomain channel ``port``: a
+#: SOCK_SEQPACKET pair between the two ends' processes, made by hypervisord
+#: at EVTCHNOP_bind_interdomain, so a send on a bound channel need not go
+#: through hypervisord (a byte on the doorbell), and a doorbell can reach
+#: nothing but the one peer port it was made for.
+EVTCHN_NOTIFY_DOORBELL = 0x80000000
