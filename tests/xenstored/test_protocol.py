@@ -1,4 +1,8 @@
-"""The XenStore protocol against the real daemon process: Basic operations, header echo, pipelining and framing.
+"""The XenStore protocol against the real daemon process, over its Unix socket.
+
+This file: basic operations, header echo, pipelining and framing; the
+rest is in ``test_protocol_errors.py``, ``test_protocol_tx.py`` and
+``test_protocol_watch.py`` (shared fixtures in ``conftest.py``).
 
 Every message type and every error path a socket (dom0, privileged) client
 can reach. Unprivileged semantics (permissions, quotas, event filtering)
@@ -25,28 +29,20 @@ from tests.xenstored.rawclient import (
     XS_DIRECTORY_PART,
     XS_ERROR,
     XS_GET_DOMAIN_PATH,
-    XS_GET_FEATURE,
     XS_GET_PERMS,
-    XS_GET_QUOTA,
     XS_INTRODUCE,
-    XS_INVALID,
     XS_IS_DOMAIN_INTRODUCED,
     XS_MKDIR,
     XS_READ,
     XS_RELEASE,
-    XS_RESET_WATCHES,
-    XS_RESTRICT,
     XS_RESUME,
     XS_RM,
     XS_SET_FEATURE,
     XS_SET_PERMS,
     XS_SET_QUOTA,
     XS_SET_TARGET,
-    XS_TRANSACTION_END,
-    XS_TRANSACTION_START,
     XS_UNWATCH,
     XS_WATCH,
-    XS_WATCH_EVENT,
     XS_WRITE,
     RawClient,
     nul,
@@ -54,9 +50,6 @@ from tests.xenstored.rawclient import (
 )
 
 pytestmark = pytest.mark.timeout(20)
-
-
-from tests.xenstored.conftest import ev, no_events  # noqa: F401,E402
 
 
 # ======================================================================================

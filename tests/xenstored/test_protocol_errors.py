@@ -1,21 +1,8 @@
-"""The XenStore protocol against the real daemon process: Error paths: EINVAL, ENOENT, EEXIST, E2BIG/DIRECTORY_PART, ENOSYS, EBUSY.
-
-Every message type and every error path a socket (dom0, privileged) client
-can reach. Unprivileged semantics (permissions, quotas, event filtering)
-are in ``test_protocol_unpriv.py`` at the core level. Spec:
-``docs/misc/xenstore.txt`` and ``xen/include/public/io/xs_wire.h``; where
-the spec is silent, cxenstored (``tools/xenstored/``) is the reference and
-each such test says so.
-
-"No event" assertions never sleep: after the action, the watcher does one
-round trip of its own. The daemon queues an event for a watcher before it
-answers the request that caused it, and a connection's messages leave in
-order, so an event that exists arrives before the watcher's reply.
-"""
+"""Protocol error paths against the real daemon: EINVAL, ENOENT, EEXIST,
+E2BIG and DIRECTORY_PART, ENOSYS, EBUSY (see ``test_protocol.py`` for the
+conventions these tests follow)."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 
@@ -34,7 +21,6 @@ from tests.xenstored.rawclient import (
     XS_MKDIR,
     XS_READ,
     XS_RELEASE,
-    XS_RESET_WATCHES,
     XS_RESTRICT,
     XS_RESUME,
     XS_RM,
@@ -56,7 +42,7 @@ from tests.xenstored.rawclient import (
 pytestmark = pytest.mark.timeout(20)
 
 
-from tests.xenstored.conftest import ev, no_events  # noqa: F401,E402
+from tests.xenstored.conftest import ev
 
 
 # ======================================================================================

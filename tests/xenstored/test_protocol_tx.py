@@ -1,62 +1,16 @@
-"""The XenStore protocol against the real daemon process: Transactions: isolation and EAGAIN.
-
-Every message type and every error path a socket (dom0, privileged) client
-can reach. Unprivileged semantics (permissions, quotas, event filtering)
-are in ``test_protocol_unpriv.py`` at the core level. Spec:
-``docs/misc/xenstore.txt`` and ``xen/include/public/io/xs_wire.h``; where
-the spec is silent, cxenstored (``tools/xenstored/``) is the reference and
-each such test says so.
-
-"No event" assertions never sleep: after the action, the watcher does one
-round trip of its own. The daemon queues an event for a watcher before it
-answers the request that caused it, and a connection's messages leave in
-order, so an event that exists arrives before the watcher's reply.
-"""
+"""Transactions against the real daemon: isolation, EAGAIN and retry
+(cxenstored's generation-count rule; see ``xenstored/transaction.py``)."""
 
 from __future__ import annotations
-
-import threading
 
 import pytest
 
 from tests.xenstored.rawclient import (
-    XS_CONTROL,
-    XS_DIRECTORY,
-    XS_DIRECTORY_PART,
-    XS_ERROR,
-    XS_GET_DOMAIN_PATH,
-    XS_GET_FEATURE,
-    XS_GET_PERMS,
-    XS_GET_QUOTA,
-    XS_INTRODUCE,
-    XS_INVALID,
-    XS_IS_DOMAIN_INTRODUCED,
-    XS_MKDIR,
     XS_READ,
-    XS_RELEASE,
-    XS_RESET_WATCHES,
-    XS_RESTRICT,
-    XS_RESUME,
-    XS_RM,
-    XS_SET_FEATURE,
-    XS_SET_PERMS,
-    XS_SET_QUOTA,
-    XS_SET_TARGET,
-    XS_TRANSACTION_END,
-    XS_TRANSACTION_START,
-    XS_UNWATCH,
-    XS_WATCH,
-    XS_WATCH_EVENT,
-    XS_WRITE,
-    RawClient,
     nul,
-    pack,
 )
 
 pytestmark = pytest.mark.timeout(20)
-
-
-from tests.xenstored.conftest import ev, no_events  # noqa: F401,E402
 
 
 # ======================================================================================
