@@ -59,3 +59,20 @@ class AgentProcess:
         self.kill()
         with trio.move_on_after(5):
             await self.proc.wait()
+
+
+async def serve_json_lines(handle) -> None:
+    """The agent's side: one JSON command a line on stdin, ``await handle(cmd)``,
+    one JSON reply a line on stdout; returns at EOF."""
+    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
+    buf = b""
+    while True:
+        data = await stdin.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            reply = await handle(json.loads(line))
+            sys.stdout.write(json.dumps(reply) + "\n")
+            sys.stdout.flush()

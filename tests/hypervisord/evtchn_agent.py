@@ -18,7 +18,6 @@ one JSON line on stdout:
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
 
@@ -29,6 +28,7 @@ from hypervisord.libxen.core import XenCall
 from hypervisord.libxen.evtchn import XenEvtchn, map_shared_info
 from hypervisord.public.xen import Hypercall
 from hypervisord.shinfo import SharedInfoBits
+from tests.hypervisord.agent import serve_json_lines
 
 
 class Agent:
@@ -89,20 +89,9 @@ class Agent:
 
 
 async def main(hcall_fd: int, evtchn_fd: int, memory_fd: int) -> None:
-    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with XenCall.from_fd(hcall_fd) as xc, trio.open_nursery() as nursery:
         agent = Agent(xc, evtchn_fd, memory_fd)
-        buf = b""
-        while True:
-            data = await stdin.receive_some(65536)
-            if not data:
-                break
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                reply = await agent.handle(json.loads(line), nursery)
-                sys.stdout.write(json.dumps(reply) + "\n")
-                sys.stdout.flush()
+        await serve_json_lines(lambda cmd: agent.handle(cmd, nursery))
         nursery.cancel_scope.cancel()
 
 

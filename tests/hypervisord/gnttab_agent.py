@@ -19,7 +19,6 @@ command, each reply one JSON line:
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import socket
@@ -31,6 +30,7 @@ from hypervisord.libxen.core import XenCall
 from hypervisord.libxen.gnttab import GrantTable, preload
 from hypervisord.machmem import DomainMemory
 from hypervisord.public.xen import PAGE_SIZE
+from tests.hypervisord.agent import serve_json_lines
 
 
 class Agent:
@@ -94,23 +94,16 @@ def _try_open(path: str) -> int:
 
 
 async def main(hcall_fd: int, memory_fd: int) -> None:
-    stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with XenCall.from_fd(hcall_fd) as xc:
         agent = Agent(xc, memory_fd)
-        buf = b""
-        while True:
-            data = await stdin.receive_some(65536)
-            if not data:
-                break
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                try:
-                    reply = await agent.handle(json.loads(line))
-                except OSError as e:
-                    reply = {"oserror": e.errno, "message": str(e)}
-                sys.stdout.write(json.dumps(reply) + "\n")
-                sys.stdout.flush()
+
+        async def handle(cmd: dict) -> dict:
+            try:
+                return await agent.handle(cmd)
+            except OSError as e:
+                return {"oserror": e.errno, "message": str(e)}
+
+        await serve_json_lines(handle)
 
 
 if __name__ == "__main__":

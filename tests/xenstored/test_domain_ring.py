@@ -82,6 +82,14 @@ def _build(xc: SyncXenCall, xs: XsSyncClient) -> tuple[int, int]:
     return domid, port
 
 
+def start_domain(xc: SyncXenCall, xs: XsSyncClient) -> tuple[int, int, dict]:
+    """Build a domain and get its process's descriptors; it is left unpaused."""
+    domid, port = _build(xc, xs)
+    _, r = ctrl.connect_domain(xc, domid)
+    ctrl.domain_unpause(xc, domid)
+    return domid, port, r["fds"]
+
+
 def _wait_for(predicate, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -95,10 +103,7 @@ def _wait_for(predicate, timeout: float = 10.0) -> bool:
 def test_domain_uses_xenstore_over_its_ring(hypervisord, xenstored):
     xc = SyncXenCall(hypervisord.privcmd)
     xs = XsSyncClient.open(str(xenstored.socket))
-    domid, port = _build(xc, xs)
-    _, r = ctrl.connect_domain(xc, domid)
-    fds = r["fds"]
-    ctrl.domain_unpause(xc, domid)
+    domid, port, fds = start_domain(xc, xs)
 
     result_r, result_w = os.pipe()
     done_r, done_w = os.pipe()

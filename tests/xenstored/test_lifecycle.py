@@ -9,11 +9,9 @@ dom0's grant mapping revoked, the domain's memory back in the free pool,
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing
 import os
 import signal
-import time
 
 import pytest
 import trio
@@ -24,7 +22,7 @@ from hypervisord.libxen.evtchn import XenEvtchn
 from hypervisord.libxen.gnttab import GrantMapper
 from hypervisord.public.event_channel import EvtchnStat
 from hypervisord.public.grant_table import GntSt
-from tests.xenstored.test_domain_ring import STORE_GFN, _build
+from tests.xenstored.test_domain_ring import start_domain
 from xenstored.client import XsClient
 from xenstored.syncclient import XsSyncClient
 
@@ -56,10 +54,7 @@ def test_sigkill_mid_traffic_cleans_up(hypervisord, xenstored):
     xc_sync = SyncXenCall(hypervisord.privcmd)
     xs_sync = XsSyncClient.open(str(xenstored.socket))
     free_before = ctrl.physinfo(xc_sync)[1]["free_pages"]
-    domid, port = _build(xc_sync, xs_sync)
-    _, r = ctrl.connect_domain(xc_sync, domid)
-    fds = r["fds"]
-    ctrl.domain_unpause(xc_sync, domid)
+    domid, port, fds = start_domain(xc_sync, xs_sync)
     # The domain's process is forked before this process runs trio.
     port_r, port_w = os.pipe()
     ready_r, ready_w = os.pipe()
