@@ -18,6 +18,7 @@ Two levels:
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 from collections import deque
@@ -123,7 +124,44 @@ class RawClient:
 
     # -- raw level ------------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        """Send all of ``data``, reading what the daemon answers meanwhile.
+
+        A pipelined batch can be bigger than the two socket buffers: the daemon
+        stops reading us while its replies to us wait, so a plain ``sendall``
+        would deadlock against it. Whatever arrives while we are blocked on
+        sending is kept in the receive buffer for :meth:`recv_msg`.
+        """
+        view = memoryview(data)
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)  # Python waits for a timeout socket itself
+        try:
+            self._send_nonblocking(view, timeout)
+        finally:
+            self.sock.settimeout(timeout)
+
+    def _send_nonblocking(self, view: memoryview, timeout: float | None) -> None:
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except BlockingIOError:
+                sent = 0
+            view = view[sent:]
+            if not view or sent:
+                continue
+            readable, writable, _ = select.select([self.sock], [self.sock], [], timeout)
+            if not readable and not writable:
+                raise TimeoutError(f"daemon neither read nor wrote for {timeout} s "
+                                   f"with {len(view)} bytes left to send")
+            if readable:
+                try:
+                    chunk = self.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError as e:
+                    raise ConnectionClosed(str(e)) from None
+                if not chunk:
+                    raise ConnectionClosed(f"EOF with {len(view)} bytes left to send")
+                self.buf += chunk
 
     def send_msg(self, msg_type: int, payload: bytes = b"", req_id: int | None = None,
                  tx_id: int = 0) -> int:
