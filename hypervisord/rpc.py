@@ -54,8 +54,16 @@ class Reply:
 _packer = msgpack.Packer(use_bin_type=True)
 
 
+class PacketTooLarge(ValueError):
+    """A request that could not travel as one packet (over MAX_PACKET)."""
+
+
 def encode_request(req: Request) -> bytes:
-    return _packer.pack((req.req_id, req.hypercall, req.subop, req.args))
+    packet = _packer.pack((req.req_id, req.hypercall, req.subop, req.args))
+    if len(packet) > MAX_PACKET:
+        raise PacketTooLarge(f"request of {len(packet)} bytes exceeds the "
+                             f"{MAX_PACKET}-byte packet limit; split it")
+    return packet
 
 
 def encode_reply(rep: Reply) -> bytes:
@@ -109,6 +117,19 @@ def fds_from_ancillary(ancdata) -> list[int]:
             arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+def size_buffers(sock) -> None:
+    """Let ``sock`` carry a whole MAX_PACKET packet.
+
+    A SEQPACKET packet must fit the sender's send buffer, whose default is
+    the host's ``net.core.wmem_default`` (208 KiB on most machines, far less
+    on some). The kernel doubles the value asked for and caps the request at
+    ``wmem_max``, so asking for MAX_PACKET is enough wherever that cap is at
+    least half of it.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_PACKET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_PACKET)
 
 
 def ancillary_space() -> int:

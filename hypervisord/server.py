@@ -140,6 +140,7 @@ class HvServer:
         with sock:
             while True:
                 client, _ = await sock.accept()
+                rpc.size_buffers(client)
                 conn = Connection(self, client, 0, privileged=True)
                 self.nursery.start_soon(self.serve, conn)
 
@@ -174,6 +175,10 @@ class HvServer:
                 os.close(fd)  # nobody may push descriptors into hypervisord
             if conn.pid is None and not conn.privileged:
                 self._learn_pid(conn, ancdata)
+            if flags & socket.MSG_TRUNC:
+                log.warning("%s: request larger than %d bytes, disconnecting",
+                            conn, rpc.MAX_PACKET)
+                return
             try:
                 req = rpc.decode_request(data)
             except rpc.RpcError as e:
@@ -259,6 +264,8 @@ class HvServer:
         if dom.domid == 0 or dom.conns or dom.dying:
             raise fail(E.XEN_EBUSY, f"domain {dom.domid} already has its process")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rpc.size_buffers(mine)
+        rpc.size_buffers(theirs)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         conn = Connection(self, trio.socket.from_stdlib_socket(mine), dom.domid, False)
         evtchn_fd = self._evtchn_pair(conn)

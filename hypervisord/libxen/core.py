@@ -22,7 +22,7 @@ import trio
 
 from hypervisord import rpc
 from hypervisord.libxen.paths import privcmd_path
-from hypervisord.libxen.sync import SyncXenCall, XenError, check
+from hypervisord.libxen.sync import SyncXenCall, XenError, check, encode
 
 __all__ = ["XenCall", "SyncXenCall", "XenError", "privcmd_path"]
 
@@ -48,6 +48,7 @@ class XenCall:
     @asynccontextmanager
     async def open(cls, path: str | os.PathLike | None = None):
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rpc.size_buffers(sock)
         try:
             await sock.connect(str(path or privcmd_path()))
         except OSError:
@@ -103,9 +104,9 @@ class XenCall:
         if self._broken is not None:
             raise ConnectionResetError(f"hypercall connection broken: {self._broken}")
         req_id = next(self._ids) & 0xFFFFFFFF
+        packet = encode(rpc.Request(req_id, hypercall, subop, args))
         waiter = _Waiter()
         self._waiting[req_id] = waiter
-        packet = rpc.encode_request(rpc.Request(req_id, hypercall, subop, args))
         if not self._send_now(packet):
             async with self._send_lock:
                 await self.sock.send(packet)
@@ -139,7 +140,7 @@ class XenCall:
         if self._broken is not None:
             raise ConnectionResetError(f"hypercall connection broken: {self._broken}")
         req_id = next(self._ids) & 0xFFFFFFFF
-        if not self._send_now(rpc.encode_request(rpc.Request(req_id, hypercall, subop, args))):
+        if not self._send_now(encode(rpc.Request(req_id, hypercall, subop, args))):
             raise BlockingIOError("hypercall socket full")
 
     async def call(self, hypercall: int, subop: int, **args: Any) -> tuple[int, dict]:

@@ -43,6 +43,15 @@ def check(reply: rpc.Reply, hypercall: int, subop: int) -> tuple[int, dict]:
     return reply.rc, result
 
 
+def encode(req: rpc.Request) -> bytes:
+    """The request's packet; an oversized one is E2BIG here, before it is sent."""
+    try:
+        return rpc.encode_request(req)
+    except rpc.PacketTooLarge as e:
+        raise XenError(-int(XenErrno.XEN_E2BIG), f"hypercall {req.hypercall}/{req.subop}",
+                       str(e)) from None
+
+
 class SyncXenCall:
     """One blocking hypercall connection: privcmd for dom0, or an inherited fd."""
 
@@ -51,6 +60,7 @@ class SyncXenCall:
             self.sock = socket.socket(fileno=fd)
         else:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            rpc.size_buffers(self.sock)
             try:
                 self.sock.connect(str(path or privcmd_path()))
             except OSError:
@@ -60,7 +70,7 @@ class SyncXenCall:
 
     def call(self, hypercall: int, subop: int, **args: Any) -> tuple[int, dict]:
         req_id = next(self._ids) & 0xFFFFFFFF
-        self.sock.send(rpc.encode_request(rpc.Request(req_id, hypercall, subop, args)))
+        self.sock.send(encode(rpc.Request(req_id, hypercall, subop, args)))
         while True:
             data, anc, _, _ = self.sock.recvmsg(rpc.MAX_PACKET, rpc.ancillary_space())
             if not data:
