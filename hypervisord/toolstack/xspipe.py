@@ -6,7 +6,8 @@ time that is ~40 round trips through xenstored, most of the builder's time
 found for xl). ``xs_wire.h`` lets a client have many requests outstanding
 on a connection (replies carry the request's ``req_id`` and xenstored
 answers a connection's requests in order), so :class:`XsPipe` sends a
-whole batch at once and then reads the replies: three round trips for a
+whole batch at once (reading replies whenever the socket is full) and then
+reads the rest: three round trips for a
 transaction (start, the batch, commit) however many nodes it writes.
 
 Built only on the public pieces of :mod:`xenstored.syncclient` and
@@ -16,6 +17,7 @@ builder sets none) and are dropped.
 
 from __future__ import annotations
 
+import select
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,21 +45,55 @@ class XsPipe:
     def close(self) -> None:
         self._sock.close()
 
+    def _receive(self) -> None:
+        """One read's worth of messages into the inbox (blocking unless the
+        socket is in non-blocking mode)."""
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            raise XsConnectionLost(f"recv: {e}") from e
+        if not data:
+            raise XsConnectionLost("daemon closed the connection")
+        try:
+            msgs = self._parser.feed(data)
+        except ProtocolError as e:
+            raise XsConnectionLost(str(e)) from e
+        self._inbox += [m for m in msgs if m.type != T.XS_WATCH_EVENT]
+
     def _replies(self, count: int) -> list[Message]:
         while len(self._inbox) < count:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as e:
-                raise XsConnectionLost(f"recv: {e}") from e
-            if not data:
-                raise XsConnectionLost("daemon closed the connection")
-            try:
-                msgs = self._parser.feed(data)
-            except ProtocolError as e:
-                raise XsConnectionLost(str(e)) from e
-            self._inbox += [m for m in msgs if m.type != T.XS_WATCH_EVENT]
+            self._receive()
         replies, self._inbox = self._inbox[:count], self._inbox[count:]
         return replies
+
+    def _send(self, data: bytes) -> None:
+        """Send a whole batch, reading replies while the socket is full.
+
+        xenstored stops reading a connection whose replies are not being
+        read (back-pressure), so a batch bigger than the socket buffers
+        would deadlock a plain ``sendall``.
+        """
+        view = memoryview(data)
+        timeout = self._sock.gettimeout()
+        self._sock.setblocking(False)
+        try:
+            while view:
+                try:
+                    view = view[self._sock.send(view):]
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError as e:
+                    raise XsConnectionLost(f"send: {e}") from e
+                readable, writable, _ = select.select([self._sock], [self._sock], [], timeout)
+                if not (readable or writable):
+                    raise XsConnectionLost(f"xenstored neither read nor answered for {timeout} s")
+                if readable:
+                    self._receive()
+        finally:
+            self._sock.settimeout(timeout)
 
     def batch(self, requests: list[Request], tx_id: int = 0) -> list[bytes | XsError]:
         """Send every request, then read every reply: payloads or XsErrors, in order."""
@@ -65,10 +101,7 @@ class XsPipe:
         self._next = (ids[-1] + 1) & 0xFFFFFFFF or 1 if ids else self._next
         data = b"".join(encode(t, rid, tx_id, payload)
                         for rid, (t, payload) in zip(ids, requests))
-        try:
-            self._sock.sendall(data)
-        except OSError as e:
-            raise XsConnectionLost(f"send: {e}") from e
+        self._send(data)
         results: list[bytes | XsError] = []
         for rid, (t, _), msg in zip(ids, requests, self._replies(len(requests))):
             if msg.req_id != rid:
