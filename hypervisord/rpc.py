@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import array
 import socket
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -35,20 +34,18 @@ class RpcError(Exception):
     """A malformed envelope: the peer is broken or hostile."""
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     req_id: int
     hypercall: int
     subop: int
     args: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
+class Reply(NamedTuple):
     req_id: int
     rc: int
     result: dict[str, Any] | None = None
-    fds: list[int] = field(default_factory=list)
+    fds: list[int] = []  # never mutated: decode_reply always passes its own list
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -78,13 +75,15 @@ def _unpack(data: bytes) -> Any:
 
 
 def decode_request(data: bytes) -> Request:
+    # Exact type checks: msgpack yields exactly these types, and a bool (an
+    # int subclass) is not a valid number here. This runs on every hypercall.
     obj = _unpack(data)
-    if not (isinstance(obj, list) and len(obj) == 4):
+    if type(obj) is not list or len(obj) != 4:
         raise RpcError("request is not [req_id, hypercall, subop, args]")
     req_id, hypercall, subop, args = obj
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (req_id, hypercall, subop)):
+    if type(req_id) is not int or type(hypercall) is not int or type(subop) is not int:
         raise RpcError("req_id, hypercall and subop must be integers")
-    if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
+    if type(args) is not dict or (args and not all(type(k) is str for k in args)):
         raise RpcError("args must be a map with string keys")
     return Request(req_id, hypercall, subop, args)
 
