@@ -118,6 +118,11 @@ def fds_from_ancillary(ancdata) -> list[int]:
     return fds
 
 
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # asm-generic/socket.h
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+_SKB_SLACK = 4096  # the kernel's per-packet overhead counts against the buffer
+
+
 def size_buffers(sock) -> None:
     """Let ``sock`` carry a whole MAX_PACKET packet.
 
@@ -125,10 +130,15 @@ def size_buffers(sock) -> None:
     the host's ``net.core.wmem_default`` (208 KiB on most machines, far less
     on some). The kernel doubles the value asked for and caps the request at
     ``wmem_max``, so asking for MAX_PACKET is enough wherever that cap is at
-    least half of it.
+    least half of it; below that, a privileged process forces the size.
     """
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_PACKET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_PACKET)
+    for opt, force in ((socket.SO_SNDBUF, _SO_SNDBUFFORCE), (socket.SO_RCVBUF, _SO_RCVBUFFORCE)):
+        sock.setsockopt(socket.SOL_SOCKET, opt, MAX_PACKET)
+        if sock.getsockopt(socket.SOL_SOCKET, opt) < MAX_PACKET + _SKB_SLACK:
+            try:  # past the host's cap: allowed with CAP_NET_ADMIN
+                sock.setsockopt(socket.SOL_SOCKET, force, MAX_PACKET)
+            except PermissionError:
+                pass  # packets near MAX_PACKET may then be refused (EMSGSIZE)
 
 
 def ancillary_space() -> int:

@@ -31,6 +31,7 @@ XEN_DOMCTL_pausedomain = 3
 XEN_DOMCTL_getdomaininfo = 5
 XEN_DOMCTL_max_mem = 11
 XENMEM_populate_physmap = 6
+SO_SNDBUFFORCE = 32  # asm-generic/socket.h
 EPERM, ESRCH, E2BIG, EINVAL, EEXIST, ENOSYS = 1, 3, 7, 22, 17, 38
 
 
@@ -39,7 +40,10 @@ class Raw:
 
     def __init__(self, path) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        try:  # room for an oversized packet, past the host's cap when we may
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 20)
+        except PermissionError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
         self.sock.connect(str(path))
         self.sock.settimeout(10)
 
