@@ -231,7 +231,10 @@ def do_set_target(core, conn, msg, tx, out) -> bytes:
 def do_get_feature(core, conn, msg, tx, out) -> bytes:
     parts = strings(msg.payload) if msg.payload else []
     if not parts:
-        return str(SERVER_FEATURES).encode() + b"\0"
+        # a domain is told what it was given; dom0's tools, what the server offers
+        dom = None if conn.privileged else core.domains.get(conn.domid)
+        features = dom.features if dom is not None else SERVER_FEATURES
+        return str(features).encode() + b"\0"
     if len(parts) != 1:
         raise XsError("EINVAL", "get-feature takes at most a domid")
     if not conn.privileged:
@@ -261,28 +264,28 @@ def do_set_feature(core, conn, msg, tx, out) -> bytes:
 from xenstored.control import do_control, do_get_quota, do_set_quota  # noqa: E402
 
 TABLE: dict[int, Op] = {
-    T.XS_CONTROL: Op(do_control, privileged=True, uses_tx=False),
+    T.XS_CONTROL: Op(do_control, privileged=True),
     T.XS_DIRECTORY: Op(do_directory),
     T.XS_READ: Op(do_read),
     T.XS_GET_PERMS: Op(do_get_perms),
     T.XS_WATCH: Op(do_watch, uses_tx=False),
     T.XS_UNWATCH: Op(do_unwatch, uses_tx=False),
-    T.XS_TRANSACTION_START: Op(do_transaction_start, uses_tx=False),
+    T.XS_TRANSACTION_START: Op(do_transaction_start),
     T.XS_TRANSACTION_END: Op(do_transaction_end),
-    T.XS_INTRODUCE: Op(do_introduce, privileged=True, uses_tx=False),
-    T.XS_RELEASE: Op(do_release, privileged=True, uses_tx=False),
-    T.XS_GET_DOMAIN_PATH: Op(do_get_domain_path, uses_tx=False),
+    T.XS_INTRODUCE: Op(do_introduce, privileged=True),
+    T.XS_RELEASE: Op(do_release, privileged=True),
+    T.XS_GET_DOMAIN_PATH: Op(do_get_domain_path),
     T.XS_WRITE: Op(do_write),
     T.XS_MKDIR: Op(do_mkdir),
     T.XS_RM: Op(do_rm),
     T.XS_SET_PERMS: Op(do_set_perms),
-    T.XS_IS_DOMAIN_INTRODUCED: Op(do_is_domain_introduced, uses_tx=False),
-    T.XS_RESUME: Op(do_resume, privileged=True, uses_tx=False),
-    T.XS_SET_TARGET: Op(do_set_target, privileged=True, uses_tx=False),
-    T.XS_RESET_WATCHES: Op(do_reset_watches, uses_tx=False),
+    T.XS_IS_DOMAIN_INTRODUCED: Op(do_is_domain_introduced, privileged=True),
+    T.XS_RESUME: Op(do_resume, privileged=True),
+    T.XS_SET_TARGET: Op(do_set_target, privileged=True),
+    T.XS_RESET_WATCHES: Op(do_reset_watches),
     T.XS_DIRECTORY_PART: Op(do_directory_part),
-    T.XS_GET_FEATURE: Op(do_get_feature, uses_tx=False),
-    T.XS_SET_FEATURE: Op(do_set_feature, privileged=True, uses_tx=False),
-    T.XS_GET_QUOTA: Op(do_get_quota, privileged=True, uses_tx=False),
-    T.XS_SET_QUOTA: Op(do_set_quota, privileged=True, uses_tx=False),
+    T.XS_GET_FEATURE: Op(do_get_feature),
+    T.XS_SET_FEATURE: Op(do_set_feature, privileged=True),
+    T.XS_GET_QUOTA: Op(do_get_quota, privileged=True),
+    T.XS_SET_QUOTA: Op(do_set_quota, privileged=True),
 }

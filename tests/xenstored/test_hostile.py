@@ -246,10 +246,10 @@ PAYLOADS = {
     27: [b""],
     0xFFFF: [b""],
 }
-#: types whose handler looks the transaction up (cxenstored: no XS_FLAG_NOTID);
-#: an unknown tx_id must then be ENOENT, in ours and in cxenstored alike
-TX_LOOKUP = {XS_DIRECTORY, XS_READ, XS_GET_PERMS, XS_TRANSACTION_END, XS_WRITE, XS_MKDIR,
-             XS_RM, XS_SET_PERMS, XS_DIRECTORY_PART}
+#: types that look the transaction up: all of cxenstored's wire_funcs but WATCH and
+#: UNWATCH (its only XS_FLAG_NOTID ones); an unknown tx_id must then be ENOENT
+TX_LOOKUP = {t for t in PAYLOADS if t <= 26 and t not in (XS_WATCH, XS_UNWATCH, XS_WATCH_EVENT,
+                                                          XS_ERROR, 20)}
 
 
 @pytest.mark.timeout(30)

@@ -7,6 +7,7 @@ import pytest
 
 from tests.xenstored.rawclient import (
     XS_CONTROL,
+    XS_ERROR,
     XS_GET_DOMAIN_PATH,
     XS_GET_FEATURE,
     XS_GET_QUOTA,
@@ -20,6 +21,7 @@ from tests.xenstored.rawclient import (
     XS_SET_TARGET,
     XS_TRANSACTION_END,
     XS_UNWATCH,
+    XS_WATCH,
     XS_WATCH_EVENT,
     XS_WRITE,
     nul,
@@ -421,11 +423,20 @@ def test_control_commands(c):
     assert c.err(XS_CONTROL, b"check") == "EINVAL"  # not nul-terminated
 
 
-def test_control_ignores_tx_id(c):
-    """Ours treats CONTROL as XS_FLAG_NOTID: a bogus tx_id is echoed, not looked up.
-    (cxenstored's wire_funcs give CONTROL no NOTID flag: it answers ENOENT.)"""
+def test_only_watch_and_unwatch_ignore_tx_id(c):
+    """cxenstored's wire_funcs: XS_FLAG_NOTID on WATCH and UNWATCH alone; every other
+    type looks its tx_id up, so a bogus one is ENOENT (echoed in the reply)."""
+    reply = c.call(XS_WATCH, nul("/w", "tok"), tx_id=99)
+    assert (reply.type, reply.tx_id) == (XS_WATCH, 99)
+    assert c.next_event().strings == [b"/w", b"tok"]
+    reply = c.call(XS_UNWATCH, nul("/w", "tok"), tx_id=99)
+    assert (reply.type, reply.tx_id) == (XS_UNWATCH, 99)
     reply = c.call(XS_CONTROL, nul("check"), tx_id=99)
+    assert (reply.type, reply.tx_id, reply.payload) == (XS_ERROR, 99, b"ENOENT\0")
+    tx = c.start()
+    reply = c.call(XS_CONTROL, nul("check"), tx_id=tx)  # a live one is fine
     assert (reply.type, reply.payload) == (XS_CONTROL, b"OK\0")
+    c.end(tx, commit=False)
 
 
 def test_watch_any_special_path_is_accepted(connect):
