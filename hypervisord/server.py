@@ -210,13 +210,14 @@ class HvServer:
                 os.close(fd)
             fds = []
         try:
-            if not fds:  # the common case: try at once, no scheduler pass
-                try:
-                    os.write(conn.sock.fileno(), packet)
-                    return
-                except BlockingIOError:
-                    pass
-            await conn.sock.sendmsg([packet], rpc.fds_ancillary(fds))
+            # trio's send, scheduler pass included: writing with os.write and
+            # going straight back to recvmsg saved ~2 us CPU per call but made
+            # the daemon fall asleep before a blocking caller's next request
+            # arrived (null hypercall 0.72x -> 0.88x the echo server with it)
+            if fds:
+                await conn.sock.sendmsg([packet], rpc.fds_ancillary(fds))
+            else:
+                await conn.sock.send(packet)
         except OSError as e:
             log.debug("%s: reply not sent: %s", conn, e)
         finally:
