@@ -183,7 +183,7 @@ def test_up_reports_a_daemon_that_fails(rundir):
     up = run_pvxen("up", "--rundir", str(rundir), env={"HYPERVISORD_ARGS": "--memory 1X"})
     assert up.returncode == 1
     assert "hypervisord: exited with status 2 before it was ready" in up.stderr
-    assert "bad option" in up.stderr  # the log excerpt
+    assert "argument --memory: '1X' is not a size" in up.stderr  # the log excerpt
     assert not any(rundir.glob("*.pid")) and not (rundir / "log" / "xenstored.log").exists()
     assert "started" not in up.stdout
 
