@@ -27,6 +27,7 @@ from pathlib import Path
 import trio
 
 from hypervisord import rpc
+from hypervisord.libxen import daemon
 from hypervisord.errors import E, fail
 from hypervisord.hypercall import Caller, Dispatcher, Handler, int_list, u
 from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
@@ -131,7 +132,7 @@ class HvServer:
     async def listen(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        path.unlink(missing_ok=True)
+        daemon.claim_socket_path(path, socket.SOCK_SEQPACKET)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         await sock.bind(str(path))
         os.chmod(path, 0o600)

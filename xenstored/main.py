@@ -48,8 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def open_unix_listener(path: Path) -> trio.SocketListener:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    if path.is_socket() or path.exists():
-        path.unlink()
+    daemon.claim_socket_path(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(str(path))
     os.chmod(path, 0o600)  # socket clients are dom0: only dom0's user may connect
@@ -64,6 +63,7 @@ def open_store(state_dir: Path | None):
     from xenstored.persist import Journal
 
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    daemon.lock_directory(state_dir, "state directory")  # held until we exit
     journal = Journal(state_dir)
     loaded = journal.load()
     if loaded is None:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = None if args.no_persist else Path(args.state_dir or rundir / "xenstored")
     try:
         quotas = Quotas.from_options(args.quota)
-    except (ValueError, KeyError) as e:
+    except ValueError as e:
         print(f"xenstored: {e}", file=sys.stderr)
         return 2
 

@@ -47,9 +47,14 @@ class Quotas:
         q = cls()
         for item in items:
             name, sep, value = item.partition("=")
-            if not sep or not value.isdigit():
-                raise ValueError(f"bad quota setting {item!r}, expected name=value")
-            q = q.set(name, int(value))
+            if not sep or not value.isdigit() or int(value) > Q_VAL_DISABLED:
+                raise ValueError(f"bad quota setting {item!r}, expected name=value "
+                                 f"with a value of 0..{Q_VAL_DISABLED}")
+            try:
+                q = q.set(name, int(value))
+            except KeyError:
+                raise ValueError(f"unknown quota {name!r} in {item!r}; known: "
+                                 + ", ".join(cls.names())) from None
         return q
 
 

@@ -15,10 +15,13 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -115,6 +118,10 @@ async def watch_signals(
 DaemonMain = Callable[[trio.Nursery, logging.Logger], Awaitable[None]]
 
 
+class StartupError(Exception):
+    """The daemon could not start; the message says what and why."""
+
+
 def run(name: str, body: DaemonMain, *, verbose: bool = False, stop_deadline: float = 5.0) -> int:
     """Run ``body(nursery, log)`` as the daemon ``name`` until a stop signal.
 
@@ -128,7 +135,10 @@ def run(name: str, body: DaemonMain, *, verbose: bool = False, stop_deadline: fl
     async def _main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(watch_signals, nursery.cancel_scope, log, stop_deadline)
-            await body(nursery, log)
+            try:
+                await body(nursery, log)
+            except OSError as e:  # a path, a permission, a socket in use ...
+                raise StartupError(f"{name} cannot start: {e}") from e
             sd_notify("READY=1\nSTATUS=running")
             log.info("%s is ready", name)
 
@@ -137,9 +147,65 @@ def run(name: str, body: DaemonMain, *, verbose: bool = False, stop_deadline: fl
         os._exit(1)
 
     signal.signal(signal.SIGALRM, _deadline_alarm)
+    failed = False
     try:
         trio.run(_main)
-    except KeyboardInterrupt:
+    except* StartupError as group:
+        for e in group.exceptions:
+            log.error("%s", e)
+            sd_notify(f"STATUS={e}")
+        failed = True
+    except* KeyboardInterrupt:
         pass
+    if failed:
+        return 1
     log.info("%s stopped", name)
     return 0
+
+
+def claim_socket_path(path: Path, sock_type: int = socket.SOCK_STREAM) -> None:
+    """Make way for a listening socket at ``path`` without stealing it.
+
+    A socket left behind by a daemon that died is removed; a socket some
+    live daemon still listens on, or a file that is not a socket, is an
+    error (``EADDRINUSE``/``EEXIST``): a second instance must not take over
+    the first one's clients.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, sock_type)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # stale: nobody listens
+        return
+    except (socket.timeout, BlockingIOError):
+        pass  # a listener with a full backlog is alive
+    finally:
+        probe.close()
+    raise OSError(errno.EADDRINUSE, f"another daemon is listening on {path}")
+
+
+def lock_directory(directory: Path, what: str) -> int:
+    """Hold an exclusive lock on ``directory`` for this process's lifetime.
+
+    Returns the lock file's descriptor (keep it open). A second daemon
+    given the same directory gets ``EBUSY`` naming the holder's pid.
+    """
+    lock_path = directory / "lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise OSError(errno.EBUSY, f"{directory} is the {what} of another running "
+                                   f"process (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
