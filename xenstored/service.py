@@ -122,11 +122,17 @@ class XenstoreService:
         box = Outbox(*(self.limits[0] if conn.privileged else self.limits[1]))
         self.outboxes[conn.conn_id] = box
         try:
-            async with trio.open_nursery() as nursery:
-                box.cancel = nursery.cancel_scope
-                nursery.start_soon(self._writer, box, stream)
-                await self._reader(conn, box, stream)
-                nursery.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as nursery:
+                    box.cancel = nursery.cancel_scope
+                    nursery.start_soon(self._writer, box, stream)
+                    await self._reader(conn, box, stream)
+                    nursery.cancel_scope.cancel()
+            except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
+                # sending to it failed: a reset socket, or a ring whose
+                # indices the domain corrupted; it costs this connection only
+                for e in group.exceptions:
+                    _log_broken(conn, e)
             if box.overflowed:
                 log.warning("%s: closed, it does not read its messages "
                             "(%d queued)", conn, len(box.items))
@@ -145,7 +151,8 @@ class XenstoreService:
         while True:
             try:
                 data = await stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                _log_broken(conn, e)
                 return
             if not data:
                 return
@@ -168,6 +175,14 @@ class XenstoreService:
             if parser.error is not None:  # good requests before it were answered
                 log.warning("%s: protocol error, closing: %s", conn, parser.error)
                 return
+
+
+def _log_broken(conn: Connection, e: BaseException) -> None:
+    """A dom0 socket reset is routine; a domain breaking its ring is worth a warning."""
+    if conn.privileged:
+        log.debug("%s: connection broken: %s", conn, e)
+    else:
+        log.warning("%s: closing its connection: %s", conn, e or type(e).__name__)
 
 
 class UnixServer:
