@@ -58,8 +58,11 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
 
     def take_response() -> bytes:
         cons, prod = get(XS_RING_RSP_CONS_OFF), get(XS_RING_RSP_PROD_OFF)
+        avail = (prod - cons) & 0xFFFFFFFF
+        if not 0 < avail <= XENSTORE_RING_SIZE:
+            return b""  # nothing, or our own corruption: leave it in place
         data = bytes(page[XS_RING_RSP_OFF + (cons + i) % XENSTORE_RING_SIZE]
-                     for i in range(prod - cons))
+                     for i in range(avail))
         U32.pack_into(page, XS_RING_RSP_CONS_OFF, prod)
         return data
 
