@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import socket
 
-import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -23,6 +22,7 @@ from hypervisord.libxen import ctrl
 from hypervisord.libxen.sync import SyncXenCall
 from hypervisord.public.sched import SchedOp
 from hypervisord.public.xen import Hypercall
+from tests.hypervisord.rawcall import RawCall
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,23 +50,6 @@ ARGS = st.dictionaries(st.sampled_from(FIELDS), VALUES, max_size=6)
 CALLS = st.tuples(st.sampled_from(OPS), ARGS)
 
 
-class Raw:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sock.settimeout(10)
-        self.req_id = 0
-
-    def call(self, hypercall: int, subop: int, args: dict):
-        self.req_id += 1
-        self.sock.send(msgpack.packb([self.req_id, hypercall, subop, args], use_bin_type=True))
-        while True:
-            data, _, _, _ = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(16 * 4))
-            assert data, f"hypervisord dropped the connection on {hypercall}/{subop} {args!r}"
-            req_id, rc, result = msgpack.unpackb(data, raw=False)
-            if req_id == self.req_id:  # (fds that came along are the kernel's to close)
-                return rc, result
-
-
 def check_reply(rc, result) -> None:
     assert isinstance(rc, int)
     assert result is None or isinstance(result, dict)
@@ -89,10 +72,10 @@ SETTINGS = settings(max_examples=400, deadline=None, derandomize=True,
 def test_dom0_any_arguments(hypervisord, calls):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.connect(str(hypervisord.privcmd))
-    raw = Raw(sock)
+    raw = RawCall(sock)
     try:
         for (hypercall, subop), args in calls:
-            check_reply(*raw.call(hypercall, subop, args))
+            check_reply(*raw.call_args(hypercall, subop, args))
     finally:
         sock.close()
     assert hypervisord.alive
@@ -111,7 +94,7 @@ def domu(hypervisord):
     sock = socket.socket(fileno=fds.pop("hypercall"))
     for fd in fds.values():
         os.close(fd)
-    yield domid, Raw(sock)
+    yield domid, RawCall(sock)
     sock.close()
 
 
@@ -122,7 +105,7 @@ def test_domu_any_arguments(hypervisord, domu, calls):
     for (hypercall, subop), args in calls:
         if (hypercall, subop) == (Hypercall.sched_op, SchedOp.SCHEDOP_shutdown):
             continue  # a domain may end itself; that is not what this test is about
-        check_reply(*raw.call(hypercall, subop, args))
+        check_reply(*raw.call_args(hypercall, subop, args))
     assert hypervisord.alive
     clean_log(hypervisord)
     with SyncXenCall(hypervisord.privcmd) as xc:  # still there, still running

@@ -1,22 +1,20 @@
 """The hypercall transport and domain control, against a real hypervisord.
 
-The raw client here packs envelopes with ``msgpack`` directly (request
-``[req_id, hypercall, subop, args]``, reply ``[req_id, rc, result]``) so
-the daemon is checked against the documented envelope, not against our own
-encoder. Numbers are Xen's: ``__HYPERVISOR_*``, ``XEN_DOMCTL_*``, errnos.
+The raw client (:mod:`tests.hypervisord.rawcall`) packs envelopes with
+``msgpack`` directly, so the daemon is checked against the documented
+envelope, not against our own encoder. Numbers are Xen's: ``__HYPERVISOR_*``, ``XEN_DOMCTL_*``, errnos.
 """
 
 from __future__ import annotations
 
-import array
 import os
-import socket
 
 import msgpack
 import pytest
 
 from hypervisord import rpc
 from hypervisord.libxen.sync import SyncXenCall, XenError
+from tests.hypervisord.rawcall import RawCall
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -31,57 +29,19 @@ XEN_DOMCTL_pausedomain = 3
 XEN_DOMCTL_getdomaininfo = 5
 XEN_DOMCTL_max_mem = 11
 XENMEM_populate_physmap = 6
-SO_SNDBUFFORCE = 32  # asm-generic/socket.h
 EPERM, ESRCH, E2BIG, EINVAL, EEXIST, ENOSYS = 1, 3, 7, 22, 17, 38
-
-
-class Raw:
-    """One SEQPACKET connection to privcmd, one envelope per packet."""
-
-    def __init__(self, path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:  # room for an oversized packet, past the host's cap when we may
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 20)
-        except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.connect(str(path))
-        self.sock.settimeout(10)
-
-    def send(self, packet: bytes, fds: list[int] = ()) -> None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self.sock.sendmsg([packet], anc)
-
-    def recv(self):
-        data = self.sock.recv(1 << 20)
-        return msgpack.unpackb(data, raw=False) if data else None
-
-    def call(self, hypercall: int, subop: int, req_id: int = 7, **args):
-        self.send(msgpack.packb([req_id, hypercall, subop, args], use_bin_type=True))
-        reply = self.recv()
-        assert reply is not None, "hypervisord closed the connection"
-        assert reply[0] == req_id
-        return reply[1], reply[2] or {}
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1 << 20) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
 def raw(hypervisord):
-    r = Raw(hypervisord.privcmd)
+    r = RawCall.connect(hypervisord.privcmd)
     yield r
     r.close()
 
 
 def alive(hypervisord) -> None:
     """hypervisord still answers a fresh connection."""
-    r = Raw(hypervisord.privcmd)
+    r = RawCall.connect(hypervisord.privcmd)
     try:
         rc, _ = r.call(HYPERVISOR_xen_version, XENVER_version)
         assert rc >> 16 == 4
@@ -126,7 +86,7 @@ def test_bad_arguments_are_einval_with_a_reason(raw, args):
     msgpack.packb([1, 17, 0, {}]) + b"\x00",               # trailing bytes
 ], ids=["garbage", "int", "short", "str-hypercall", "list-args", "int-key", "trailing"])
 def test_malformed_envelope_costs_only_its_connection(hypervisord, raw, packet):
-    bystander = Raw(hypervisord.privcmd)
+    bystander = RawCall.connect(hypervisord.privcmd)
     try:
         raw.send(packet)
         assert raw.closed()
