@@ -2,5 +2,5 @@
 
 Each benchmark runs the project and its yardstick side by side in one
 process tree, prints a table and, as its last line, one JSON object of
-ratios (see ``/work/shared/reference/performance.md``, Part 3).
+ratios (see :mod:`bench.common` for the rules they follow).
 """

@@ -6,8 +6,7 @@ runs in other processes (servers started as :class:`Service`, clients in
 :class:`Worker` processes), so the controller never competes for a core
 while a measurement runs; it sleeps in a pipe read.
 
-Rules every benchmark follows (``/work/shared/reference/performance.md``,
-Part 3): the project and its yardstick run in the same process tree at the
+Rules every benchmark follows: the project and its yardstick run in the same process tree at the
 same time, in interleaved rounds (A B A B ...); each measurement is bounded
 in count and in time; figures are medians over rounds and comparisons are
 ratios of medians; everything lives in a private temporary directory and

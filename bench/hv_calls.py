@@ -5,15 +5,15 @@ no arguments, an int result, nothing to look up, so its cost is hypervisord's
 transport, envelope validation and dispatch. The yardstick is a trio
 **msgpack echo** server (``python -m bench.hv_calls echo-server SOCKET``):
 the same transport (``AF_UNIX``/``SOCK_SEQPACKET``, one msgpack message per
-packet), the same envelope (``hypervisord/rpc.py``: request
+packet), the same envelope (``libxen/rpc.py``: request
 ``[req_id, hypercall, subop, args]``, reply ``[req_id, rc, result]``), one
 trio task per connection, and nothing else: it unpacks the request and
 answers ``[req_id, 0, nil]``.
 
 Both targets are driven by the same client code, in two styles:
 
-``sync``  :class:`~hypervisord.libxen.core.SyncXenCall` (blocking, as ``xl`` uses)
-``trio``  :class:`~hypervisord.libxen.core.XenCall` (a reader task, one
+``sync``  :class:`~libxen.core.SyncXenCall` (blocking, as ``xl`` uses)
+``trio``  :class:`~libxen.core.XenCall` (a reader task, one
           ``trio.Event`` per call, as daemons and guests use)
 
 Each client makes one call at a time (libxencall's model) for a bounded
@@ -30,8 +30,8 @@ from typing import Any
 import msgpack
 
 from bench.hv_proc import schedstat
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall
+from libxen import ctrl
+from libxen.core import SyncXenCall
 
 CLIENTS = ("sync", "trio")
 
@@ -57,7 +57,7 @@ def _run_sync(path: str, duration: float, limit: int, warmup: int) -> tuple[int,
 
 
 async def _run_trio(path: str, duration: float, limit: int, warmup: int) -> tuple[int, float]:
-    from hypervisord.libxen.core import XenCall
+    from libxen.core import XenCall
 
     pc = time.perf_counter
     async with XenCall.open(path) as xc:
@@ -102,8 +102,8 @@ def measure(cmd: dict[str, Any]) -> dict[str, Any]:
 async def echo_server(path: str) -> None:
     import trio
 
-    from hypervisord.libxen.daemon import sd_notify
-    from hypervisord.rpc import MAX_PACKET
+    from daemonkit.daemon import sd_notify
+    from libxen.rpc import MAX_PACKET
 
     packer = msgpack.Packer(use_bin_type=True)
 

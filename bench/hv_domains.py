@@ -3,7 +3,7 @@
 Two parts:
 
 **The fork template** (``python -m bench.hv_domains template SOCKET``): a
-process that has imported trio, msgpack and ``hypervisord.libxen`` once
+process that has imported trio, msgpack and ``libxen`` once
 (then ``gc.freeze()``, so children share those pages copy-on-write) and
 forks one child per request. A request (msgpack map over SOCK_SEQPACKET)
 carries a domain's three descriptors (``SCM_RIGHTS``: hypercall, evtchn,
@@ -53,9 +53,9 @@ import msgpack
 
 from bench.common import _die_with_parent
 from bench.hv_proc import mem_available_kb, schedstat, smaps_rollup_kb
-from hypervisord import rpc
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall, XenError
+from libxen import rpc
+from libxen import ctrl
+from libxen.core import SyncXenCall, XenError
 
 GUEST_PAGES = 4  # populated per domain
 MAX_MEM_KB = 1024
@@ -73,7 +73,7 @@ STEPS = ("domctl+populate", "connect_domain", "fork", "unpause", "guest to 1st h
 async def _guest(domid: int, fds: dict[str, int], ready: socket.socket) -> None:
     import trio
 
-    from hypervisord.libxen.core import XenCall
+    from libxen.core import XenCall
 
     async with XenCall.from_fd(fds["hypercall"]) as xc:
         await ctrl.xen_version(xc)  # hypervisord learns our pid here
@@ -181,8 +181,8 @@ class Template:
 def template_main(path: str) -> int:
     import trio  # noqa: F401 - preloaded for the children
 
-    import hypervisord.libxen.evtchn  # noqa: F401
-    from hypervisord.libxen.daemon import sd_notify
+    import libxen.evtchn  # noqa: F401
+    from daemonkit.daemon import sd_notify
 
     gc.collect()
     gc.freeze()  # template objects stay put: the GC never dirties their pages

@@ -13,7 +13,7 @@ Four kinds, measured in the same worker, interleaved by the controller:
                  (``EVTCHNOP_alloc_unbound``), B binds it
                  (``EVTCHNOP_bind_interdomain``); then A ``EVTCHNOP_send``\\s
                  and waits with ``XenEvtchn.wait_port``, B waits and sends
-                 back (``hypervisord/libxen/evtchn.py``, trio)
+                 back (``libxen/evtchn.py``, trio)
 ``evtchn-sync``  the same domains and ops with blocking clients
                  (``SyncXenCall`` for the sends, a blocking read of the
                  event-channel stream plus the shared_info test-and-clear for
@@ -40,12 +40,12 @@ from typing import Any
 
 from bench.common import _die_with_parent
 from bench.hv_proc import schedstat
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall, XenError
+from libxen import ctrl
+from libxen.core import SyncXenCall, XenError
 from hypervisord.public.event_channel import EvtchnOp as Op
 from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
 from hypervisord.public.xen import DOMID_SELF, Hypercall
-from hypervisord.rpc import fds_from_ancillary
+from libxen.rpc import fds_from_ancillary
 
 KINDS = ("raw", "trio-socket", "evtchn", "evtchn-sync")
 _PORT = struct.Struct("<I")
@@ -174,8 +174,8 @@ def evtchn_a(fds: dict[str, int], peer: int, port_w: int, go_r: int,
              bounds: Bounds, out_w: int) -> None:
     import trio
 
-    from hypervisord.libxen.core import XenCall
-    from hypervisord.libxen.evtchn import XenEvtchn
+    from libxen.core import XenCall
+    from libxen.evtchn import XenEvtchn
 
     async def main() -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \
@@ -194,8 +194,8 @@ def evtchn_a(fds: dict[str, int], peer: int, port_w: int, go_r: int,
 def evtchn_b(fds: dict[str, int], peer: int, port_r: int, go_w: int) -> None:
     import trio
 
-    from hypervisord.libxen.core import XenCall
-    from hypervisord.libxen.evtchn import XenEvtchn
+    from libxen.core import XenCall
+    from libxen.evtchn import XenEvtchn
 
     async def main() -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \
@@ -215,8 +215,8 @@ class SyncEvtchn:
     and the channel's doorbell (pvxen.EVTCHN_NOTIFY_DOORBELL) when one comes."""
 
     def __init__(self, fds: dict[str, int]) -> None:
-        from hypervisord.libxen.evtchn import map_shared_info
-        from hypervisord.shinfo import SharedInfoBits
+        from libxen.evtchn import map_shared_info
+        from libxen.shinfo import SharedInfoBits
 
         self.xc = SyncXenCall(fd=fds["hypercall"])
         self.stream = socket.socket(fileno=fds["evtchn"])

@@ -4,7 +4,7 @@ Input: the samples :mod:`bench.hypervisor` collected, per round (parts 1
 and 2) or per repeat (part 3). Output: three readable tables (medians
 over rounds; p50/p90 over repeats) and, as the last line, one JSON object
 whose ratios are the figures that carry over between machines, with
-``targets_met`` against issue 3's goals.
+``targets_met`` against the goals below.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from bench import common
 
 CLIENTS = ("sync", "trio")
 KINDS = ("raw", "trio-socket", "evtchn", "evtchn-sync")
-#: issue 3's goals
+#: the hypervisor's performance goals
 TARGET_CALLS = 0.7  # null hypercalls/s >= 0.7 x the echo's
 TARGET_EVTCHN = 2.0  # event round trip <= 2 x a raw socketpair's
 TARGET_CREATE_MS = 10.0  # create p50

@@ -1,4 +1,4 @@
-"""``python -m bench hypervisor``: hypervisord against its yardsticks (issue 3).
+"""``python -m bench hypervisor``: hypervisord against its yardsticks.
 
 Three measurements, all in one process tree (a private temporary
 directory; every process killed at the end):

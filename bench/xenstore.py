@@ -46,7 +46,7 @@ from typing import Any
 
 from bench import common
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
-from xenstored.protocol.wire import FrameParser, Message, encode
+from libxen.xenstore.wire import FrameParser, Message, encode
 
 OPS = ("read", "write", "directory", "txn", "watch")
 #: (clients, client processes); the process count 0 stands for ``--procs``.
@@ -211,7 +211,7 @@ def worker_command(cmd: dict[str, Any]) -> dict[str, Any]:
 async def echo_server(path: str) -> None:
     import trio
 
-    from hypervisord.libxen.daemon import sd_notify
+    from daemonkit.daemon import sd_notify
 
     watchers: dict[bytes, list] = {}
 

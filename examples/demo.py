@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from hypervisord.libxen.daemon import default_runtime_dir
+from libxen.paths import default_runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -5,13 +5,13 @@
 * ``domid``, ``name``, ``args`` (the command line, split), ``start_info``
   (``struct start_info`` of ``xen.h``, read once from the guest's own
   memory: ``nr_pages``, the store and console pages and ports, ``cmd_line``);
-* ``xc``: the domain's hypercall connection (``hypervisord.libxen.core.XenCall``),
+* ``xc``: the domain's hypercall connection (``libxen.core.XenCall``),
   bound to this domid by hypervisord; the domid is never in a payload;
 * memory by gfn: :meth:`map_gfn` (a shared ``mmap`` of guest frames),
   :meth:`read_gfn` / :meth:`write_gfn` (copies), ``shared_info`` (the
   domain's ``shared_info`` page);
 * ``evtchn``: the domain's event channels, a ``XenEvtchn``
-  (``hypervisord.libxen.evtchn``) over its notification stream
+  (``libxen.evtchn``) over its notification stream
   (``evtchn_fd``), opened by the runtime before the program starts;
 * ``await domain.open_xenbus()``: a XenStore client over the store ring
   (``frontends.xenbus``), opened on first use so that guests that never
@@ -21,7 +21,7 @@
   when the toolstack writes ``control/shutdown``; :meth:`wait_for_shutdown`.
 
 The memory file a domain process holds is its own and nothing else
-(``hypervisord/machmem.py`` layout: slot 0 shared_info, then grant frames,
+(``hypervisord/public/memfile.py`` layout: slot 0 shared_info, then grant frames,
 then guest frame ``gfn`` at slot ``5 + gfn``).
 """
 
@@ -35,7 +35,8 @@ from typing import Any
 
 import trio
 
-from hypervisord.machmem import SHARED_INFO_SLOT, DomainMemory
+from hypervisord.public import memfile
+from hypervisord.public.memfile import SHARED_INFO_SLOT
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE, START_INFO, START_INFO_FIELDS, \
     XEN_START_INFO_MAGIC
@@ -81,7 +82,7 @@ class Domain:
     domid: int
     name: str
     start_info: StartInfo
-    xc: Any  # hypervisord.libxen.core.XenCall
+    xc: Any  # libxen.core.XenCall
     memory_fd: int
     evtchn_fd: int
     args: list[str] = field(default_factory=list)
@@ -106,7 +107,7 @@ class Domain:
         self._check_range(gfn, count)
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         m = mmap.mmap(self.memory_fd, count * PAGE_SIZE, mmap.MAP_SHARED, prot,
-                      offset=DomainMemory.offset_of_gfn(gfn))
+                      offset=memfile.gfn_offset(gfn))
         self._maps.append(m)
         return m
 
@@ -114,13 +115,13 @@ class Domain:
         self._check_range(gfn, 1)
         if not 0 <= offset <= offset + length <= PAGE_SIZE:
             raise ValueError("read crosses the frame")
-        return os.pread(self.memory_fd, length, DomainMemory.offset_of_gfn(gfn) + offset)
+        return os.pread(self.memory_fd, length, memfile.gfn_offset(gfn) + offset)
 
     def write_gfn(self, gfn: int, data: bytes, offset: int = 0) -> None:
         self._check_range(gfn, 1)
         if not 0 <= offset <= offset + len(data) <= PAGE_SIZE:
             raise ValueError("write crosses the frame")
-        os.pwrite(self.memory_fd, data, DomainMemory.offset_of_gfn(gfn) + offset)
+        os.pwrite(self.memory_fd, data, memfile.gfn_offset(gfn) + offset)
 
     @property
     def shared_info(self) -> mmap.mmap:
@@ -142,10 +143,10 @@ class Domain:
         return await self.nursery.start(self._hold, cm)
 
     async def open_evtchn(self) -> Any:
-        """The event-channel client over ``evtchn_fd`` (``hypervisord.libxen.evtchn``)."""
+        """The event-channel client over ``evtchn_fd`` (``libxen.evtchn``)."""
         async with self._open_lock:
             if self._evtchn is None:
-                from hypervisord.libxen.evtchn import XenEvtchn
+                from libxen.evtchn import XenEvtchn
 
                 self._evtchn = await self._open_context(
                     XenEvtchn.open(self.xc, self.evtchn_fd, memory_fd=self.memory_fd))

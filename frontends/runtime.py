@@ -1,6 +1,6 @@
 """The domU process main: what a program guest runs as its domain.
 
-The launcher (``hypervisord/toolstack/launcher.py``) forks this process
+The launcher (``toolstack/launcher.py``) forks this process
 from its pre-loaded template with exactly three descriptors (hypercall
 connection, event-channel stream, the domain's own memory file), privileges
 dropped, and calls :func:`run`. The runtime:
@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 import trio
 
 from frontends.domain import SHUTDOWN_REQUESTS, Domain, StartInfo
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall, XenError
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from libxen.core import XenCall, XenError
+from hypervisord.public import memfile
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE
 
@@ -99,7 +99,7 @@ def load_program(path: str, source: str, args: list[str]) -> GuestMain:
 
 
 def read_start_info(memory_fd: int, gfn: int) -> StartInfo:
-    page = os.pread(memory_fd, PAGE_SIZE, DomainMemory.offset_of_gfn(gfn))
+    page = os.pread(memory_fd, PAGE_SIZE, memfile.gfn_offset(gfn))
     return StartInfo.parse(page)
 
 

@@ -2,7 +2,7 @@
 
 Follows ``xen/include/public/event_channel.h``; the rules (states,
 errnos) live in the pure core :mod:`hypervisord.evtchn_ports`, the bit
-protocol of the 2-level ABI in :mod:`hypervisord.shinfo`. This module is
+protocol of the 2-level ABI in :mod:`libxen.shinfo`. This module is
 the shell between them and the rest of hypervisord:
 
 * **Delivery.** Making a port pending sets its bit in the owning domain's
@@ -42,7 +42,7 @@ from hypervisord.evtchn_ports import ECS, Channel, PortTable
 from hypervisord.hypercall import Handler, u
 from hypervisord.public.event_channel import EvtchnOp as Op
 from hypervisord.public.xen import DOMID_SELF, Hypercall
-from hypervisord.shinfo import NR_PORTS_2L, SharedInfoBits
+from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
 
 EVTCHN_OP = Hypercall.event_channel_op
 

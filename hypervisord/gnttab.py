@@ -68,7 +68,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from hypervisord import rpc
+from libxen import rpc
 from hypervisord import gnttab_table as core
 from hypervisord.errors import E, fail
 from hypervisord.gnttab_table import GntError, GnttabLimits, Maptrack

@@ -6,11 +6,8 @@ else, so no descriptor or mapping in it reaches a frame of another domain.
 Privileged (dom0) processes may be handed any domain's file for foreign
 and grant mappings, as privcmd allows in Xen.
 
-Layout of a domain memory file (page-sized slots)::
-
-    slot 0                     shared_info (Xen-owned in Xen; here too)
-    slots 1 .. NR_GNT_FRAMES   grant-table frames (v1 entries)
-    slot RESERVED_SLOTS + gfn  guest frame ``gfn``
+The layout of a domain memory file is pvxen ABI, in
+:mod:`hypervisord.public.memfile`.
 
 Machine frame numbers (MFNs) are global and allocated here; the P2M maps
 a domain's gfn to its MFN, and ``frames[mfn]`` names the owner and gfn.
@@ -25,12 +22,9 @@ import ctypes.util
 import os
 from dataclasses import dataclass, field
 
+from hypervisord.public import memfile
+from hypervisord.public.memfile import GNT_FIRST_SLOT, NR_GNT_FRAMES, RESERVED_SLOTS, SHARED_INFO_SLOT  # noqa: F401
 from hypervisord.public.xen import PAGE_SIZE
-
-NR_GNT_FRAMES = 4  # v1: 512 entries per frame, 2048 grant refs per domain
-RESERVED_SLOTS = 1 + NR_GNT_FRAMES
-SHARED_INFO_SLOT = 0
-GNT_FIRST_SLOT = 1
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -61,11 +55,9 @@ class DomainMemory:
 
     @property
     def size(self) -> int:
-        return (RESERVED_SLOTS + self.max_gfns) * PAGE_SIZE
+        return memfile.file_size(self.max_gfns)
 
-    @staticmethod
-    def offset_of_gfn(gfn: int) -> int:
-        return (RESERVED_SLOTS + gfn) * PAGE_SIZE
+    offset_of_gfn = staticmethod(memfile.gfn_offset)
 
     @property
     def tot_pages(self) -> int:

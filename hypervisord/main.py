@@ -18,10 +18,10 @@ import trio
 from hypervisord import domctl, evtchn, gnttab, memory, sched, version
 from hypervisord.hv import HvConfig, Hypervisor
 from hypervisord.hypercall import Dispatcher
-from hypervisord.libxen import daemon
+from daemonkit import daemon
 from hypervisord.public.xen import DOMID_FIRST_RESERVED
 from hypervisord.server import HvServer
-from hypervisord.shinfo import NR_PORTS_2L
+from libxen.shinfo import NR_PORTS_2L
 
 log = logging.getLogger("hypervisord")
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import trio
 
-from hypervisord import rpc
+from libxen import rpc
 from hypervisord.errors import E, fail
 from hypervisord.hypercall import Caller, Dispatcher, Handler, int_list, u
-from hypervisord.libxen import daemon
+from daemonkit import daemon
 from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
 
 log = logging.getLogger("hypervisord")

@@ -16,11 +16,11 @@ import sys
 
 import pytest
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.sync import SyncXenCall
+from libxen import ctrl
+from libxen.sync import SyncXenCall
 from tests.conftest import REPO
 from tests.framework.daemons import Hypervisord, Xenstored
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ for byte. ``python -m xenstored.cli MODE …`` runs ``xenstore MODE …``;
 
 The pure parts (escaping, C number parsing, ``xenstore-ls`` lines, GNU
 getopt) live in :mod:`xenstored.cli_format`; this module holds the modes,
-which talk through the blocking :class:`~xenstored.syncclient.XsSyncClient`
+which talk through the blocking :class:`~libxen.xenstore.sync.XsSyncClient`
 (no trio import, so the tools start fast).
 """
 
@@ -26,7 +26,7 @@ from typing import BinaryIO, NoReturn
 
 from xenstored.cli_format import (
     LsLayout, atoi, gnu_getopt, ls_line, perm_strings, sanitise_value, unsanitise_value)
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.sync import XsSyncClient
 
 MODES = ("chmod", "exists", "list", "ls", "read", "rm", "write", "watch")
 _USAGE = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from xenstored.core import OK, number, strings
-from xenstored.protocol.errors import XsError
+from libxen.xenstore.errors import XsError
 
 log = logging.getLogger("xenstored")
 

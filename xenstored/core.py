@@ -28,8 +28,8 @@ from xenstored.connection import Connection
 from xenstored.domain import Domains
 from xenstored.ops import Caller, Fire
 from xenstored.perms import PERM_READ, Perms, PermsError
-from xenstored.protocol.errors import XsError
-from xenstored.protocol.wire import Message, encode, join_strings
+from libxen.xenstore.errors import XsError
+from libxen.xenstore.wire import Message, encode, join_strings
 from xenstored.quota import Quotas, exceeded
 from xenstored.store import Store
 from xenstored.transaction import Transaction

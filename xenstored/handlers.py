@@ -19,7 +19,7 @@ from xenstored.core import (
     parse_perms,
     strings,
 )
-from xenstored.protocol.errors import XsError
+from libxen.xenstore.errors import XsError
 from xenstored.quota import exceeded
 from xenstored.transaction import Transaction
 from xenstored.watch import Watch

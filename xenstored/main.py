@@ -19,7 +19,7 @@ from pathlib import Path
 
 import trio
 
-from hypervisord.libxen import daemon
+from daemonkit import daemon
 from xenstored.core import XenstoreCore
 from xenstored.quota import Quotas
 from xenstored.service import UnixServer, XenstoreService

@@ -16,7 +16,7 @@ from typing import Protocol
 from xenstored import path as xpath
 from xenstored.node import Node
 from xenstored.perms import PERM_READ, PERM_WRITE, Perms
-from xenstored.protocol.errors import XsError
+from libxen.xenstore.errors import XsError
 from xenstored.quota import Quotas, exceeded
 
 PERM_ENTRY_SIZE = 8  # sizeof(struct xs_permissions), for node-size accounting

@@ -15,7 +15,7 @@ from hypervisord.public.io.xs_wire import (
     SPECIAL_RELEASE_DOMAIN,
     XENSTORE_ABS_PATH_MAX,
 )
-from xenstored.protocol.errors import XsError
+from libxen.xenstore.errors import XsError
 
 SPECIAL_PATHS = (SPECIAL_INTRODUCE_DOMAIN, SPECIAL_RELEASE_DOMAIN)
 _VALID = re.compile(r"[A-Za-z0-9\-/_@]+\Z")

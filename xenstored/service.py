@@ -28,7 +28,7 @@ import trio
 
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
-from xenstored.protocol.wire import FrameParser, ProtocolError
+from libxen.xenstore.wire import FrameParser, ProtocolError
 
 log = logging.getLogger("xenstored")
 

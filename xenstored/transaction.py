@@ -28,7 +28,7 @@ from collections import Counter
 from xenstored import path as xpath
 from xenstored.node import Node
 from xenstored.perms import Perms
-from xenstored.protocol.errors import XsError
+from libxen.xenstore.errors import XsError
 from xenstored.quota import exceeded
 from xenstored.store import Store
 

@@ -3,7 +3,7 @@
 The toolstack gives a domain a store page (``start_info.store_mfn``, a gfn
 of its own memory) and an event-channel port (``start_info.store_evtchn``,
 allocated unbound for dom0, which xenstored binds after ``XS_INTRODUCE``).
-This module turns the two into a :class:`xenstored.client.XsClient`, the
+This module turns the two into a :class:`libxen.xenstore.aio.XsClient`, the
 same client dom0 tools use over the socket: a guest's requests are
 unprivileged, so XenStore permissions and quotas apply to it.
 """
@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from hypervisord.libxen.evtchn import XenEvtchn
-from hypervisord.libxen.xsring import XsRingStream
-from xenstored.client import XsClient
+from libxen.evtchn import XenEvtchn
+from libxen.xsring import XsRingStream
+from libxen.xenstore.aio import XsClient
 
 
 @asynccontextmanager

@@ -24,10 +24,10 @@ from collections import Counter
 import trio
 import trio.testing
 
-from hypervisord.libxen.core import XenCall
-from hypervisord.libxen.evtchn import XenEvtchn, map_shared_info
+from libxen.core import XenCall
+from libxen.evtchn import XenEvtchn, map_shared_info
 from hypervisord.public.xen import Hypercall
-from hypervisord.shinfo import SharedInfoBits
+from libxen.shinfo import SharedInfoBits
 from tests.hypervisord.agent import serve_json_lines
 
 

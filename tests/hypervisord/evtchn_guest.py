@@ -8,8 +8,8 @@ with them inherited, then drives it with :meth:`Guest.cmd`.
 
 from __future__ import annotations
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall
+from libxen import ctrl
+from libxen.core import XenCall
 from tests.hypervisord.agent import AgentProcess
 
 

@@ -8,7 +8,7 @@ command, each reply one JSON line:
 
 * ``setup {nr_frames}``, ``grant {domid, gfn, readonly}`` -> ``{ref}``,
   ``flags {ref}``, ``end_access {ref}`` -> ``{ok}``: the granting side
-  (:class:`hypervisord.libxen.gnttab.GrantTable`);
+  (:class:`libxen.gnttab.GrantTable`);
 * ``write {gfn, offset, data}`` / ``read {gfn, offset, len}``: its own
   frames, through its own memory file (``data`` is latin-1 text);
 * ``call {hypercall, sub, args}`` -> ``{rc, result, fds}``: any raw
@@ -26,9 +26,9 @@ import sys
 
 import trio
 
-from hypervisord.libxen.core import XenCall
-from hypervisord.libxen.gnttab import GrantTable, preload
-from hypervisord.machmem import DomainMemory
+from libxen.core import XenCall
+from libxen.gnttab import GrantTable, preload
+from hypervisord.public import memfile
 from hypervisord.public.xen import PAGE_SIZE
 from tests.hypervisord.agent import serve_json_lines
 
@@ -40,7 +40,7 @@ class Agent:
         self.gt: GrantTable | None = None
 
     def _page(self, gfn: int) -> mmap.mmap:
-        return mmap.mmap(self.memory_fd, PAGE_SIZE, offset=DomainMemory.offset_of_gfn(gfn))
+        return mmap.mmap(self.memory_fd, PAGE_SIZE, offset=memfile.gfn_offset(gfn))
 
     async def handle(self, cmd: dict) -> dict:
         op = cmd["op"]

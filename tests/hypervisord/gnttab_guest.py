@@ -8,8 +8,8 @@ agent with only those inherited.
 
 from __future__ import annotations
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall
+from libxen import ctrl
+from libxen.core import XenCall
 from hypervisord.public.grant_table import GnttabOp
 from hypervisord.public.xen import PAGE_SIZE, Hypercall
 from tests.hypervisord.agent import AgentProcess

@@ -1,6 +1,6 @@
 """A raw hypercall client for tests: msgpack envelopes packed by hand.
 
-Independent of ``hypervisord/rpc.py`` and ``libxen`` on purpose, so tests
+Independent of ``libxen/rpc.py`` and ``libxen`` on purpose, so tests
 built on it check hypervisord against the documented envelope (request
 ``[req_id, hypercall, subop, args]``, reply ``[req_id, rc, result]``, one
 per ``SOCK_SEQPACKET`` packet) rather than against our own encoder.

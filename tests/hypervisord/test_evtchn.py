@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall, XenError
-from hypervisord.libxen.evtchn import XenEvtchn
+from libxen import ctrl
+from libxen.core import XenCall, XenError
+from libxen.evtchn import XenEvtchn
 from hypervisord.public.errno import XenErrno as E
 from hypervisord.public.event_channel import EvtchnOp as Op, EvtchnStat as S
 from hypervisord.public.xen import DOMID_SELF, Virq

@@ -12,8 +12,8 @@ import trio
 from hypervisord.public.pvxen import HYPERVISOR_pvxen_op
 import trio.testing
 
-from hypervisord.libxen.evtchn import EvtchnStatus, XenEvtchn
-from hypervisord.shinfo import SharedInfoBits
+from libxen.evtchn import EvtchnStatus, XenEvtchn
+from libxen.shinfo import SharedInfoBits
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from hypervisord.libxen.core import XenCall
-from hypervisord.libxen.evtchn import XenEvtchn
+from libxen.core import XenCall
+from libxen.evtchn import XenEvtchn
 from hypervisord.public.event_channel import EvtchnStat
 
 pytestmark = pytest.mark.timeout(30)

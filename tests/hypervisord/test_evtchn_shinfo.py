@@ -1,4 +1,4 @@
-"""shared_info event bits (hypervisord.shinfo): layout, protocol, real atomicity."""
+"""shared_info event bits (libxen.shinfo): layout, protocol, real atomicity."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypervisord.public.xen import (
     VCPU_INFO_EVTCHN_PENDING_SEL_OFF as SEL,
     VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF as UPCALL,
 )
-from hypervisord.shinfo import NR_PORTS_2L, SharedInfoBits
+from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from hypervisord import domctl, evtchn, gnttab, memory, sched, version
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.sync import SyncXenCall
+from libxen import ctrl
+from libxen.sync import SyncXenCall
 from hypervisord.public.sched import SchedOp
 from hypervisord.public.xen import Hypercall
 from tests.hypervisord.rawcall import RawCall

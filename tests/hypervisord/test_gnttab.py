@@ -13,10 +13,10 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall, XenError
-from hypervisord.libxen.foreignmemory import ForeignMemory
-from hypervisord.libxen.gnttab import (
+from libxen import ctrl
+from libxen.core import XenCall, XenError
+from libxen.foreignmemory import ForeignMemory
+from libxen.gnttab import (
     Copy,
     CopyPtr,
     GrantError,

@@ -16,8 +16,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from hypervisord.libxen.core import XenCall
-from hypervisord.libxen.gnttab import GrantMapper
+from libxen.core import XenCall
+from libxen.gnttab import GrantMapper
 from hypervisord.public.domctl import DomctlCmd
 from hypervisord.public.errno import XenErrno as E
 from hypervisord.public.grant_table import (

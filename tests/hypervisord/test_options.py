@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.sync import SyncXenCall, XenError
+from libxen import ctrl
+from libxen.sync import SyncXenCall, XenError
 from hypervisord.public.errno import XenErrno as E
 from tests.conftest import REPO
 from tests.framework.daemons import Hypervisord

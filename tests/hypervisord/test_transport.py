@@ -12,8 +12,8 @@ import os
 import msgpack
 import pytest
 
-from hypervisord import rpc
-from hypervisord.libxen.sync import SyncXenCall, XenError
+from libxen import rpc
+from libxen.sync import SyncXenCall, XenError
 from tests.hypervisord.rawcall import RawCall
 
 pytestmark = pytest.mark.timeout(60)

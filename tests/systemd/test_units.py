@@ -2,7 +2,7 @@
 and a real start/stop under a ``systemd --user`` manager.
 
 The machines these tests run on have no systemd as PID 1, so the manager
-runs as in ../shared/reference/ecosystem.md §2: inside ``unshare --mount``
+runs as it can without PID 1: inside ``unshare --mount``
 with a private tmpfs on /run/systemd (``systemd --user`` only checks that
 /run/systemd/system exists). The test directory is bind-mounted at
 :data:`MOUNT` inside that namespace, outside /tmp, because the units have
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from hypervisord.libxen.daemon import add_common_arguments
-from hypervisord.toolstack import pvxen
-from hypervisord.toolstack.pvxen import DAEMONS
+from daemonkit.daemon import add_common_arguments
+from toolstack import pvxen
+from toolstack.pvxen import DAEMONS
 from tests.framework.daemons import REPO
 
 UNITS = REPO / "systemd"
@@ -266,8 +266,8 @@ def talk_to_both(rundir: Path) -> None:
     r = subprocess.run([*reader, "/systemd"], env=env, capture_output=True, text=True,
                        timeout=20)
     assert (r.returncode, r.stdout) == (0, "works\n"), r.stderr
-    code = ("from hypervisord.libxen import ctrl\n"
-            "from hypervisord.libxen.core import SyncXenCall\n"
+    code = ("from libxen import ctrl\n"
+            "from libxen.core import SyncXenCall\n"
             "with SyncXenCall() as xc: print(ctrl.xen_version(xc)[0] >> 16)\n")
     v = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        timeout=20)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from hypervisord.toolstack import xl
-from hypervisord.toolstack.builder import Toolstack, read_or_none
-from hypervisord.toolstack.launchctl import LaunchError, LauncherClient, socket_path
+from toolstack import xl
+from toolstack.builder import Toolstack, read_or_none
+from toolstack.launchctl import LaunchError, LauncherClient, socket_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ class Stack:
             time.sleep(0.02)
 
     def domids(self) -> list[int]:
-        from hypervisord.toolstack.xl_cmds import domain_infos
+        from toolstack.xl_cmds import domain_infos
 
         return [i.domid for i in domain_infos(self.ts)]
 

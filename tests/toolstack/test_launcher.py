@@ -10,14 +10,14 @@ import uuid
 
 import pytest
 
-from hypervisord.toolstack import guestproc
+from toolstack import guestproc
 
-from hypervisord.libxen import ctrl
+from libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.toolstack.builder import create_domain, destroy_domain
-from hypervisord.toolstack.domconfig import DomainConfig
-from hypervisord.toolstack.launchctl import connect
-from hypervisord.toolstack.monitor import Launcher
+from toolstack.builder import create_domain, destroy_domain
+from toolstack.domconfig import DomainConfig
+from toolstack.launchctl import connect
+from toolstack.monitor import Launcher
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(90)

@@ -1,7 +1,7 @@
 """``pvxen up`` / ``down`` / ``status``: the stack started without systemd.
 
 Pure tests of the command lines and the pid-reuse guard, then the real
-console script (``python -m hypervisord.toolstack.pvxen``) starting real
+console script (``python -m toolstack.pvxen``) starting real
 hypervisord and xenstored processes in a private runtime directory.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall
-from hypervisord.toolstack import pvxen
-from hypervisord.toolstack.pvxen import DAEMONS
+from libxen import ctrl
+from libxen.core import SyncXenCall
+from toolstack import pvxen
+from toolstack.pvxen import DAEMONS
 from tests.framework.daemons import REPO, Xenstored
 
 HV, XS = DAEMONS
@@ -28,7 +28,7 @@ HV, XS = DAEMONS
 def run_pvxen(*args: str, env: dict[str, str] | None = None,
               timeout: float = 45) -> subprocess.CompletedProcess:
     full = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "hypervisord.toolstack.pvxen", *args],
+    return subprocess.run([sys.executable, "-m", "toolstack.pvxen", *args],
                           capture_output=True, text=True, env=full, timeout=timeout, cwd=REPO)
 
 

@@ -10,17 +10,17 @@ import pytest
 
 from frontends.domain import StartInfo, StartInfoError
 from frontends.runtime import exit_code_for, reason_from_status
-from hypervisord.libxen.ctrl import DomainInfo
+from libxen.ctrl import DomainInfo
 from hypervisord.public.domctl import XEN_DOMINF_blocked, XEN_DOMINF_paused, \
     XEN_DOMINF_shutdown, XEN_DOMINF_shutdownshift
 from hypervisord.public.sched import ShutdownReason as R
 from hypervisord.public.xen import START_INFO
-from hypervisord.toolstack import xenstore_layout as layout
-from hypervisord.toolstack import xl_format
-from hypervisord.toolstack.builder import MemoryLayout, start_info_bytes
-from hypervisord.toolstack.domconfig import DomainConfig, domain_config, parse_mem_size_kb
-from hypervisord.toolstack.monitor import action_for
-from hypervisord.toolstack.xlcfg import ConfigErrors, parse
+from toolstack import xenstore_layout as layout
+from toolstack import xl_format
+from toolstack.builder import MemoryLayout, start_info_bytes
+from toolstack.domconfig import DomainConfig, domain_config, parse_mem_size_kb
+from toolstack.monitor import action_for
+from toolstack.xlcfg import ConfigErrors, parse
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -234,7 +234,7 @@ class FakeXc:
         self.calls: list[tuple[int, int, dict]] = []
 
     def call(self, hypercall, subop, **args):
-        from hypervisord.toolstack.hcall import XenError
+        from toolstack.hcall import XenError
 
         self.calls.append((hypercall, subop, args))
         raise XenError(self.rc, f"hypercall {hypercall}/{subop}")
@@ -243,7 +243,7 @@ class FakeXc:
 def test_alloc_unbound_without_event_channels_says_so():
     from hypervisord.public.errno import XenErrno
     from hypervisord.public.event_channel import EvtchnOp
-    from hypervisord.toolstack.builder import BuildError, alloc_unbound
+    from toolstack.builder import BuildError, alloc_unbound
 
     xc = FakeXc(-XenErrno.XEN_ENOSYS)
     with pytest.raises(BuildError, match="hypervisord has no event channels"):

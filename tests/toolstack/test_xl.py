@@ -110,7 +110,7 @@ def test_mem_set_and_mem_max(stack, tmp_path):
     assert (r.rc, r.err) == (1, "invalid memory size: 12x\n")
     stack.xl_ok("mem-max", "mem", "32")
     assert stack.read(f"{home}/static-max") == "32768"
-    from hypervisord.toolstack.xl_cmds import domain_info
+    from toolstack.xl_cmds import domain_info
     assert domain_info(stack.ts, stack.domid_of("mem")).max_pages == 32768 // 4
     r = stack.xl("mem-max", "mem", "1")
     assert r.rc == 1 and "memory_static_max must be greater than or equal to" in r.err
@@ -240,11 +240,11 @@ def test_reboot_restarts_the_domain(stack, tmp_path):
 
 def test_console_script_runs_as_a_process(stack):
     env = {"PVXEN_RUNDIR": str(stack.rundir), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-m", "hypervisord.toolstack.xl", "list"], cwd=REPO,
+    p = subprocess.run([sys.executable, "-m", "toolstack.xl", "list"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert list(rows(p.stdout)) == ["Domain-0"]
-    p = subprocess.run([sys.executable, "-c", "import hypervisord.toolstack.xl, sys; "
+    p = subprocess.run([sys.executable, "-c", "import toolstack.xl, sys; "
                         "print('trio' in sys.modules)"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=30)
     assert p.stdout == "False\n"  # xl stays light: no event loop to import

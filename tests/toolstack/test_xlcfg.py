@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hypervisord.toolstack import xlcfg
-from hypervisord.toolstack.xlcfg import ConfigErrors, parse, parse_c_long, parse_overrides
+from toolstack import xlcfg
+from toolstack.xlcfg import ConfigErrors, parse, parse_c_long, parse_overrides
 
 pytestmark = pytest.mark.timeout(10)
 

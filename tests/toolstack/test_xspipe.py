@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
-from hypervisord.toolstack import xenstore_layout as layout
-from hypervisord.toolstack import xspipe
-from xenstored.syncclient import XsError
+from toolstack import xenstore_layout as layout
+from toolstack import xspipe
+from libxen.xenstore.sync import XsError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -2,8 +2,7 @@
 
 Written from the spec, sharing no code with ``xenstored/``:
 ``docs/misc/xenstore.txt`` (paths, READ/WRITE/MKDIR/RM/DIRECTORY, perms,
-watches, transactions) and ``/work/shared/reference/xenstore.md`` §1.6-1.9;
-where those are silent, cxenstored (``tools/xenstored/core.c``,
+watches, transactions) and ``docs/misc/xenstore-paths.pandoc``; where those are silent, cxenstored (``tools/xenstored/core.c``,
 ``transaction.c``, ``watch.c``) decides.
 
 * The store is one ``dict`` path -> :class:`MNode` (value, perms). Children

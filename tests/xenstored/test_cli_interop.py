@@ -25,8 +25,8 @@ import pytest
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from tests.conftest import REPO, require_c_tools
-from xenstored.protocol.wire import FrameParser, encode
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.wire import FrameParser, encode
+from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from xenstored import syncclient
-from xenstored.client import XsClient, XsConnectionLost, XsError, XsTransaction
-from xenstored.syncclient import (
+from libxen.xenstore import sync as syncclient
+from libxen.xenstore.aio import XsClient, XsConnectionLost, XsError, XsTransaction
+from libxen.xenstore.sync import (
     DirectoryParts, XsSyncClient, connect_socket, directory_part_error, socket_candidates)
 
 

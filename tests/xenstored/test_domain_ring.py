@@ -18,12 +18,12 @@ import time
 
 import pytest
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from libxen.core import SyncXenCall
+from hypervisord.public import memfile
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.xen import PAGE_SIZE, Hypercall
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.sync import XsSyncClient
 
 NR_PAGES = 16
 STORE_GFN = NR_PAGES - 1
@@ -34,15 +34,15 @@ def _guest(fds: dict, domid: int, port: int, result_w: int, done_r: int, done_w:
     os.close(done_w)  # the test's end: EOF on done_r means "you may go"
     import trio
 
-    from hypervisord.libxen.core import XenCall
-    from hypervisord.libxen.evtchn import XenEvtchn
+    from libxen.core import XenCall
+    from libxen.evtchn import XenEvtchn
     from frontends.xenbus import open_xenbus
-    from xenstored.client_ops import XsError
+    from libxen.xenstore.aio_ops import XsError
 
     async def main() -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \
                 XenEvtchn.open(xc, fds["evtchn"], memory_fd=fds["memory"]) as xe:
-            m = mmap.mmap(fds["memory"], PAGE_SIZE, offset=DomainMemory.offset_of_gfn(STORE_GFN))
+            m = mmap.mmap(fds["memory"], PAGE_SIZE, offset=memfile.gfn_offset(STORE_GFN))
             async with open_xenbus(xe, memoryview(m), port) as xs:
                 await xs.write("data/hello", b"from the ring")
                 value = await xs.read("data/hello")

@@ -1,6 +1,6 @@
 """Hostile input against the real daemon process.
 
-Every test here follows one rule (reference/security.md §1.1): a bad client
+Every test here follows one rule (the one behind Xen's XenStore advisories): a bad client
 gets an error or loses its own connection; the daemon keeps serving everyone
 else and loses nothing. So after each attack a second client checks that the
 daemon answers and that data written before the attack still reads back

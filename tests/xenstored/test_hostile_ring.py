@@ -19,8 +19,8 @@ import time
 
 import pytest
 
-from hypervisord.machmem import DomainMemory
-from hypervisord.libxen.core import SyncXenCall
+from hypervisord.public import memfile
+from libxen.core import SyncXenCall
 from hypervisord.public.io.xs_wire import (
     XENSTORE_RING_SIZE,
     XS_RING_REQ_OFF,
@@ -31,7 +31,7 @@ from hypervisord.public.io.xs_wire import (
 )
 from hypervisord.public.xen import PAGE_SIZE
 from tests.xenstored.test_domain_ring import STORE_GFN, start_domain
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
 HEADER = struct.Struct("<IIII")
@@ -42,10 +42,10 @@ XS_READ = 2
 def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
     import trio
 
-    from hypervisord.libxen.core import XenCall
-    from hypervisord.libxen.evtchn import XenEvtchn
+    from libxen.core import XenCall
+    from libxen.evtchn import XenEvtchn
 
-    page = mmap.mmap(fds["memory"], PAGE_SIZE, offset=DomainMemory.offset_of_gfn(STORE_GFN))
+    page = mmap.mmap(fds["memory"], PAGE_SIZE, offset=memfile.gfn_offset(STORE_GFN))
 
     def get(off: int) -> int:
         return U32.unpack_from(page, off)[0]

@@ -1,4 +1,4 @@
-"""A guest killed mid-traffic is cleaned up and harms nobody (issue 3 lifecycle).
+"""A guest killed mid-traffic is cleaned up and harms nobody.
 
 The guest (a forked domain process) has an event channel to dom0 that it
 keeps busy, a page granted to dom0 which dom0 maps, and its xenstore ring.
@@ -16,15 +16,15 @@ import signal
 import pytest
 import trio
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import SyncXenCall, XenCall
-from hypervisord.libxen.evtchn import XenEvtchn
-from hypervisord.libxen.gnttab import GrantMapper
+from libxen import ctrl
+from libxen.core import SyncXenCall, XenCall
+from libxen.evtchn import XenEvtchn
+from libxen.gnttab import GrantMapper
 from hypervisord.public.event_channel import EvtchnStat
 from hypervisord.public.grant_table import GntSt
 from tests.xenstored.test_domain_ring import start_domain
-from xenstored.client import XsClient
-from xenstored.syncclient import XsSyncClient
+from libxen.xenstore.aio import XsClient
+from libxen.xenstore.sync import XsSyncClient
 
 SHARED_GFN = 3
 GREF = 8
@@ -32,7 +32,7 @@ GREF = 8
 
 def _guest(fds: dict, port: int, dom0_port_r: int, ready_w: int) -> None:
     """Grant a page to dom0, bind to dom0's port, then ping it forever."""
-    from hypervisord.libxen.gnttab import GrantTable
+    from libxen.gnttab import GrantTable
 
     async def main() -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \

@@ -47,7 +47,7 @@ from hypothesis.stateful import (
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from tests.xenstored import model as m
 from xenstored.core import XenstoreCore
-from xenstored.protocol.wire import FrameParser, decode_header, encode
+from libxen.xenstore.wire import FrameParser, decode_header, encode
 from xenstored.quota import Quotas
 
 QUOTAS = Quotas(nodes=8, transactions=2, transaction_nodes=10, node_size=64, node_permissions=3)

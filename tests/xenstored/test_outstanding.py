@@ -9,7 +9,7 @@ import trio.testing
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from xenstored.core import XenstoreCore
-from xenstored.protocol.wire import FrameParser, encode
+from libxen.xenstore.wire import FrameParser, encode
 from xenstored.quota import Quotas
 from xenstored.service import XenstoreService
 

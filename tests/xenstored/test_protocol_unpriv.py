@@ -8,7 +8,7 @@ point the daemon's transports call, with the same bytes in and out.
 
 References: docs/misc/xenstore.txt (Permissions, Watches), cxenstored
 ``perm_for_conn``/``do_set_perms``/``domain.c`` quotas, and the XSAs in
-reference/security.md §1.1 (115, 352, 353, 323, 326, 330, 421).
+Xen's security advisories XSA-115, 352, 353, 323, 326, 330 and 421.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from xenstored.core import XenstoreCore
-from xenstored.protocol.wire import FrameParser, Message
+from libxen.xenstore.wire import FrameParser, Message
 from xenstored.quota import Q_VAL_DISABLED, Quotas
 
 pytestmark = pytest.mark.timeout(20)

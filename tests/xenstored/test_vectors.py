@@ -2,7 +2,7 @@
 
 Two checks per vector:
 
-* codec: ``xenstored.protocol.wire`` encodes the documented fields to exactly
+* codec: ``libxen.xenstore.wire`` encodes the documented fields to exactly
   the vector's bytes and decodes the bytes back to the same fields, and
   ``hypervisord.public.io.xs_wire`` names the type as the vector does;
 * replay: a fresh daemon process, sent the vector's request bytes over its
@@ -24,7 +24,7 @@ import pytest
 
 from hypervisord.public.io.xs_wire import XSD_ERRORS, XSD_SOCKMSG, XsdSockmsgType
 from tests.xenstored.rawclient import RawClient, pack
-from xenstored.protocol.wire import (
+from libxen.xenstore.wire import (
     FrameParser,
     Message,
     ProtocolError,

@@ -5,7 +5,7 @@ domain's store page through the privileged foreign-memory op, binds an
 interdomain event channel to the domain's port, and serves the
 ``xenstore_domain_interface`` rings with the very service code that serves
 the Unix socket: only the byte stream differs
-(:class:`~hypervisord.libxen.xsring.XsRingStream`). The connection is
+(:class:`~libxen.xsring.XsRingStream`). The connection is
 unprivileged, so permissions and quotas apply to the domain.
 
 ``VIRQ_DOM_EXC`` tells us some domain changed state: domains that are gone
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import trio
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall, XenError
-from hypervisord.libxen.evtchn import XenEvtchn
-from hypervisord.libxen.xsring import XsRingStream
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from libxen.core import XenCall, XenError
+from libxen.evtchn import XenEvtchn
+from libxen.xsring import XsRingStream
+from hypervisord.public import memfile
 from hypervisord.public.io.xs_wire import (
     XENSTORE_CONNECTED,
     XS_RING_CONNECTION_OFF,
@@ -98,7 +98,7 @@ class DomainRings:
                 raise ValueError(f"store gfn {gfn:#x} is not populated")
             page_map = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED,
                                  mmap.PROT_READ | mmap.PROT_WRITE,
-                                 offset=DomainMemory.offset_of_gfn(gfn))
+                                 offset=memfile.gfn_offset(gfn))
         finally:
             os.close(fd)
         try:

@@ -2,7 +2,7 @@
 
 Runs in the child the launcher just forked, as root when the launcher is,
 and leaves it as a process that can reach nothing but its own domain
-(Firecracker's jailer is the model; issue 3 requirement 3):
+(Firecracker's jailer is the model):
 
 * stdout/stderr go to the guest's log file (opened by the launcher), stdin
   is ``/dev/null``;

@@ -11,7 +11,7 @@ side may flip mask bits. Every change is therefore a real atomic
 read-modify-write on the shared memory (x86 ``lock bts``/``lock btr``,
 through the PyPI ``atomics`` package), never a Python read-then-write.
 Used by hypervisord (:mod:`hypervisord.evtchn`) and by the client side
-(:mod:`hypervisord.libxen.evtchn`) alike.
+(:mod:`libxen.evtchn`) alike.
 
 Cost model: creating an ``atomics`` view costs tens of microseconds, using
 a kept one a few, and calling its operation directly a fraction of one.

@@ -1,8 +1,8 @@
 """Blocking hypercalls, without trio (libxencall for command-line tools).
 
 ``xl`` and friends should not pay ~120 ms for importing an event loop on
-every run. Same envelope as the trio client (:mod:`hypervisord.rpc`);
-works with the :mod:`hypervisord.libxen.ctrl` wrappers, which only need a
+every run. Same envelope as the trio client (:mod:`libxen.rpc`);
+works with the :mod:`libxen.ctrl` wrappers, which only need a
 ``call(hypercall, subop, **args)`` method.
 """
 
@@ -13,8 +13,8 @@ import os
 import socket
 from typing import Any
 
-from hypervisord import rpc
-from hypervisord.libxen.paths import privcmd_path
+from libxen import rpc
+from libxen.paths import privcmd_path
 from hypervisord.public.errno import XenErrno
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import trio
 
-from hypervisord.libxen.paths import default_runtime_dir
+from libxen.paths import default_runtime_dir
 
 _PRIORITY = {
     logging.DEBUG: 7,

@@ -3,7 +3,7 @@
 Each is ``fn(ts, opts, args, dryrun) -> exit status``; ``ts`` is the
 toolstack's lazy connection pair, ``opts`` maps short option letters
 (``-p``) to their values. Output formats and messages are xl's; the
-pure formatting lives in :mod:`hypervisord.toolstack.xl_format`.
+pure formatting lives in :mod:`toolstack.xl_format`.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import os
 import sys
 import time
 
-from hypervisord.libxen import ctrl
+from libxen import ctrl
 from hypervisord.public.errno import XenErrno
-from hypervisord.toolstack import launchctl as launcher_mod
-from hypervisord.toolstack import xl_format as fmt
-from hypervisord.toolstack.builder import Toolstack, cleanup_domain, create_domain, \
+from toolstack import launchctl as launcher_mod
+from toolstack import xl_format as fmt
+from toolstack.builder import Toolstack, cleanup_domain, create_domain, \
     destroy_domain, ensure_dom0, load_config, read_or_none
-from hypervisord.toolstack.xspipe import domain_names, read_many
-from hypervisord.toolstack.domconfig import domain_config, parse_mem_size_kb
-from hypervisord.toolstack.hcall import XenError
-from hypervisord.toolstack.launchctl import LaunchError
-from hypervisord.toolstack.xlcfg import parse_file, parse_overrides
+from toolstack.xspipe import domain_names, read_many
+from toolstack.domconfig import domain_config, parse_mem_size_kb
+from toolstack.hcall import XenError
+from toolstack.launchctl import LaunchError
+from toolstack.xlcfg import parse_file, parse_overrides
 
 INVALID_DOMAIN_RC = -6  # libxl's ERROR_INVAL
 DEATH_POLL = 0.05

@@ -5,7 +5,7 @@ memoryview over the requested guest frames of another domain, in order,
 as ``xenforeignmemory_map`` returns one contiguous region. hypervisord's
 ``pvxen_op.map_foreign`` (dom0 only: a domU gets ``-EPERM``) hands over the
 domain's memory file and its populated gfns; frame ``gfn`` lives at
-:meth:`DomainMemory.offset_of_gfn`. Runs of consecutive gfns are one
+:func:`hypervisord.public.memfile.gfn_offset`. Runs of consecutive gfns are one
 mapping; any other page is placed into the region with ``MAP_FIXED``
 (the region is a Python ``mmap`` object, so it is unmapped as a whole
 when that object is closed or collected).
@@ -25,8 +25,8 @@ import errno
 import mmap
 import os
 
-from hypervisord.libxen import ctrl
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from hypervisord.public import memfile
 from hypervisord.public.xen import PAGE_SIZE
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -75,11 +75,11 @@ def map_file_frames(fd: int, gfns: list[int], writable: bool) -> mmap.mmap:
     runs = _runs(gfns)
     _, first, _ = runs[0]
     region = mmap.mmap(fd, len(gfns) * PAGE_SIZE, mmap.MAP_SHARED, prot,
-                       offset=DomainMemory.offset_of_gfn(first))
+                       offset=memfile.gfn_offset(first))
     base = _address(region)
     for idx, gfn, n in runs[1:]:
         addr = _libc.mmap(base + idx * PAGE_SIZE, n * PAGE_SIZE, prot,
-                          mmap.MAP_SHARED | _MAP_FIXED, fd, DomainMemory.offset_of_gfn(gfn))
+                          mmap.MAP_SHARED | _MAP_FIXED, fd, memfile.gfn_offset(gfn))
         if addr == _MAP_FAILED or addr is None:
             err = ctypes.get_errno()
             region.close()

@@ -1,8 +1,8 @@
 """Domain and host control (libxenctrl's ``xc_domain_*``/``xc_physinfo``).
 
 Thin, typed wrappers over the domctl/sysctl/memory/sched hypercalls; they
-work with either :class:`~hypervisord.libxen.core.XenCall` (awaited) or
-:class:`~hypervisord.libxen.core.SyncXenCall` (the ``*_sync`` helper).
+work with either :class:`~libxen.core.XenCall` (awaited) or
+:class:`~libxen.core.SyncXenCall` (the ``*_sync`` helper).
 """
 
 from __future__ import annotations

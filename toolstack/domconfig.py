@@ -22,7 +22,7 @@ import shlex
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
 
-from hypervisord.toolstack.xlcfg import Config, ConfigError, ConfigErrors
+from toolstack.xlcfg import Config, ConfigError, ConfigErrors
 
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
            "coredump-restart", "soft-reset")

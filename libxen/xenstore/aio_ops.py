@@ -1,11 +1,11 @@
-"""The building blocks of :mod:`xenstored.client` that hold no connection.
+"""The building blocks of :mod:`libxen.xenstore.aio` that hold no connection.
 
 Owns the store operations shared by a client and its transactions
 (:class:`StoreOps`: each turns arguments into an ``xsd_sockmsg`` payload and a
 reply into Python values), a transaction handle (:class:`XsTransaction`)
 and the bounded event queue of one watch (:class:`WatchEvents`). The
 connection, the reader task and the request multiplexing live in
-:mod:`xenstored.client`.
+:mod:`libxen.xenstore.aio`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
-from xenstored.protocol.wire import join_strings
-from xenstored.syncclient import (
+from libxen.xenstore.wire import join_strings
+from libxen.xenstore.sync import (
     DirectoryParts, XsConnectionLost, XsError, directory_part_error, nul_strings, to_bytes)
 
 if TYPE_CHECKING:
-    from xenstored.client import XsClient
+    from libxen.xenstore.aio import XsClient
 
 Pathish = str | bytes
 ABORT_TIMEOUT = 2.0

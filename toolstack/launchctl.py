@@ -5,7 +5,7 @@ imports msgpack and the RPC helpers, never trio or the guest runtime.
 
 The launcher listens on ``<rundir>/xl/launcher.sock`` (SOCK_SEQPACKET, one
 msgpack map per packet, descriptors as SCM_RIGHTS). :func:`connect` starts
-it when nobody listens: ``python -m hypervisord.toolstack.launcher
+it when nobody listens: ``python -m toolstack.launcher
 --daemon``, which detaches (its own session, reparented away from the
 caller) and holds ``launcher.lock`` so that only one runs per rundir.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import msgpack
 
-from hypervisord import rpc
-from hypervisord.toolstack.hcall import xl_dir
+from libxen import rpc
+from toolstack.hcall import xl_dir
 
 SOCKET_NAME = "launcher.sock"
 PIDFILE_NAME = "launcher.pid"
@@ -104,7 +104,7 @@ def spawn_daemon(rundir: str | os.PathLike | None) -> int:
     logs = log_dir(rundir)
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(xl_dir(rundir), 0o700)
-    argv = [sys.executable, "-m", "hypervisord.toolstack.launcher", "--daemon"]
+    argv = [sys.executable, "-m", "toolstack.launcher", "--daemon"]
     if rundir:
         argv += ["--rundir", str(rundir)]
     env = dict(os.environ)

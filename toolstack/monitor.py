@@ -24,15 +24,15 @@ import time
 from dataclasses import dataclass, field
 
 from frontends import runtime
-from hypervisord.libxen import ctrl
+from libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.toolstack import guestproc
-from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack, \
+from toolstack import guestproc
+from toolstack.builder import BuildError, ConnectError, Toolstack, \
     create_domain, destroy_domain, ensure_dom0
-from hypervisord.toolstack.domconfig import DomainConfig
-from hypervisord.toolstack.hcall import XenError, xl_dir
-from hypervisord.toolstack.launchctl import LaunchError
-from xenstored.syncclient import XsConnectionLost, XsError
+from toolstack.domconfig import DomainConfig
+from toolstack.hcall import XenError, xl_dir
+from toolstack.launchctl import LaunchError
+from libxen.xenstore.sync import XsConnectionLost, XsError
 
 log = logging.getLogger("xl-launcher")
 
@@ -53,9 +53,9 @@ ACTION_KEYS = {
 #: use. After the fork a guest runs as ``nobody`` and may not be able to
 #: read the interpreter's own files (a Python under /root, say).
 PRELOAD = ("trio", "msgpack", "frontends.domain", "frontends.runtime",
-           "hypervisord.libxen.core", "hypervisord.libxen.ctrl", "hypervisord.libxen.evtchn",
-           "hypervisord.libxen.gnttab", "hypervisord.libxen.foreignmemory",
-           "hypervisord.libxen.xsring", "xenstored.client",
+           "libxen.core", "libxen.ctrl", "libxen.evtchn",
+           "libxen.gnttab", "libxen.foreignmemory",
+           "libxen.xsring", "libxen.xenstore.aio",
            "asyncio", "base64", "collections", "contextlib", "dataclasses", "enum",
            "functools", "hashlib", "inspect", "itertools", "json", "logging", "math",
            "random", "re", "shlex", "struct", "textwrap", "time", "traceback", "typing",
@@ -84,7 +84,7 @@ def preload() -> list[str]:
 def _warm_atomics() -> None:
     """``atomics`` loads its C library on first use: do that use here, as root."""
     try:
-        from hypervisord.shinfo import AtomicWord
+        from libxen.shinfo import AtomicWord
     except ImportError:
         return
     buf = bytearray(8)

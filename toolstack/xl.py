@@ -1,4 +1,4 @@
-"""``xl``: the toolstack's command line (``python -m hypervisord.toolstack.xl``).
+"""``xl``: the toolstack's command line (``python -m toolstack.xl``).
 
 Follows ``tools/xl/`` (``xl.c``, ``xl_cmdtable.c``, ``xl_info.c``,
 ``xl_vmcontrol.c``, ``xl_mem.c``): the same subcommands, options, output
@@ -21,12 +21,12 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from hypervisord.toolstack import xl_cmds
-from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack
-from hypervisord.toolstack.hcall import XenError
-from hypervisord.toolstack.xlcfg import ConfigErrors
-from hypervisord.toolstack.xl_cmds import XlError
-from xenstored.syncclient import XsConnectionLost, XsError
+from toolstack import xl_cmds
+from toolstack.builder import BuildError, ConnectError, Toolstack
+from toolstack.hcall import XenError
+from toolstack.xlcfg import ConfigErrors
+from toolstack.xl_cmds import XlError
+from libxen.xenstore.sync import XsConnectionLost, XsError
 
 
 @dataclass(frozen=True)

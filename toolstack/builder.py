@@ -34,20 +34,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hypervisord.libxen import ctrl
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from hypervisord.public import memfile
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from hypervisord.public.xen import (
     MAX_GUEST_CMDLINE, PAGE_SIZE, START_INFO, XEN_START_INFO_MAGIC, Hypercall)
-from hypervisord.toolstack import xenstore_layout as layout
-from hypervisord.toolstack import xspipe
-from hypervisord.toolstack.domconfig import DomainConfig
-from hypervisord.toolstack.hcall import SyncHypercall, XenError, privcmd_path, \
+from toolstack import xenstore_layout as layout
+from toolstack import xspipe
+from toolstack.domconfig import DomainConfig
+from toolstack.hcall import SyncHypercall, XenError, privcmd_path, \
     xenstored_path, xl_dir
-from hypervisord.toolstack.xspipe import XsPipe
-from xenstored.syncclient import XsError, XsSyncClient
+from toolstack.xspipe import XsPipe
+from libxen.xenstore.sync import XsError, XsSyncClient
 
 POPULATE_CHUNK = 1 << 14  # gfns per populate_physmap call (keeps packets small)
 MAGIC_PAGES = 3  # start_info, console, store
@@ -310,7 +310,7 @@ def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: b
     info = start_info_bytes(mem.nr_pages, (mem.store_gfn, built.store_port),
                             (mem.console_gfn, built.console_port), cfg.cmdline)
     # Through the memory file the domain's process will get (its own frames).
-    os.pwrite(built.fds["memory"], info, DomainMemory.offset_of_gfn(mem.start_info_gfn))
+    os.pwrite(built.fds["memory"], info, memfile.gfn_offset(mem.start_info_gfn))
     entries = layout.DomainEntries(
         domid=domid, name=cfg.name, uuid=cfg.uuid, memory_kb=cfg.memory_kb,
         maxmem_kb=cfg.maxmem_kb, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,

@@ -1,6 +1,6 @@
 """Blocking XenStore client on a plain socket, for the ``xenstore-*`` tools.
 
-Owns three things shared with the async client (:mod:`xenstored.client`):
+Owns three things shared with the async client (:mod:`libxen.xenstore.aio`):
 
 * **socket discovery**, as libxenstore's ``xs_open()`` does it
   (``tools/libs/store/xs.c``, ``xs_lib.c``): ``$XENSTORED_PATH`` if set;
@@ -31,7 +31,8 @@ from contextlib import contextmanager
 
 from hypervisord.public.io.xs_wire import (
     XENSTORE_PAYLOAD_MAX, XSD_ERROR_BY_NAME, XsdSockmsgType as T)
-from xenstored.protocol.wire import FrameParser, Message, ProtocolError, encode
+from libxen.paths import default_runtime_dir
+from libxen.xenstore.wire import FrameParser, Message, ProtocolError, encode
 
 Pathish = str | bytes
 
@@ -78,10 +79,6 @@ def socket_candidates(env: os._Environ[str] | dict[str, str] | None = None) -> l
         return [env["XENSTORED_PATH"]]
     if "XENSTORED_RUNDIR" in env:
         return [env["XENSTORED_RUNDIR"] + "/socket"]
-    # Imported lazily: the daemon helpers pull in trio, which the tools
-    # only pay for when no environment variable names the socket.
-    from hypervisord.libxen.daemon import default_runtime_dir
-
     return [str(default_runtime_dir() / "xenstored" / "socket"), "/run/xenstored/socket"]
 
 

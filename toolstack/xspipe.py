@@ -2,16 +2,16 @@
 
 Creating a domain writes ~40 nodes in one transaction; one request at a
 time that is ~40 round trips through xenstored, most of the builder's time
-(``reference/performance.md``: XenStore dominates creation, as LightVM
-found for xl). ``xs_wire.h`` lets a client have many requests outstanding
+(XenStore dominates creation, as the LightVM paper (SOSP 2017) found for
+xl). ``xs_wire.h`` lets a client have many requests outstanding
 on a connection (replies carry the request's ``req_id`` and xenstored
 answers a connection's requests in order), so :class:`XsPipe` sends a
 whole batch at once (reading replies whenever the socket is full) and then
 reads the rest: three round trips for a
 transaction (start, the batch, commit) however many nodes it writes.
 
-Built only on the public pieces of :mod:`xenstored.syncclient` and
-:mod:`xenstored.protocol.wire`; watch events are not expected here (the
+Built only on the public pieces of :mod:`libxen.xenstore.sync` and
+:mod:`libxen.xenstore.wire`; watch events are not expected here (the
 builder sets none) and are dropped.
 """
 
@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
-from hypervisord.toolstack import xenstore_layout as layout
-from xenstored.protocol.wire import FrameParser, Message, ProtocolError, encode
-from xenstored.syncclient import DirectoryParts, XsConnectionLost, XsError, check_reply, \
+from toolstack import xenstore_layout as layout
+from libxen.xenstore.wire import FrameParser, Message, ProtocolError, encode
+from libxen.xenstore.sync import DirectoryParts, XsConnectionLost, XsError, check_reply, \
     connect_socket, nul_strings
 
 Request = tuple[int, bytes]  # (XS_* type, payload)

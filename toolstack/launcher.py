@@ -1,12 +1,12 @@
 """The guest launcher and monitor: a pre-loaded template that forks domains.
 
 A fresh interpreter that imports trio costs ~125 ms; a fork of a process
-that already has it costs ~1-2 ms (``reference/performance.md``). So the
+that already has it costs ~1-2 ms (measured with ``python -m bench hypervisor``). So the
 launcher imports trio, msgpack, the frontends and the guest runtime once,
 then serves launch requests on ``<rundir>/xl/launcher.sock`` (0600 in a 0700
 directory): each request carries the domain's three descriptors
 (``SCM_RIGHTS``: hypercall, evtchn, memory) and its configuration, and the
-launcher forks the guest process (:mod:`hypervisord.toolstack.guestproc`).
+launcher forks the guest process (:mod:`toolstack.guestproc`).
 
 It is also xl's per-domain monitor (``xl create``'s child in Xen): it reaps
 each guest process and, from the reason the exit status carries, applies
@@ -20,7 +20,7 @@ SIGCHLD wakeup pipe): trio is loaded for the children, never run here, so a
 fork never happens inside an event loop. ``xl create`` starts it on demand
 (``--daemon``: detached, pidfile ``<rundir>/xl/launcher.pid``, lock
 ``launcher.lock`` so only one runs; clients: :mod:`launchctl`);
-benchmarks can run a :class:`~hypervisord.toolstack.monitor.Launcher`
+benchmarks can run a :class:`~toolstack.monitor.Launcher`
 in-process.
 
 Requests (msgpack maps over SOCK_SEQPACKET), replies ``{"ok": true, ...}``
@@ -47,10 +47,10 @@ from pathlib import Path
 
 import msgpack
 
-from hypervisord import rpc
-from hypervisord.toolstack.hcall import xl_dir
-from hypervisord.toolstack.launchctl import LOCK_NAME, PIDFILE_NAME, LaunchError, socket_path
-from hypervisord.toolstack.monitor import Launcher
+from libxen import rpc
+from toolstack.hcall import xl_dir
+from toolstack.launchctl import LOCK_NAME, PIDFILE_NAME, LaunchError, socket_path
+from toolstack.monitor import Launcher
 
 log = logging.getLogger("xl-launcher")
 

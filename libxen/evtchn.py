@@ -10,7 +10,7 @@ stale (the port was closed, or a resend) and is dropped.
 
 Where the pieces come from:
 
-* ``xc``: the process's :class:`~hypervisord.libxen.core.XenCall`;
+* ``xc``: the process's :class:`~libxen.core.XenCall`;
 * the event-channel stream (u32 LE port numbers, written by hypervisord
   only when a port's pending bit goes 0 -> 1): from ``pvxen attach`` for a
   dom0 process, from the toolstack (``connect_domain``) for a domU;
@@ -40,13 +40,13 @@ from typing import Any
 
 import trio
 
-from hypervisord.libxen.core import XenCall, XenError
-from hypervisord.machmem import SHARED_INFO_SLOT
+from libxen.core import XenCall, XenError
+from hypervisord.public.memfile import SHARED_INFO_SLOT
 from hypervisord.public.event_channel import EvtchnOp as Op
 from hypervisord.public.pvxen import EVTCHN_NOTIFY_DOORBELL, HYPERVISOR_pvxen_op, PvxenOp
-from hypervisord.rpc import fds_from_ancillary
+from libxen.rpc import fds_from_ancillary
 from hypervisord.public.xen import DOMID_SELF, PAGE_SIZE, Hypercall
-from hypervisord.shinfo import NR_PORTS_2L, SharedInfoBits
+from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
 
 log = logging.getLogger(__name__)
 _PORT = struct.Struct("<I")

@@ -41,9 +41,9 @@ from typing import TypeVar
 import trio
 
 from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType as T
-from xenstored.protocol.wire import FrameParser, Message, ProtocolError, encode, join_strings
-from xenstored.client_ops import Pathish, WatchEvents, XsTransaction, StoreOps, shielded, text
-from xenstored.syncclient import (
+from libxen.xenstore.wire import FrameParser, Message, ProtocolError, encode, join_strings
+from libxen.xenstore.aio_ops import Pathish, WatchEvents, XsTransaction, StoreOps, shielded, text
+from libxen.xenstore.sync import (
     XsConnectionLost, XsError, check_reply, connect_socket, nul_strings, to_bytes)
 
 __all__ = ["XsClient", "XsConnectionLost", "XsError", "XsTransaction", "WatchEvents"]
@@ -103,7 +103,7 @@ class XsClient(StoreOps):
     @classmethod
     async def open(cls, path: str | None = None, *, reconnect: bool = False,
                    watch_queue_size: int = 256) -> "XsClient":
-        """Connect (``path``, else discovery as :mod:`xenstored.syncclient`)."""
+        """Connect (``path``, else discovery as :mod:`libxen.xenstore.sync`)."""
         return cls(await _connect(path, 1), path, reconnect=reconnect,
                    watch_queue_size=watch_queue_size)
 

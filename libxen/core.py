@@ -7,7 +7,7 @@ socket; a domU process wraps the descriptor the toolstack gave it
 (:meth:`XenCall.from_fd`).
 
 The blocking variant for command-line tools (:class:`SyncXenCall`) lives
-in :mod:`hypervisord.libxen.sync`, free of trio; it is re-exported here.
+in :mod:`libxen.sync`, free of trio; it is re-exported here.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import trio
 
-from hypervisord import rpc
-from hypervisord.libxen.paths import privcmd_path
-from hypervisord.libxen.sync import SyncXenCall, XenError, check, encode
+from libxen import rpc
+from libxen.paths import privcmd_path
+from libxen.sync import SyncXenCall, XenError, check, encode
 
 __all__ = ["XenCall", "SyncXenCall", "XenError", "privcmd_path"]
 

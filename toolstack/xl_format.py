@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypervisord.libxen import ctrl
+from libxen import ctrl
 from hypervisord.public.version import XenVerOp
 from hypervisord.public.xen import Hypercall
-from hypervisord.toolstack.domconfig import DomainConfig
+from toolstack.domconfig import DomainConfig
 
 LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
 PAGE_KB = 4

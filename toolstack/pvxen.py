@@ -33,7 +33,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from hypervisord.libxen.daemon import runtime_dir
+from daemonkit.daemon import runtime_dir
 
 #: seconds a daemon gets to report READY=1 (the units' TimeoutStartSec=)
 START_TIMEOUT = 30.0

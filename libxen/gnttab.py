@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import atomics
 
-from hypervisord.machmem import GNT_FIRST_SLOT, NR_GNT_FRAMES, DomainMemory
+from hypervisord.public import memfile
+from hypervisord.public.memfile import GNT_FIRST_SLOT, NR_GNT_FRAMES
 from hypervisord.public.grant_table import (
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,
@@ -186,7 +187,7 @@ class GrantTable:
 async def seed_grant_table(xc, domid: int, console_gfn: int | None, xenstore_gfn: int | None,
                            console_domid: int = 0, xenstore_domid: int = 0) -> None:
     """dom0: pre-fill a new domain's reserved entries (``xc_dom_gnttab_seed``)."""
-    from hypervisord.libxen import ctrl
+    from libxen import ctrl
 
     _, r = await ctrl.map_foreign(xc, domid)
     fd = r["fds"]["memory"]
@@ -309,4 +310,4 @@ class GrantMapper:
 
 def gfn_offset(gfn: int) -> int:
     """Where guest frame ``gfn`` lives in a domain's memory file."""
-    return DomainMemory.offset_of_gfn(gfn)
+    return memfile.gfn_offset(gfn)
