@@ -16,7 +16,7 @@ standard library and the ABI.
 
 from __future__ import annotations
 
-from hypervisord.public.xen import PAGE_SIZE
+from .xen import PAGE_SIZE
 
 #: v1 grant table: 512 entries per frame, 2048 grant refs per domain.
 NR_GNT_FRAMES = 4
