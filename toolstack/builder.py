@@ -38,16 +38,16 @@ from libxen import ctrl
 from hypervisord.public import memfile
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.event_channel import EvtchnOp
-from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from hypervisord.public.xen import (
     MAX_GUEST_CMDLINE, PAGE_SIZE, START_INFO, XEN_START_INFO_MAGIC, Hypercall)
 from toolstack import xenstore_layout as layout
-from toolstack import xspipe
+from toolstack import xsbatch
 from toolstack.domconfig import DomainConfig
 from toolstack.hcall import SyncHypercall, XenError, privcmd_path, \
     xenstored_path, xl_dir
-from toolstack.xspipe import XsPipe
-from libxen.xenstore.sync import XsError, XsSyncClient
+from libxen.xenstore import protocol as xsops
+from libxen.xenstore.errors import XsError
+from libxen.xenstore.sync import XsSyncClient
 
 POPULATE_CHUNK = 1 << 14  # gfns per populate_physmap call (keeps packets small)
 MAGIC_PAGES = 3  # start_info, console, store
@@ -102,7 +102,6 @@ class Toolstack:
         self.rundir = rundir
         self._xc: SyncHypercall | None = None
         self._xs: XsSyncClient | None = None
-        self._pipe: XsPipe | None = None
 
     @property
     def xc(self) -> SyncHypercall:
@@ -125,22 +124,7 @@ class Toolstack:
                 raise ConnectError(f"cannot reach xenstored{where}: {e.strerror}") from e
         return self._xs
 
-    @property
-    def pipe(self) -> XsPipe:
-        """A second store connection, for pipelined batches (the builder's)."""
-        if self._pipe is None:
-            path = xenstored_path(self.rundir)
-            try:
-                self._pipe = XsPipe.open(path)
-            except OSError as e:
-                where = f" at {path}" if path else ""
-                raise ConnectError(f"cannot reach xenstored{where}: {e.strerror}") from e
-        return self._pipe
-
     def close(self) -> None:
-        if self._pipe is not None:
-            self._pipe.close()
-            self._pipe = None
         if self._xc is not None:
             self._xc.close()
             self._xc = None
@@ -161,24 +145,7 @@ class Toolstack:
 
 # -- XenStore helpers ------------------------------------------------------------------
 
-def apply_ops(xs: XsSyncClient, ops: list[layout.Op], tx_id: int = 0) -> None:
-    """One op at a time on a plain client (what is not worth a batch)."""
-    for op in ops:
-        if op.kind == "write":
-            xs.write(op.path, op.value, tx_id)
-        elif op.kind == "perms":
-            xs.set_perms(op.path, list(op.perms), tx_id)
-        elif op.kind == "rm":
-            try:
-                xs.rm(op.path, tx_id)
-            except XsError as e:  # libxl ignores xs_rm's result, ENOENT included
-                if e.name != "ENOENT":
-                    raise
-        else:
-            raise ValueError(f"unknown store op {op.kind}")
-
-
-def run_transaction(pipe: XsPipe, ops: list[layout.Op], attempts: int = 20,
+def run_transaction(xs: XsSyncClient, ops: list[layout.Op], attempts: int = 20,
                     check: Callable[[int], None] | None = None) -> None:
     """Apply ``ops`` atomically in one batch, redoing it on EAGAIN as libxl does.
 
@@ -186,17 +153,12 @@ def run_transaction(pipe: XsPipe, ops: list[layout.Op], attempts: int = 20,
     abort it; what it reads is part of the transaction, so a concurrent
     change to it makes the commit fail and the whole thing run again.
     """
-    for attempt in range(attempts):
-        try:
-            with pipe.transaction() as tx_id:
-                if check is not None:
-                    check(tx_id)
-                xspipe.apply_ops(pipe, ops, tx_id)
-            return
-        except XsError as e:
-            if e.name != "EAGAIN" or attempt == attempts - 1:
-                raise
-            time.sleep(min(0.001 * 2 ** attempt, 0.05))
+    def body(tx_id: int) -> None:
+        if check is not None:
+            check(tx_id)
+        xsbatch.apply_ops(xs, ops, tx_id)
+
+    xs.run_transaction(body, attempts=attempts)
 
 
 def read_or_none(xs: XsSyncClient, path: str, tx_id: int = 0) -> str | None:
@@ -209,7 +171,7 @@ def read_or_none(xs: XsSyncClient, path: str, tx_id: int = 0) -> str | None:
 def ensure_dom0(xs: XsSyncClient) -> None:
     """What ``xen-init-dom0`` does: dom0's name and domid exist."""
     if read_or_none(xs, "/local/domain/0/name") is None:
-        apply_ops(xs, layout.dom0_ops())
+        xsbatch.apply_ops(xs, layout.dom0_ops())
 
 
 # -- the build steps -------------------------------------------------------------------
@@ -257,9 +219,9 @@ def start_info_bytes(nr_pages: int, store: tuple[int, int], console: tuple[int, 
         console[1], 0, 0, 0, 0, 0, cmd, 0, 0)
 
 
-def check_name(pipe: XsPipe, name: str, tx_id: int = 0) -> None:
+def check_name(xs: XsSyncClient, name: str, tx_id: int = 0) -> None:
     """``libxl__domain_rename``'s check, made inside the creation transaction."""
-    if name in xspipe.domain_names(pipe, tx_id).values():
+    if name in xsbatch.domain_names(xs, tx_id).values():
         raise BuildError(f"domain with name {name} already exists")
 
 
@@ -317,11 +279,11 @@ def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: b
         store_port=built.store_port, store_gfn=mem.store_gfn,
         console_port=built.console_port, console_gfn=mem.console_gfn,
         kernel=cfg.kernel, cmdline=cfg.cmdline, start_time=time.time())
-    check = (lambda tx: check_name(ts.pipe, cfg.name, tx)) if unique_name else None
+    check = (lambda tx: check_name(ts.xs, cfg.name, tx)) if unique_name else None
     with _step("writing the domain's XenStore entries"):
-        run_transaction(ts.pipe, layout.create_ops(entries), check=check)
+        run_transaction(ts.xs, layout.create_ops(entries), check=check)
     with _step("XS_INTRODUCE"):
-        ts.pipe.request(T.XS_INTRODUCE, f"{domid}\0{mem.store_gfn}\0{built.store_port}\0".encode())
+        ts.xs.run(xsops.introduce(domid, mem.store_gfn, built.store_port))
     save_config(ts.xl_dir, domid, cfg)
 
 
@@ -357,13 +319,13 @@ def load_config(xl: Path, domid: int) -> DomainConfig | None:
 def cleanup_domain(ts: Toolstack, domid: int, uuid: str | None = None) -> None:
     """Remove what libxl removes for a dead domain (idempotent)."""
     if uuid is None:
-        vm = xspipe.read(ts.pipe, f"{layout.dom_path(domid)}/vm")
+        vm = xsbatch.read(ts.xs, f"{layout.dom_path(domid)}/vm")
         uuid = vm.rsplit("/", 1)[-1] if vm else None
     try:
-        ts.pipe.request(T.XS_RELEASE, f"{domid}\0".encode())
+        ts.xs.run(xsops.release(domid))
     except XsError:
         pass  # never introduced, or xenstored already noticed the death
-    run_transaction(ts.pipe, layout.destroy_ops(domid, uuid))
+    run_transaction(ts.xs, layout.destroy_ops(domid, uuid))
     config_path(ts.xl_dir, domid).unlink(missing_ok=True)
 
 
@@ -371,7 +333,7 @@ def destroy_domain(ts: Toolstack, domid: int, uuid: str | None = None, *,
                    quiet: bool = False) -> None:
     """``libxl_domain_destroy``: the domain goes, then its store entries."""
     if uuid is None:
-        vm = xspipe.read(ts.pipe, f"{layout.dom_path(domid)}/vm")
+        vm = xsbatch.read(ts.xs, f"{layout.dom_path(domid)}/vm")
         uuid = vm.rsplit("/", 1)[-1] if vm else None
     try:
         ctrl.domain_destroy(ts.xc, domid)

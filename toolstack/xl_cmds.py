@@ -19,7 +19,7 @@ from toolstack import launchctl as launcher_mod
 from toolstack import xl_format as fmt
 from toolstack.builder import Toolstack, cleanup_domain, create_domain, \
     destroy_domain, ensure_dom0, load_config, read_or_none
-from toolstack.xspipe import domain_names, read_many
+from toolstack.xsbatch import domain_names, read_many
 from toolstack.domconfig import domain_config, parse_mem_size_kb
 from toolstack.hcall import XenError
 from toolstack.launchctl import LaunchError
@@ -64,7 +64,7 @@ def find_domain(ts: Toolstack, qualifier: str) -> int:
             return domid
     else:
         live = {i.domid for i in domain_infos(ts)}
-        for domid, name in sorted(domain_names(ts.pipe).items()):
+        for domid, name in sorted(domain_names(ts.xs).items()):
             if name == qualifier and domid in live:
                 return domid
     raise XlError(f"{qualifier} is an invalid domain identifier (rc={INVALID_DOMAIN_RC})")
@@ -129,7 +129,7 @@ def list_(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> i
     else:
         infos = domain_infos(ts)
     names = dict(zip((i.domid for i in infos),
-                     read_many(ts.pipe, [f"/local/domain/{i.domid}/name" for i in infos])))
+                     read_many(ts.xs, [f"/local/domain/{i.domid}/name" for i in infos])))
     if "-l" in opts:
         out = [fmt.list_long_entry(i, names[i.domid], load_config(ts.xl_dir, i.domid))
                for i in infos]
@@ -303,7 +303,7 @@ def dmesg(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> i
 
 def domid(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> int:
     live = {i.domid for i in domain_infos(ts)}
-    for d, name in sorted(domain_names(ts.pipe).items()):
+    for d, name in sorted(domain_names(ts.xs).items()):
         if name == args[0] and d in live:
             print(d)
             return 0

@@ -9,9 +9,11 @@ Owns one multiplexed connection to xenstored::
                 ...
         await xs.run_transaction(update)               # redone on EAGAIN
 
-* **Requests** carry increasing ``req_id`` s, so any number of tasks may
-  call at once; one reader task (in a nursery owned by the ``async with``)
-  matches replies to callers and routes ``XS_WATCH_EVENT`` s to watches.
+* **Requests** are :mod:`libxen.xenstore.protocol`'s operations (the same
+  ones the blocking face runs); they carry increasing ``req_id`` s, so any
+  number of tasks may call at once, and :meth:`XsClient.batch` pipelines
+  many. One reader task (in a nursery owned by the ``async with``) matches
+  replies to callers and routes ``XS_WATCH_EVENT`` s to watches.
 * **Errors**: an ``XS_ERROR`` reply raises :class:`XsError` (wire name and
   errno); a dead connection raises :class:`XsConnectionLost`.
 * **Watches** are per connection (docs/misc/xenstore.txt): each
@@ -33,18 +35,19 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
-from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType as T
-from libxen.xenstore.wire import FrameParser, Message, ProtocolError, encode, join_strings
+from libxen.xenstore import protocol as ops
 from libxen.xenstore.aio_ops import Pathish, WatchEvents, XsTransaction, StoreOps, shielded, text
-from libxen.xenstore.sync import (
-    XsConnectionLost, XsError, check_reply, connect_socket, nul_strings, to_bytes)
+from libxen.xenstore.errors import XsConnectionLost, XsError
+from libxen.xenstore.protocol import Op, Protocol, check_reply, step
+from libxen.xenstore.sync import connect_socket
+from libxen.xenstore.wire import Message
 
 __all__ = ["XsClient", "XsConnectionLost", "XsError", "XsTransaction", "WatchEvents"]
 
@@ -66,6 +69,7 @@ class _Conn:
     generation: int
     send_lock: trio.Lock = field(default_factory=trio.Lock)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    proto: Protocol = field(default_factory=Protocol)
 
 
 @dataclass(eq=False)
@@ -93,7 +97,6 @@ class XsClient(StoreOps):
         self._watch_queue_size = watch_queue_size
         self._pending: dict[int, _Pending] = {}
         self._watches: dict[str, list[WatchEvents]] = {}
-        self._req_ids = itertools.count(1)
         self._tokens = itertools.count(1)
         self._connected = trio.Event()
         self._dead: str | None = None
@@ -148,34 +151,92 @@ class XsClient(StoreOps):
             await self._connected.wait()
         return self._conn
 
-    async def _call(self, msg_type: int, payload: bytes, tx_id: int = 0,
-                    generation: int | None = None) -> tuple[bytes, int]:
-        """Send one request, await its reply: ``(payload, connection generation)``."""
-        if len(payload) > XENSTORE_PAYLOAD_MAX:
-            raise XsError("E2BIG", f"{len(payload)}-byte payload")
+    async def _call(self, conn: _Conn, requests: list[tuple[int, bytes]],
+                    tx_id: int) -> list[bytes | XsError]:
+        """Send requests in one write, await every reply: payloads or XsErrors."""
+        slots: list[tuple[int, int, _Pending | XsError]] = []
+        data = []
+        for msg_type, payload in requests:
+            try:
+                req_id, frame = conn.proto.request(msg_type, payload, tx_id)
+            except XsError as exc:  # E2BIG: refused before sending
+                slots.append((msg_type, 0, exc))
+                continue
+            slots.append((msg_type, req_id, self._pending.setdefault(req_id, _Pending())))
+            data.append(frame)
+        try:
+            await self._send(conn, b"".join(data))
+            for _, _, slot in slots:
+                if isinstance(slot, _Pending):
+                    await slot.done.wait()
+        finally:
+            for _, req_id, slot in slots:
+                if isinstance(slot, _Pending):
+                    del self._pending[req_id]
+                    if not slot.done.is_set():
+                        conn.proto.forget(req_id)
+        results: list[bytes | XsError] = []
+        for msg_type, _, slot in slots:
+            if isinstance(slot, XsError):
+                results.append(slot)
+                continue
+            if slot.error is not None:
+                raise slot.error
+            assert slot.reply is not None
+            try:
+                results.append(check_reply(msg_type, slot.reply))
+            except XsError as exc:
+                results.append(exc)
+            except XsConnectionLost:
+                conn.cancel.cancel()
+                raise
+        return results
+
+    async def _run_batch(self, batch: Iterable[Op[Any]], tx_id: int = 0,
+                         generation: int | None = None) -> tuple[list[Any], int]:
         conn = await self._current()
         if generation is not None and generation != conn.generation:
             raise XsError("EAGAIN", "transaction lost with its connection")
-        req_id = self._new_req_id()
-        slot = self._pending[req_id] = _Pending()
-        try:
-            await self._send(conn, encode(msg_type, req_id, tx_id, payload))
-            await slot.done.wait()
-        finally:
-            del self._pending[req_id]
-        if slot.error is not None:
-            raise slot.error
-        assert slot.reply is not None
-        return check_reply(msg_type, slot.reply), conn.generation
+        running = list(batch)
+        results: list[Any] = [None] * len(running)
+        todo: dict[int, tuple[int, bytes]] = {}
 
-    def _new_req_id(self) -> int:
-        while True:  # 32 bits wrap; never 0 (libxenstore's), never one in use
-            req_id = next(self._req_ids) & 0xFFFFFFFF
-            if req_id and req_id not in self._pending:
-                return req_id
+        def advance(i: int, reply: Any) -> None:
+            try:
+                request, result = step(running[i], reply)
+            except XsError as exc:
+                results[i] = exc
+                return
+            if request is None:
+                results[i] = result
+            else:
+                todo[i] = request
 
-    async def _request(self, msg_type: int, payload: bytes) -> bytes:
-        return (await self._call(msg_type, payload))[0]
+        for i in range(len(running)):
+            advance(i, None)
+        while todo:
+            round_ = list(todo.items())
+            todo.clear()
+            replies = await self._call(conn, [r for _, r in round_], tx_id)
+            for (i, _), reply in zip(round_, replies):
+                advance(i, reply)
+        return results, conn.generation
+
+    async def batch(self, batch: Iterable[Op[Any]], tx_id: int = 0,
+                    generation: int | None = None) -> list[Any]:
+        """Run every operation pipelined: a result or an :class:`XsError` each, in order."""
+        return (await self._run_batch(batch, tx_id, generation))[0]
+
+    async def _run(self, op: Op[R], tx_id: int = 0,
+                   generation: int | None = None) -> tuple[R, int]:
+        (result,), generation = await self._run_batch([op], tx_id, generation)
+        if isinstance(result, XsError):
+            raise result
+        return result, generation
+
+    async def run(self, op: Op[R], tx_id: int = 0, generation: int | None = None) -> R:
+        """One operation; raises its :class:`XsError`."""
+        return (await self._run(op, tx_id, generation))[0]
 
     async def _send(self, conn: _Conn, data: bytes) -> None:
         async with conn.send_lock:
@@ -211,27 +272,25 @@ class XsClient(StoreOps):
             self._nursery.start_soon(self._reregister, conn)
 
     async def _read_loop(self, conn: _Conn) -> str:
-        parser = FrameParser()
+        events = conn.proto.events
         with conn.cancel:
             try:
                 while True:
                     data = await conn.stream.receive_some(65536)
                     if not data:
                         return "daemon closed the connection"
-                    for msg in parser.feed(data):
+                    for msg in conn.proto.feed(data):
                         self._dispatch(msg)
+                    while events:
+                        path, token = events.popleft()
+                        self._deliver(text(path), text(token))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
                 return f"receive: {e}"
-            except ProtocolError as e:
-                return f"protocol error: {e}"
+            except XsConnectionLost as e:
+                return e.reason
         return "connection abandoned after a failed send"
 
     def _dispatch(self, msg: Message) -> None:
-        if msg.type == T.XS_WATCH_EVENT:
-            parts = nul_strings(msg.payload)
-            if len(parts) >= 2:
-                self._deliver(text(parts[0]), text(parts[1]))
-            return
         slot = self._pending.get(msg.req_id)
         if slot is None or slot.done.is_set():
             log.debug("reply %s for no waiting request (cancelled?)", msg.req_id)
@@ -282,7 +341,7 @@ class XsClient(StoreOps):
                 if w.generation == conn.generation:
                     continue  # registered by its owner since the reconnect
                 try:
-                    _, w.generation = await self._call(T.XS_WATCH, w.payload)
+                    _, w.generation = await self._run(w.register())
                 except XsConnectionLost:
                     return  # the next connection will try again
                 except XsError as e:
@@ -298,7 +357,7 @@ class XsClient(StoreOps):
         w = WatchEvents(path, token, depth, queue_size or self._watch_queue_size)
         self._watches.setdefault(token, []).append(w)  # before XS_WATCH: the
         try:                                            # initial event may be quick
-            _, w.generation = await self._call(T.XS_WATCH, w.payload)
+            _, w.generation = await self._run(w.register())
             yield w
         finally:
             self._watches[token].remove(w)
@@ -307,12 +366,12 @@ class XsClient(StoreOps):
             if self._conn is not None and w.generation == self._conn.generation:
                 with shielded(UNWATCH_TIMEOUT):
                     try:
-                        await self._call(T.XS_UNWATCH, join_strings([path, token]))
+                        await self.run(ops.unwatch(path, token))
                     except (XsError, XsConnectionLost) as e:
                         log.debug("unwatch %s: %s", path, e)
 
     async def reset_watches(self) -> None:
-        await self._request(T.XS_RESET_WATCHES, b"\0")
+        await self.run(ops.reset_watches())
 
     # -- transactions ---------------------------------------------------
     def transaction(self) -> XsTransaction:
@@ -338,25 +397,23 @@ class XsClient(StoreOps):
 
     # -- domains and control ---------------------------------------------
     async def introduce(self, domid: int, gfn: int, port: int) -> None:
-        await self._request(T.XS_INTRODUCE, join_strings([str(domid), str(gfn), str(port)]))
+        await self.run(ops.introduce(domid, gfn, port))
 
     async def release(self, domid: int) -> None:
-        await self._request(T.XS_RELEASE, join_strings([str(domid)]))
+        await self.run(ops.release(domid))
 
     async def resume(self, domid: int) -> None:
-        await self._request(T.XS_RESUME, join_strings([str(domid)]))
+        await self.run(ops.resume(domid))
 
     async def set_target(self, domid: int, target: int) -> None:
-        await self._request(T.XS_SET_TARGET, join_strings([str(domid), str(target)]))
+        await self.run(ops.set_target(domid, target))
 
     async def get_domain_path(self, domid: int) -> str:
-        return text((await self._request(T.XS_GET_DOMAIN_PATH, join_strings([str(domid)])))
-                     .rstrip(b"\0"))
+        return text(await self.run(ops.get_domain_path(domid)))
 
     async def is_domain_introduced(self, domid: int) -> bool:
-        reply = await self._request(T.XS_IS_DOMAIN_INTRODUCED, join_strings([str(domid)]))
-        return reply.rstrip(b"\0") != b"F"
+        return await self.run(ops.is_domain_introduced(domid))
 
     async def control(self, command: str, *args: Pathish) -> bytes:
         """``XS_CONTROL``: reply payload as sent by the daemon."""
-        return await self._request(T.XS_CONTROL, join_strings([command, *map(to_bytes, args)]))
+        return await self.run(ops.control(command, *args))

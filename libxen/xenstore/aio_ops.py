@@ -10,26 +10,20 @@ connection, the reader task and the request multiplexing live in
 
 from __future__ import annotations
 
-import errno
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from hypervisord.public.io.xs_wire import XsdSockmsgType as T
-from libxen.xenstore.wire import join_strings
-from libxen.xenstore.sync import (
-    DirectoryParts, XsConnectionLost, XsError, directory_part_error, nul_strings, to_bytes)
+from libxen.xenstore import protocol as ops
+from libxen.xenstore.errors import XsConnectionLost, XsError
+from libxen.xenstore.protocol import Op, Pathish, text
 
 if TYPE_CHECKING:
     from libxen.xenstore.aio import XsClient
 
-Pathish = str | bytes
+R = TypeVar("R")
 ABORT_TIMEOUT = 2.0
-
-
-def text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
 
 
 def shielded(seconds: float) -> trio.CancelScope:
@@ -40,54 +34,46 @@ def shielded(seconds: float) -> trio.CancelScope:
 
 
 class StoreOps:
-    """Store operations, shared by the client and its transactions."""
+    """Store operations, shared by the client and its transactions.
 
-    async def _request(self, msg_type: int, payload: bytes) -> bytes:
+    Each is one of :mod:`libxen.xenstore.protocol`'s operations, run by
+    :meth:`run` (the client's or the transaction's); names come back as str.
+    """
+
+    async def run(self, op: Op[R]) -> R:
         raise NotImplementedError
 
+    async def batch(self, batch: Iterable[Op[Any]]) -> list[Any]:
+        raise NotImplementedError
+
+    async def _request(self, msg_type: int, payload: bytes) -> bytes:
+        return await self.run(ops.raw(msg_type, payload))
+
     async def read(self, path: Pathish) -> bytes:
-        return await self._request(T.XS_READ, to_bytes(path) + b"\0")
+        return await self.run(ops.read(path))
 
     async def exists(self, path: Pathish) -> bool:
-        try:
-            await self.read(path)
-        except XsError:
-            return False
-        return True
+        return await self.run(ops.exists(path))
 
     async def write(self, path: Pathish, value: Pathish) -> None:
-        await self._request(T.XS_WRITE, to_bytes(path) + b"\0" + to_bytes(value))
+        await self.run(ops.write(path, value))
 
     async def mkdir(self, path: Pathish) -> None:
-        await self._request(T.XS_MKDIR, to_bytes(path) + b"\0")
+        await self.run(ops.mkdir(path))
 
     async def rm(self, path: Pathish) -> None:
-        await self._request(T.XS_RM, to_bytes(path) + b"\0")
+        await self.run(ops.rm(path))
 
     async def directory(self, path: Pathish) -> list[str]:
         """Children's names; a listing over 4 KiB comes in XS_DIRECTORY_PART chunks."""
-        try:
-            reply = await self._request(T.XS_DIRECTORY, to_bytes(path) + b"\0")
-            return [text(c) for c in nul_strings(reply)]
-        except XsError as exc:
-            if exc.errno != errno.E2BIG:
-                raise
-        parts = DirectoryParts()
-        while True:
-            try:
-                reply = await self._request(T.XS_DIRECTORY_PART, parts.request(path))
-            except XsError as exc:
-                raise directory_part_error(exc) from None
-            if parts.feed(reply):
-                return [text(c) for c in parts.children()]
+        return [text(c) for c in await self.run(ops.directory(path))]
 
     async def get_perms(self, path: Pathish) -> list[str]:
         """``["b0", "r5"]``: the owner (and default) first."""
-        reply = await self._request(T.XS_GET_PERMS, to_bytes(path) + b"\0")
-        return [text(p) for p in nul_strings(reply)]
+        return [text(p) for p in await self.run(ops.get_perms(path))]
 
     async def set_perms(self, path: Pathish, perms: Iterable[str]) -> None:
-        await self._request(T.XS_SET_PERMS, to_bytes(path) + b"\0" + join_strings(list(perms)))
+        await self.run(ops.set_perms(path, list(perms)))
 
 
 class WatchEvents:
@@ -104,10 +90,9 @@ class WatchEvents:
         self._error: BaseException | None = None
         self.generation = -1  # the connection it is registered on
 
-    @property
-    def payload(self) -> bytes:
-        extra = [] if self.depth is None else [str(self.depth)]
-        return join_strings([self.path, self.token, *extra])
+    def register(self) -> Op[None]:
+        """The ``XS_WATCH`` that (re-)registers this watch."""
+        return ops.watch(self.path, self.token, self.depth)
 
     def _deliver(self, path: str, token: str) -> None:
         try:
@@ -156,23 +141,28 @@ class XsTransaction(StoreOps):
         self.finished = False
 
     async def start(self) -> "XsTransaction":
-        reply, self.generation = await self._client._call(T.XS_TRANSACTION_START, b"\0")
-        self.tx_id = int(reply.rstrip(b"\0"))
+        self.tx_id, self.generation = await self._client._run(ops.transaction_start())
         return self
 
-    async def _request(self, msg_type: int, payload: bytes) -> bytes:
+    def _check(self) -> None:
         if self.finished or not self.tx_id:
             raise RuntimeError("transaction not active")
-        reply, _ = await self._client._call(msg_type, payload, self.tx_id, self.generation)
-        return reply
+
+    async def run(self, op: Op[R]) -> R:
+        self._check()
+        return await self._client.run(op, self.tx_id, self.generation)
+
+    async def batch(self, batch: Iterable[Op[Any]]) -> list[Any]:
+        self._check()
+        return await self._client.batch(batch, self.tx_id, self.generation)
 
     async def commit(self) -> None:
         self.finished = True
-        await self._client._call(T.XS_TRANSACTION_END, b"T\0", self.tx_id, self.generation)
+        await self._client.run(ops.transaction_end(True), self.tx_id, self.generation)
 
     async def abort(self) -> None:
         self.finished = True
-        await self._client._call(T.XS_TRANSACTION_END, b"F\0", self.tx_id, self.generation)
+        await self._client.run(ops.transaction_end(False), self.tx_id, self.generation)
 
     async def __aenter__(self) -> "XsTransaction":
         return self if self.tx_id else await self.start()

@@ -1,75 +1,45 @@
-"""Blocking XenStore client on a plain socket, for the ``xenstore-*`` tools.
+"""The blocking face of the XenStore client, for the ``xenstore-*`` tools and ``xl``.
 
-Owns three things shared with the async client (:mod:`libxen.xenstore.aio`):
+Socket discovery is libxenstore's ``xs_open()`` (``tools/libs/store/xs.c``,
+``xs_lib.c``): ``$XENSTORED_PATH`` if set; else ``$XENSTORED_RUNDIR/socket``;
+else pvxen's default ``<runtime dir>/xenstored/socket`` and then
+``/run/xenstored/socket``. Like ``get_handle()`` it ``stat()``s the path
+first, so a missing socket gives ENOENT and a dead one ECONNREFUSED (the
+tools print that errno).
 
-* **socket discovery**, as libxenstore's ``xs_open()`` does it
-  (``tools/libs/store/xs.c``, ``xs_lib.c``): ``$XENSTORED_PATH`` if set;
-  else ``$XENSTORED_RUNDIR/socket``; else pvxen's default
-  ``<runtime dir>/xenstored/socket`` and then ``/run/xenstored/socket``.
-  Like ``get_handle()`` it ``stat()``s the path first, so a missing socket
-  gives ENOENT and a dead one ECONNREFUSED (the tools print that errno);
-* :class:`XsError`, the one exception for an ``XS_ERROR`` reply: it carries
-  the error name from the wire (``"ENOENT"``) and the errno it maps to
-  (unknown names map to EINVAL, as ``get_error()`` does);
-* :class:`XsConnectionLost` for a broken or misbehaving connection.
-
-The client itself serialises requests (one outstanding at a time, like
-libxenstore) but numbers them, and queues any ``XS_WATCH_EVENT`` that
-arrives between a request and its reply for :meth:`XsSyncClient.read_watch`.
-It imports nothing heavier than the wire codec, so the tools start fast.
+:class:`XsSyncClient` drives the operations of
+:mod:`libxen.xenstore.protocol` over a blocking socket: one at a time
+(:meth:`XsSyncClient.run`, like libxenstore) or many pipelined
+(:meth:`XsSyncClient.batch`: every request of the batch goes out before
+the first reply is awaited, and replies are read while the batch is still
+being sent, because xenstored stops reading a connection whose replies are
+not read). ``XS_WATCH_EVENT`` s that arrive meanwhile are queued for
+:meth:`XsSyncClient.read_watch`. It imports nothing heavier than the wire
+codec, so the tools start fast.
 """
 
 from __future__ import annotations
 
-import collections
 import errno
 import os
+import random
+import select
 import socket
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-from hypervisord.public.io.xs_wire import (
-    XENSTORE_PAYLOAD_MAX, XSD_ERROR_BY_NAME, XsdSockmsgType as T)
 from libxen.paths import default_runtime_dir
-from libxen.xenstore.wire import FrameParser, Message, ProtocolError, encode
+from libxen.xenstore import protocol as ops
+from libxen.xenstore.errors import XsConnectionLost, XsError
+from libxen.xenstore.protocol import Op, Pathish, Protocol, check_reply, step
 
-Pathish = str | bytes
+__all__ = ["XsSyncClient", "XsError", "XsConnectionLost", "connect_socket", "socket_candidates"]
 
+R = TypeVar("R")
 SUN_PATH_MAX = 108  # sizeof(struct sockaddr_un.sun_path) on Linux
-
-
-class XsError(OSError):
-    """The daemon answered ``XS_ERROR``: ``name`` is the wire string."""
-
-    def __init__(self, name: str, detail: str = "") -> None:
-        num = XSD_ERROR_BY_NAME.get(name, errno.EINVAL)
-        super().__init__(num, os.strerror(num))
-        self.name = name
-        self.detail = detail
-
-    def __str__(self) -> str:
-        where = f" ({self.detail})" if self.detail else ""
-        return f"{self.name}: {self.strerror}{where}"
-
-
-class XsConnectionLost(ConnectionError):
-    """The connection closed or broke the protocol; it cannot be used again.
-
-    Its errno is EBADF, which is what libxenstore reports once it has
-    closed a broken connection.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(errno.EBADF, os.strerror(errno.EBADF))
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"xenstore connection lost: {self.reason}"
-
-
-def to_bytes(item: Pathish) -> bytes:
-    return item if isinstance(item, bytes) else os.fsencode(item)
 
 
 def socket_candidates(env: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
@@ -118,61 +88,6 @@ def connect_socket(path: str | None = None) -> socket.socket:
     raise first_error
 
 
-def check_reply(request_type: int, msg: Message) -> bytes:
-    """The payload of a reply, or raise: shared by both clients."""
-    if msg.type == T.XS_ERROR:
-        raise XsError(msg.payload.rstrip(b"\0").decode("ascii", "replace"))
-    if msg.type != request_type:
-        raise XsConnectionLost(
-            f"reply type {msg.type_name} to a {T(request_type).name} request")
-    return msg.payload
-
-
-def nul_strings(payload: bytes) -> list[bytes]:
-    """Strings of a reply, counted by their terminating nuls (``xs_count_strings``)."""
-    return payload.split(b"\0")[: payload.count(b"\0")]
-
-
-class DirectoryParts:
-    """Reassembles an ``XS_DIRECTORY_PART`` listing (libxenstore's fallback).
-
-    After ``XS_DIRECTORY`` fails with E2BIG, the client asks for chunks at
-    increasing byte offsets. Each reply is ``<gencnt>\0`` and a chunk of the
-    ``child\0`` list; the list ends with an extra nul. A changed generation
-    means the directory changed: start again from offset 0.
-    """
-
-    def __init__(self) -> None:
-        self.generation: bytes | None = None
-        self.strings = bytearray()
-
-    @property
-    def offset(self) -> int:
-        """The offset to ask for next."""
-        return len(self.strings)
-
-    def request(self, path: Pathish) -> bytes:
-        return to_bytes(path) + b"\0" + b"%d\0" % self.offset
-
-    def feed(self, reply: bytes) -> bool:
-        """Take one reply; True once the listing is complete."""
-        generation, _, chunk = reply.partition(b"\0")
-        if self.strings and generation != self.generation:
-            self.strings.clear()  # changed under us: from the top again
-            return False
-        if not self.strings:
-            self.generation = generation
-        self.strings += chunk
-        return len(self.strings) <= 1 or self.strings[-2] == 0
-
-    def children(self) -> list[bytes]:
-        data = bytes(self.strings)
-        return nul_strings(data[:-1] if len(data) > 1 else data)
-
-
-def directory_part_error(exc: XsError) -> XsError:
-    """A server without DIRECTORY_PART (ENOSYS) leaves the listing too big."""
-    return XsError("E2BIG", "no XS_DIRECTORY_PART") if exc.name == "ENOSYS" else exc
 
 
 class XsSyncClient:
@@ -180,10 +95,8 @@ class XsSyncClient:
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
-        self._parser = FrameParser()
-        self._inbox: collections.deque[Message] = collections.deque()
-        self._events: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._next_req_id = 1
+        self._proto = Protocol()
+        self._inbox: dict[int, Any] = {}  # req_id -> reply Message
         self._broken: str | None = None
 
     @classmethod
@@ -205,114 +118,159 @@ class XsSyncClient:
         self._sock.close()
         return XsConnectionLost(reason)
 
-    def _receive(self) -> Message:
-        """The next message from the daemon, blocking."""
-        while not self._inbox:
-            try:
-                data = self._sock.recv(65536)
-            except OSError as exc:
-                raise self._fail(f"recv: {exc}") from exc
-            if not data:
-                raise self._fail("daemon closed the connection")
-            try:
-                self._inbox.extend(self._parser.feed(data))
-            except ProtocolError as exc:
-                raise self._fail(str(exc)) from exc
-        return self._inbox.popleft()
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise XsConnectionLost(self._broken)
+
+    def _receive(self) -> None:
+        """One read's worth of messages (blocking unless the socket is not)."""
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            raise self._fail(f"recv: {exc}") from exc
+        if not data:
+            raise self._fail("daemon closed the connection")
+        try:
+            replies = self._proto.feed(data)
+        except XsConnectionLost as exc:
+            raise self._fail(exc.reason) from None
+        for msg in replies:
+            self._inbox[msg.req_id] = msg
+
+    def _send(self, data: bytes) -> None:
+        """Send it all, reading replies whenever the socket is full."""
+        view = memoryview(data)
+        timeout = self._sock.gettimeout()
+        self._sock.setblocking(False)
+        try:
+            while view:
+                try:
+                    view = view[self._sock.send(view):]
+                    continue
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    raise self._fail(f"send: {exc}") from exc
+                readable, writable, _ = select.select([self._sock], [self._sock], [], timeout)
+                if not (readable or writable):
+                    raise self._fail(f"xenstored neither read nor answered for {timeout} s")
+                if readable:
+                    self._receive()
+        finally:
+            if self._broken is None:
+                self._sock.settimeout(timeout)
+
+    def _reply(self, req_id: int) -> Any:
+        while req_id not in self._inbox:
+            self._receive()
+        return self._inbox.pop(req_id)
+
+    # -- operations -----------------------------------------------------
+    def batch(self, batch: Iterable[Op[Any]], tx_id: int = 0) -> list[Any]:
+        """Run every operation, pipelined: a result or an :class:`XsError` each, in order.
+
+        All first requests are sent at once; an operation that needs more
+        round trips (a long directory listing) continues in the next round.
+        """
+        self._check()
+        running = list(batch)
+        results: list[Any] = [None] * len(running)
+        todo: dict[int, Any] = {}  # index -> its next request
+        for i, op in enumerate(running):
+            self._advance(running, results, todo, i, None)
+        while todo:
+            sent = []
+            for i, (msg_type, payload) in todo.items():
+                try:
+                    req_id, data = self._proto.request(msg_type, payload, tx_id)
+                except XsError as exc:  # refused before sending
+                    sent.append((i, msg_type, None, exc))
+                    continue
+                sent.append((i, msg_type, req_id, data))
+            todo = {}
+            self._send(b"".join(d for _, _, rid, d in sent if rid is not None))
+            for i, msg_type, req_id, data in sent:
+                reply = data if req_id is None else self._answer(msg_type, req_id)
+                self._advance(running, results, todo, i, reply)
+        return results
+
+    def _answer(self, msg_type: int, req_id: int) -> bytes | XsError:
+        msg = self._reply(req_id)
+        try:
+            return check_reply(msg_type, msg)
+        except XsError as exc:
+            return exc
+        except XsConnectionLost as exc:
+            raise self._fail(exc.reason) from None
+
+    def _advance(self, running: list, results: list, todo: dict, i: int, reply: Any) -> None:
+        try:
+            request, result = step(running[i], reply)
+        except XsError as exc:
+            results[i] = exc
+            return
+        except XsConnectionLost as exc:
+            raise self._fail(exc.reason) from None
+        if request is None:
+            results[i] = result
+        else:
+            todo[i] = request
+
+    def run(self, op: Op[R], tx_id: int = 0) -> R:
+        """One operation, its requests one at a time; raises its XsError."""
+        result = self.batch([op], tx_id)[0]
+        if isinstance(result, XsError):
+            raise result
+        return result
 
     def request(self, msg_type: int, payload: bytes, tx_id: int = 0) -> bytes:
         """Send one request and return the reply payload (raises XsError)."""
-        if self._broken is not None:
-            raise XsConnectionLost(self._broken)
-        if len(payload) > XENSTORE_PAYLOAD_MAX:  # refused locally, as xs_talkv does
-            raise XsError("E2BIG", f"{len(payload)}-byte payload")
-        req_id = self._next_req_id
-        self._next_req_id = (req_id + 1) & 0xFFFFFFFF or 1
-        try:
-            self._sock.sendall(encode(msg_type, req_id, tx_id, payload))
-        except OSError as exc:
-            raise self._fail(f"send: {exc}") from exc
-        while True:
-            msg = self._receive()
-            if msg.type == T.XS_WATCH_EVENT:
-                self._queue_event(msg)
-                continue
-            if msg.req_id != req_id:
-                raise self._fail(f"reply req_id {msg.req_id}, expected {req_id}")
-            try:
-                return check_reply(msg_type, msg)
-            except XsConnectionLost as exc:
-                raise self._fail(exc.reason) from None
-
-    def _queue_event(self, msg: Message) -> None:
-        parts = nul_strings(msg.payload)
-        if len(parts) >= 2:
-            self._events.append((parts[0], parts[1]))
+        return self.run(ops.raw(msg_type, payload), tx_id)
 
     def read_watch(self) -> tuple[bytes, bytes]:
         """Block until a watch event arrives: ``(path, token)``."""
-        while not self._events:
-            msg = self._receive()
-            if msg.type == T.XS_WATCH_EVENT:
-                self._queue_event(msg)
-            # A stray reply cannot happen: requests wait for their own.
-        return self._events.popleft()
+        self._check()
+        while not self._proto.events:
+            self._receive()
+        return self._proto.events.popleft()
 
-    # -- operations (paths and values are bytes or str) -------------------
+    # paths and values are bytes or str; results are bytes
     def read(self, path: Pathish, tx_id: int = 0) -> bytes:
-        return self.request(T.XS_READ, to_bytes(path) + b"\0", tx_id)
+        return self.run(ops.read(path), tx_id)
 
     def write(self, path: Pathish, value: Pathish, tx_id: int = 0) -> None:
-        self.request(T.XS_WRITE, to_bytes(path) + b"\0" + to_bytes(value), tx_id)
+        self.run(ops.write(path, value), tx_id)
 
     def mkdir(self, path: Pathish, tx_id: int = 0) -> None:
-        self.request(T.XS_MKDIR, to_bytes(path) + b"\0", tx_id)
+        self.run(ops.mkdir(path), tx_id)
 
     def rm(self, path: Pathish, tx_id: int = 0) -> None:
-        self.request(T.XS_RM, to_bytes(path) + b"\0", tx_id)
+        self.run(ops.rm(path), tx_id)
 
     def directory(self, path: Pathish, tx_id: int = 0) -> list[bytes]:
-        """Children's names; a listing over 4 KiB comes in XS_DIRECTORY_PART chunks."""
-        try:
-            return nul_strings(self.request(T.XS_DIRECTORY, to_bytes(path) + b"\0", tx_id))
-        except XsError as exc:
-            if exc.errno != errno.E2BIG:
-                raise
-        parts = DirectoryParts()
-        while True:
-            try:
-                reply = self.request(T.XS_DIRECTORY_PART, parts.request(path), tx_id)
-            except XsError as exc:
-                raise directory_part_error(exc) from None
-            if parts.feed(reply):
-                return parts.children()
+        return self.run(ops.directory(path), tx_id)
 
     def get_perms(self, path: Pathish, tx_id: int = 0) -> list[bytes]:
-        return nul_strings(self.request(T.XS_GET_PERMS, to_bytes(path) + b"\0", tx_id))
+        return self.run(ops.get_perms(path), tx_id)
 
-    def set_perms(self, path: Pathish, perms: list[bytes] | list[str], tx_id: int = 0) -> None:
-        payload = to_bytes(path) + b"\0" + b"".join(to_bytes(p) + b"\0" for p in perms)
-        self.request(T.XS_SET_PERMS, payload, tx_id)
+    def set_perms(self, path: Pathish, perms: Iterable[Pathish], tx_id: int = 0) -> None:
+        self.run(ops.set_perms(path, perms), tx_id)
 
     def watch(self, path: Pathish, token: Pathish) -> None:
-        self.request(T.XS_WATCH, to_bytes(path) + b"\0" + to_bytes(token) + b"\0")
+        self.run(ops.watch(path, token))
 
     def unwatch(self, path: Pathish, token: Pathish) -> None:
-        self.request(T.XS_UNWATCH, to_bytes(path) + b"\0" + to_bytes(token) + b"\0")
+        self.run(ops.unwatch(path, token))
 
     # -- transactions ---------------------------------------------------
     def transaction_start(self) -> int:
-        """A new tx_id (parsed like libxenstore's ``strtoul(id, NULL, 0)``)."""
-        reply = self.request(T.XS_TRANSACTION_START, b"\0")
-        text = reply.split(b"\0", 1)[0].strip()
-        try:
-            return int(text, 0) & 0xFFFFFFFF
-        except ValueError:
-            raise self._fail(f"bad transaction id {text!r}") from None
+        return self.run(ops.transaction_start())
 
     def transaction_end(self, tx_id: int, commit: bool = True) -> None:
         """Commit (``T``) or abort (``F``); a conflicting commit raises EAGAIN."""
-        self.request(T.XS_TRANSACTION_END, b"T\0" if commit else b"F\0", tx_id)
+        self.run(ops.transaction_end(commit), tx_id)
 
     @contextmanager
     def transaction(self) -> Iterator[int]:
@@ -328,3 +286,17 @@ class XsSyncClient:
                     pass  # the original exception is the one to report
             raise
         self.transaction_end(tx_id, commit=True)
+
+    def run_transaction(self, fn: Callable[[int], R], *, attempts: int | None = None) -> R:
+        """``fn(tx_id)`` in a transaction, all of it redone while commits hit EAGAIN."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.transaction() as tx_id:
+                    result = fn(tx_id)
+                return result
+            except XsError as exc:
+                if exc.name != "EAGAIN" or (attempts is not None and attempt >= attempts):
+                    raise
+            time.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.1)))

@@ -37,7 +37,7 @@ def _guest(fds: dict, domid: int, port: int, result_w: int, done_r: int, done_w:
     from libxen.core import XenCall
     from libxen.evtchn import XenEvtchn
     from frontends.xenbus import open_xenbus
-    from libxen.xenstore.aio_ops import XsError
+    from libxen.xenstore.errors import XsError
 
     async def main() -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \
