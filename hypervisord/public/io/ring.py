@@ -31,6 +31,16 @@ notifies) or the back end's re-check sees the new ``req_prod``.
 
 Where C has ``xen_wmb()``/``xen_mb()`` this module calls the functions of
 the same name (see their docstrings for what they amount to in CPython).
+
+Each shared index is one aligned 32-bit word that the other end reads while
+this end writes it, so each load and store must be a single access (in C a
+plain ``RING_IDX`` access does that). This module is stdlib only, which has
+no such guarantee (``struct.pack_into`` even zeroes the field before it
+packs it), so :class:`SharedRing` takes its accessors from the caller: a
+ring shared between processes is built with the atomic ones of
+:mod:`hypervisord.libxen.ringidx` (``ringidx.shared_ring``). The default,
+:func:`private_index`, is for a ring within one process (tests, the pure
+logic).
 Whatever comes from the other end is copied once (``RING_COPY_REQUEST``)
 and only the copy is parsed.
 """
@@ -40,6 +50,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RING_IDX = struct.Struct("<I")  # typedef unsigned int RING_IDX
@@ -57,6 +68,26 @@ SRING_PVT_OFF = 16
 SRING_PAD_OFF = 20
 SRING_RING_OFF = 64
 assert SRING_HEADER.size == SRING_RING_OFF == 64
+
+
+#: ``(load, store, close)`` of one shared u32 index.
+IndexOps = tuple[Callable[[], int], Callable[[int], None], Callable[[], None]]
+#: Makes the :data:`IndexOps` of the index at a byte offset of a buffer.
+IndexAccess = Callable[[memoryview, int], IndexOps]
+_INDEX_OFFS = (SRING_REQ_PROD_OFF, SRING_REQ_EVENT_OFF, SRING_RSP_PROD_OFF, SRING_RSP_EVENT_OFF)
+
+
+def private_index(buf: memoryview, off: int) -> IndexOps:
+    """Index ops for a ring no other process touches: struct, not atomic."""
+
+    def load() -> int:
+        value: int = RING_IDX.unpack_from(buf, off)[0]
+        return value
+
+    def store(value: int) -> None:
+        RING_IDX.pack_into(buf, off, value & RING_IDX_MASK)
+
+    return load, store, lambda: None
 
 
 class RingOverflowError(Exception):
@@ -114,14 +145,19 @@ def ring_notify_needed(new: int, old: int, event: int) -> bool:
 class SharedRing:
     """A ``struct <name>_sring`` living in ``buf`` (a page or several).
 
-    Every shared field goes through ``_load``/``_store``; tests subclass
-    those to interleave the other end at any single access.
+    Every shared field goes through ``_load``/``_store``, and they through
+    the accessors ``index_access`` made for the four indices (one aligned
+    single access each, for a ring shared with another process: see the
+    module docstring); tests subclass ``_load``/``_store`` to interleave
+    the other end at any single access. :meth:`close` drops the accessors
+    (before the buffer is unmapped: atomic views pin it).
     """
 
-    __slots__ = ("_buf", "entry_size", "nr_ents")
+    __slots__ = ("_buf", "entry_size", "nr_ents", "_ops")
 
     def __init__(
-        self, buf: memoryview | bytearray | mmap.mmap, entry_size: int, size: int | None = None
+        self, buf: memoryview | bytearray | mmap.mmap, entry_size: int, size: int | None = None,
+        *, index_access: IndexAccess = private_index,
     ) -> None:
         mv = memoryview(buf)
         if mv.readonly:
@@ -135,13 +171,25 @@ class SharedRing:
             raise ValueError(f"no {entry_size}-byte entry fits in {area} bytes")
         self._buf = mv
         self.entry_size = entry_size
+        self._ops: dict[int, IndexOps] = {}
+        try:
+            for off in _INDEX_OFFS:
+                self._ops[off] = index_access(mv, off)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Drop the index accessors (idempotent); the ring is unusable after."""
+        ops, self._ops = self._ops, {}
+        for _, _, close in ops.values():
+            close()
 
     def _load(self, off: int) -> int:
-        value: int = RING_IDX.unpack_from(self._buf, off)[0]
-        return value
+        return self._ops[off][0]()
 
     def _store(self, off: int, value: int) -> None:
-        RING_IDX.pack_into(self._buf, off, value & RING_IDX_MASK)
+        self._ops[off][1](value & RING_IDX_MASK)
 
     @property
     def req_prod(self) -> int:
