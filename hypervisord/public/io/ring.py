@@ -180,10 +180,13 @@ class SharedRing:
             raise
 
     def close(self) -> None:
-        """Drop the index accessors (idempotent); the ring is unusable after."""
+        """Drop the index accessors and our view of the buffer (idempotent);
+        the ring is unusable after. Slots handed out by :meth:`slot` must be
+        released by their holders before the buffer can be unmapped."""
         ops, self._ops = self._ops, {}
         for _, _, close in ops.values():
             close()
+        self._buf.release()
 
     def _load(self, off: int) -> int:
         return self._ops[off][0]()
