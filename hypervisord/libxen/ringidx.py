@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import atomics
+from atomics.exc import AlignmentError
 
 from hypervisord.public.io.ring import SharedRing
 
@@ -141,9 +142,11 @@ class SharedWord:
             # atomics refuses a misaligned buffer (it could not be one access).
             self._ctx = atomics.atomicview(buffer=self._buf, atype=atomics.UINT)
             self._view = self._ctx.__enter__()
-        except BaseException:
+        except BaseException as e:
             self._ctx = self._view = None
             self._buf.release()
+            if isinstance(e, AlignmentError):
+                raise ValueError(f"word at {offset} is not {width}-byte aligned") from e
             raise
         fast = _fast_ops(self, self._view, width)
         if fast is None:
