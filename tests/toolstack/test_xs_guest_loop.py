@@ -61,7 +61,6 @@ def test_guest_read_write_loop_keeps_its_xenstore_connection(stack, xenstored, t
                       "the guest's loop to finish", timeout=SECONDS + 15)
     assert domid in stack.domids(), f"the domain died during its loop{stack.logs()}"
     counts = [int(n) for n in str(done).split()]
-    print("COUNTS", counts)
     assert len(counts) == TASKS and min(counts) > 0, done
     # What the guest last wrote arrived: each task's node holds its final value.
     for task, n in enumerate(counts):
