@@ -31,18 +31,14 @@ notifies) or the back end's re-check sees the new ``req_prod``.
 
 Where C has ``xen_wmb()``/``xen_mb()`` this module calls the functions of
 the same name (see their docstrings for what they amount to in CPython).
-
-Each shared index is one aligned 32-bit word that the other end reads while
-this end writes it, so each load and store must be a single access (in C a
-plain ``RING_IDX`` access does that). This module is stdlib only, which has
-no such guarantee (``struct.pack_into`` even zeroes the field before it
-packs it), so :class:`SharedRing` takes its accessors from the caller: a
-ring shared between processes is built with the atomic ones of
-:mod:`hypervisord.libxen.ringidx` (``ringidx.shared_ring``). The default,
-:func:`private_index`, is for a ring within one process (tests, the pure
-logic).
 Whatever comes from the other end is copied once (``RING_COPY_REQUEST``)
 and only the copy is parsed.
+
+Each index is read by one end while the other writes it, so every access is
+one aligned access (a plain ``RING_IDX`` access in C); the stdlib has none
+(``struct.pack_into`` zeroes the field first), so :class:`SharedRing` takes
+accessors: ``hypervisord.libxen.ringidx.shared_ring``'s atomic ones between
+processes, the default :func:`private_index` only within one.
 """
 
 from __future__ import annotations
@@ -70,24 +66,15 @@ SRING_RING_OFF = 64
 assert SRING_HEADER.size == SRING_RING_OFF == 64
 
 
-#: ``(load, store, close)`` of one shared u32 index.
 IndexOps = tuple[Callable[[], int], Callable[[int], None], Callable[[], None]]
-#: Makes the :data:`IndexOps` of the index at a byte offset of a buffer.
 IndexAccess = Callable[[memoryview, int], IndexOps]
 _INDEX_OFFS = (SRING_REQ_PROD_OFF, SRING_REQ_EVENT_OFF, SRING_RSP_PROD_OFF, SRING_RSP_EVENT_OFF)
 
 
 def private_index(buf: memoryview, off: int) -> IndexOps:
-    """Index ops for a ring no other process touches: struct, not atomic."""
-
-    def load() -> int:
-        value: int = RING_IDX.unpack_from(buf, off)[0]
-        return value
-
-    def store(value: int) -> None:
-        RING_IDX.pack_into(buf, off, value & RING_IDX_MASK)
-
-    return load, store, lambda: None
+    """An IndexAccess: ``(load, store, close)`` of the index at ``off``, not atomic."""
+    return (lambda: int(RING_IDX.unpack_from(buf, off)[0]),
+            lambda value: RING_IDX.pack_into(buf, off, value & RING_IDX_MASK), lambda: None)
 
 
 class RingOverflowError(Exception):
@@ -145,20 +132,15 @@ def ring_notify_needed(new: int, old: int, event: int) -> bool:
 class SharedRing:
     """A ``struct <name>_sring`` living in ``buf`` (a page or several).
 
-    Every shared field goes through ``_load``/``_store``, and they through
-    the accessors ``index_access`` made for the four indices (one aligned
-    single access each, for a ring shared with another process: see the
-    module docstring); tests subclass ``_load``/``_store`` to interleave
-    the other end at any single access. :meth:`close` drops the accessors
-    (before the buffer is unmapped: atomic views pin it).
+    Every shared field goes through ``_load``/``_store`` (tests subclass them
+    to interleave the other end at any single access), they through the
+    ``index_access`` accessors (module docstring). :meth:`close` before unmap.
     """
 
     __slots__ = ("_buf", "entry_size", "nr_ents", "_ops")
 
-    def __init__(
-        self, buf: memoryview | bytearray | mmap.mmap, entry_size: int, size: int | None = None,
-        *, index_access: IndexAccess = private_index,
-    ) -> None:
+    def __init__(self, buf: memoryview | bytearray | mmap.mmap, entry_size: int,
+                 size: int | None = None, *, index_access: IndexAccess = private_index) -> None:
         mv = memoryview(buf)
         if mv.readonly:
             raise ValueError("a shared ring needs a writable buffer")
@@ -171,18 +153,10 @@ class SharedRing:
             raise ValueError(f"no {entry_size}-byte entry fits in {area} bytes")
         self._buf = mv
         self.entry_size = entry_size
-        self._ops: dict[int, IndexOps] = {}
-        try:
-            for off in _INDEX_OFFS:
-                self._ops[off] = index_access(mv, off)
-        except BaseException:
-            self.close()
-            raise
+        self._ops: dict[int, IndexOps] = {off: index_access(mv, off) for off in _INDEX_OFFS}
 
     def close(self) -> None:
-        """Drop the index accessors and our view of the buffer (idempotent);
-        the ring is unusable after. Slots handed out by :meth:`slot` must be
-        released by their holders before the buffer can be unmapped."""
+        """Drop the accessors and our view of the buffer (idempotent)."""
         ops, self._ops = self._ops, {}
         for _, _, close in ops.values():
             close()
