@@ -13,6 +13,13 @@ checked (``prod - cons`` must lie in 0..1024, modulo 2**32); a violation
 breaks the stream (``trio.BrokenResourceError``), which costs the peer its
 connection and nobody else anything.
 
+Indices: each of the four u32 indices is one :class:`~libxen.ringidx.SharedWord`,
+loaded and stored with a single atomic access (sequentially consistent), as
+Linux's ``drivers/xen/xenbus/xenbus_comms.c`` reads and writes them with
+plain aligned accesses between ``virt_rmb()``/``virt_wmb()``/``virt_mb()``.
+A ``struct.pack_into`` here let the peer see a transient 0 (it zeroes the
+field before packing it) and drop the connection as corrupted.
+
 Wakeups: whoever owns the event channel calls :meth:`XsRingStream.kick`
 for every notification on its port. Each side notes the kick count before
 looking at the ring and sleeps only if no kick came since, so "check the
@@ -23,11 +30,11 @@ both woken.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 
 import trio
 
+from libxen.ringidx import SharedWord
 from hypervisord.public.io.xs_wire import (
     XENSTORE_RING_SIZE,
     XS_RING_REQ_CONS_OFF,
@@ -38,7 +45,6 @@ from hypervisord.public.io.xs_wire import (
     XS_RING_RSP_PROD_OFF,
 )
 
-_U32 = struct.Struct("<I")
 _MASK32 = 0xFFFFFFFF
 
 
@@ -52,12 +58,13 @@ class XsRingStream(trio.abc.Stream):
         self._notify = notify
         self._kicks = 0
         self._kicked = trio.Event()
-        if server:  # we consume requests, produce responses
-            self._in = (XS_RING_REQ_OFF, XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF)
-            self._out = (XS_RING_RSP_OFF, XS_RING_RSP_CONS_OFF, XS_RING_RSP_PROD_OFF)
-        else:
-            self._in = (XS_RING_RSP_OFF, XS_RING_RSP_CONS_OFF, XS_RING_RSP_PROD_OFF)
-            self._out = (XS_RING_REQ_OFF, XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF)
+        req = (XS_RING_REQ_OFF, XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF)
+        rsp = (XS_RING_RSP_OFF, XS_RING_RSP_CONS_OFF, XS_RING_RSP_PROD_OFF)
+        # server: we consume requests, produce responses; client: the reverse
+        in_ring, out_ring = (req, rsp) if server else (rsp, req)
+        self._words: list[SharedWord] = []
+        self._in_base, self._in_cons, self._in_prod = self._ring(in_ring)
+        self._out_base, self._out_cons, self._out_prod = self._ring(out_ring)
         self._closed = False
         self._send_lock = trio.StrictFIFOLock()
 
@@ -71,11 +78,19 @@ class XsRingStream(trio.abc.Stream):
         if self._kicks == seen:
             await self._kicked.wait()
 
-    def _get(self, off: int) -> int:
-        return _U32.unpack_from(self.page, off)[0]
+    def _ring(self, ring: tuple[int, int, int]) -> tuple[int, SharedWord, SharedWord]:
+        base, cons_off, prod_off = ring
+        cons, prod = SharedWord(self.page, cons_off), SharedWord(self.page, prod_off)
+        self._words += (cons, prod)
+        return base, cons, prod
 
-    def _put(self, off: int, value: int) -> None:
-        _U32.pack_into(self.page, off, value & _MASK32)
+    def release(self) -> None:
+        """Drop the index views (idempotent): before the page is unmapped.
+        The stream is closed: any further use raises ClosedResourceError."""
+        self._closed = True
+        self._kicked.set()
+        for word in self._words:
+            word.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -83,9 +98,12 @@ class XsRingStream(trio.abc.Stream):
 
     # -- receiving ----------------------------------------------------------
     def _take(self, max_bytes: int) -> bytes:
-        base, cons_off, prod_off = self._in
-        cons = self._get(cons_off)
-        prod = self._get(prod_off)  # read once: the peer may change it any time
+        self._check_open()  # the index views go with the stream
+        base = self._in_base
+        cons = self._in_cons.load()
+        # Read once: the peer may change it any time. The load is an acquire,
+        # so the data below is read after it: xen_rmb()/virt_rmb() in xb_read.
+        prod = self._in_prod.load()
         avail = (prod - cons) & _MASK32
         if avail > XENSTORE_RING_SIZE:
             raise trio.BrokenResourceError(
@@ -95,8 +113,9 @@ class XsRingStream(trio.abc.Stream):
         start = cons & (XENSTORE_RING_SIZE - 1)
         n = min(avail, max_bytes, XENSTORE_RING_SIZE - start)
         data = bytes(self.page[base + start:base + start + n])
-        # xen_mb(): the data is copied out before the slot is released.
-        self._put(cons_off, cons + n)
+        # xen_mb()/virt_mb() in xb_read: the data is copied out before the
+        # space is released. The seq-cst store (x86 xchg) is that full barrier.
+        self._in_cons.store(cons + n)
         return data
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
@@ -113,9 +132,12 @@ class XsRingStream(trio.abc.Stream):
 
     # -- sending --------------------------------------------------------------------
     def _put_some(self, data: memoryview) -> int:
-        base, cons_off, prod_off = self._out
-        cons = self._get(cons_off)  # read once
-        prod = self._get(prod_off)
+        self._check_open()
+        base = self._out_base
+        # Read once. virt_mb() in xb_write: the data is written only after
+        # the consumer index is read; the acquire load orders that.
+        cons = self._out_cons.load()
+        prod = self._out_prod.load()
         used = (prod - cons) & _MASK32
         if used > XENSTORE_RING_SIZE:
             raise trio.BrokenResourceError(
@@ -126,8 +148,9 @@ class XsRingStream(trio.abc.Stream):
         start = prod & (XENSTORE_RING_SIZE - 1)
         n = min(space, len(data), XENSTORE_RING_SIZE - start)
         self.page[base + start:base + start + n] = data[:n]
-        # xen_wmb(): the bytes are in place before the index that exposes them.
-        self._put(prod_off, prod + n)
+        # xen_wmb()/virt_wmb() in xb_write: the bytes are in place before the
+        # index that exposes them; the seq-cst store is at least a release.
+        self._out_prod.store(prod + n)
         return n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -148,6 +171,5 @@ class XsRingStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
-        self._closed = True
-        self._kicked.set()
+        self.release()
         await trio.lowlevel.checkpoint()

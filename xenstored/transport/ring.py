@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import struct
 from pathlib import Path
 
 import trio
@@ -27,6 +26,7 @@ import trio
 from libxen import ctrl
 from libxen.core import XenCall, XenError
 from libxen.evtchn import XenEvtchn
+from libxen.ringidx import store_once
 from libxen.xsring import XsRingStream
 from hypervisord.public import memfile
 from hypervisord.public.io.xs_wire import (
@@ -39,7 +39,6 @@ from xenstored.core import SERVER_FEATURES
 from xenstored.service import XenstoreService
 
 log = logging.getLogger("xenstored")
-_U32 = struct.Struct("<I")
 
 
 class DomainRings:
@@ -106,10 +105,10 @@ class DomainRings:
         except BaseException:
             page_map.close()
             raise
-        page = memoryview(page_map)
-        _U32.pack_into(page, XS_RING_SERVER_FEATURES_OFF, SERVER_FEATURES)
-        _U32.pack_into(page, XS_RING_CONNECTION_OFF, XENSTORE_CONNECTED)
-        page.release()
+        # The guest may read these while we write them: single atomic stores
+        # (docs/misc/xenstore-ring.txt; the features word is published first).
+        store_once(page_map, XS_RING_SERVER_FEATURES_OFF, SERVER_FEATURES)
+        store_once(page_map, XS_RING_CONNECTION_OFF, XENSTORE_CONNECTED)
         log.info("d%d: xenstore ring connected (gfn %#x, port %d -> %d)", domid, gfn, port, local)
         return page_map, local
 
@@ -123,6 +122,7 @@ class DomainRings:
                 await self.service.serve(conn, stream)
                 nursery.cancel_scope.cancel()
         finally:
+            stream.release()  # its index views pin the page: before the unmap
             page.release()
 
     async def _pump(self, local: int, stream: XsRingStream) -> None:

@@ -33,6 +33,12 @@ Where C has ``xen_wmb()``/``xen_mb()`` this module calls the functions of
 the same name (see their docstrings for what they amount to in CPython).
 Whatever comes from the other end is copied once (``RING_COPY_REQUEST``)
 and only the copy is parsed.
+
+Each index is read by one end while the other writes it, so every access is
+one aligned access (a plain ``RING_IDX`` access in C); the stdlib has none
+(``struct.pack_into`` zeroes the field first), so :class:`SharedRing` takes
+accessors: ``libxen.ringidx.shared_ring``'s atomic ones between
+processes, the default :func:`private_index` only within one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import mmap
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 RING_IDX = struct.Struct("<I")  # typedef unsigned int RING_IDX
@@ -57,6 +64,17 @@ SRING_PVT_OFF = 16
 SRING_PAD_OFF = 20
 SRING_RING_OFF = 64
 assert SRING_HEADER.size == SRING_RING_OFF == 64
+
+
+IndexOps = tuple[Callable[[], int], Callable[[int], None], Callable[[], None]]
+IndexAccess = Callable[[memoryview, int], IndexOps]
+_INDEX_OFFS = (SRING_REQ_PROD_OFF, SRING_REQ_EVENT_OFF, SRING_RSP_PROD_OFF, SRING_RSP_EVENT_OFF)
+
+
+def private_index(buf: memoryview, off: int) -> IndexOps:
+    """An IndexAccess: ``(load, store, close)`` of the index at ``off``, not atomic."""
+    return (lambda: int(RING_IDX.unpack_from(buf, off)[0]),
+            lambda value: RING_IDX.pack_into(buf, off, value & RING_IDX_MASK), lambda: None)
 
 
 class RingOverflowError(Exception):
@@ -114,15 +132,15 @@ def ring_notify_needed(new: int, old: int, event: int) -> bool:
 class SharedRing:
     """A ``struct <name>_sring`` living in ``buf`` (a page or several).
 
-    Every shared field goes through ``_load``/``_store``; tests subclass
-    those to interleave the other end at any single access.
+    Every shared field goes through ``_load``/``_store`` (tests subclass them
+    to interleave the other end at any single access), they through the
+    ``index_access`` accessors (module docstring). :meth:`close` before unmap.
     """
 
-    __slots__ = ("_buf", "entry_size", "nr_ents")
+    __slots__ = ("_buf", "entry_size", "nr_ents", "_ops")
 
-    def __init__(
-        self, buf: memoryview | bytearray | mmap.mmap, entry_size: int, size: int | None = None
-    ) -> None:
+    def __init__(self, buf: memoryview | bytearray | mmap.mmap, entry_size: int,
+                 size: int | None = None, *, index_access: IndexAccess = private_index) -> None:
         mv = memoryview(buf)
         if mv.readonly:
             raise ValueError("a shared ring needs a writable buffer")
@@ -135,13 +153,20 @@ class SharedRing:
             raise ValueError(f"no {entry_size}-byte entry fits in {area} bytes")
         self._buf = mv
         self.entry_size = entry_size
+        self._ops: dict[int, IndexOps] = {off: index_access(mv, off) for off in _INDEX_OFFS}
+
+    def close(self) -> None:
+        """Drop the accessors and our view of the buffer (idempotent)."""
+        ops, self._ops = self._ops, {}
+        for _, _, close in ops.values():
+            close()
+        self._buf.release()
 
     def _load(self, off: int) -> int:
-        value: int = RING_IDX.unpack_from(self._buf, off)[0]
-        return value
+        return self._ops[off][0]()
 
     def _store(self, off: int, value: int) -> None:
-        RING_IDX.pack_into(self._buf, off, value & RING_IDX_MASK)
+        self._ops[off][1](value & RING_IDX_MASK)
 
     @property
     def req_prod(self) -> int:
