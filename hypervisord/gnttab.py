@@ -107,7 +107,7 @@ class GnttabState:
 
 
 def state(hv) -> GnttabState:
-    st = getattr(hv, "gnttab", None)
+    st = hv.gnttab
     if st is None:
         raise fail(E.XEN_ENOSYS, "grant tables not installed")
     return st

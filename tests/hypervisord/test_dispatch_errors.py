@@ -95,3 +95,21 @@ def test_wrong_argument_types_are_einval(hypervisord, hypercall, subop, args):
     log = hypervisord.log()
     assert "internal error" not in log and "Traceback" not in log, log[-3000:]
 
+
+def test_collaborators_are_declared_before_install():
+    """``Hypervisor``'s collaborators exist from ``__init__``, each with its
+    meaning before its owner installs it (no getattr fallbacks)."""
+    from hypervisord import gnttab
+    from hypervisord.errors import HypercallError
+    from hypervisord.hv import HvConfig, Hypervisor
+    from hypervisord.public.errno import XenErrno
+
+    hv = Hypervisor(HvConfig(memory_bytes=64 << 20))
+    assert hv.gnttab is None
+    with pytest.raises(HypercallError) as e:
+        gnttab.state(hv)
+    assert e.value.errno == XenErrno.XEN_ENOSYS
+    dom = hv.create_domain(None, None, 16)
+    hv.destroy(dom)  # raises VIRQ_DOM_EXC through the declared no-op
+    gnttab.install(hv)
+    assert gnttab.state(hv) is hv.gnttab
