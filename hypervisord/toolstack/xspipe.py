@@ -172,7 +172,7 @@ def domain_names(pipe: XsPipe, tx_id: int = 0) -> dict[int, str]:
         children = directory(pipe, "/local/domain", tx_id)
     except XsError:
         return {}
-    domids = [int(c) for c in children if c.isdigit()]
+    domids = [int(c) for c in children if c.isascii() and c.isdigit()]
     reads = pipe.batch([(T.XS_READ, f"/local/domain/{d}/name\0".encode()) for d in domids],
                        tx_id)
     return {d: r.decode("utf-8", "replace") for d, r in zip(domids, reads)
