@@ -436,7 +436,13 @@ def parse_file(path: str) -> Config:
         data = f.read(MAX_CONFIG_BYTES + 1)  # a device or a growing file: never more
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigErrors([too_large(path, max(len(data), os.fstat(f.fileno()).st_size))])
-    return parse(data.decode("utf-8", errors="surrogateescape"), path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # every value is written to XenStore as UTF-8
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigErrors([ConfigError(path, line, f"byte {data[e.start]:#04x} is not "
+                                                    "valid UTF-8")]) from None
+    return parse(text, path)
 
 
 def parse_overrides(args: list[str], source: str = "<command line>") -> Config:
@@ -444,6 +450,11 @@ def parse_overrides(args: list[str], source: str = "<command line>") -> Config:
     cfg = Config(source)
     errors: list[ConfigError] = []
     for index, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")  # argv bytes that are not UTF-8 come as surrogates
+        except UnicodeEncodeError:
+            errors.append(ConfigError(source, index, f"{arg!r}: not valid UTF-8"))
+            continue
         try:
             one = parse(arg, source)
         except ConfigErrors as e:

@@ -134,3 +134,19 @@ def test_config_of_a_mebibyte_of_additions_parses_in_linear_time(tmp_path):
     # 135 s when each += copied the list; a few seconds now
     fails_with(tmp_path, ("create", cfg), f"Parsing config from {cfg}",
                f"{cfg}:{last}: memory: must be a positive number, not 0")
+
+
+def test_config_not_utf8(stack, tmp_path):
+    cfg = cfg_file(tmp_path, "")
+    with open(cfg, "ab") as f:
+        f.write(b'cmdline = "a\xffb"\n')
+    fails_with(stack, ("create", cfg), f"Parsing config from {cfg}",
+               f"{cfg}:3: byte 0xff is not valid UTF-8")
+    p = subprocess.run([sys.executable, "-m", "hypervisord.toolstack.xl", "create",
+                        cfg_file(tmp_path, "").encode(), b'cmdline="a\xffb"'], cwd=REPO,
+                       env={"PVXEN_RUNDIR": str(stack.rundir), "PYTHONPATH": str(REPO)},
+                       capture_output=True, timeout=60)
+    assert "Traceback" not in p.stderr.decode(errors="replace")
+    assert p.returncode == 1 and p.stderr.splitlines()[1] == \
+        b"<command line>:1: 'cmdline=\"a\\udcffb\"': not valid UTF-8"
+    assert stack.domids() == [0]
