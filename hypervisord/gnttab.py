@@ -107,7 +107,7 @@ class GnttabState:
 
 
 def state(hv) -> GnttabState:
-    st = getattr(hv, "gnttab", None)
+    st = hv.gnttab
     if st is None:
         raise fail(E.XEN_ENOSYS, "grant tables not installed")
     return st
@@ -146,9 +146,9 @@ class CopyOp:
 def _ops(args: dict, parse) -> list:
     ops = args.get("ops")
     if not isinstance(ops, list) or len(ops) > MAX_OPS:
-        raise TypeError(f"ops must be a list of at most {MAX_OPS} maps")
+        raise fail(E.XEN_EINVAL, f"ops must be a list of at most {MAX_OPS} maps")
     if not all(isinstance(o, dict) for o in ops):
-        raise TypeError("each op must be a map")
+        raise fail(E.XEN_EINVAL, "each op must be a map")
     return [parse(o) for o in ops]
 
 
@@ -163,7 +163,7 @@ def parse_unmap(o: dict) -> UnmapOp:
 
 def _parse_ptr(p: Any) -> CopyPtr:
     if not isinstance(p, dict):
-        raise TypeError("copy source/dest must be maps")
+        raise fail(E.XEN_EINVAL, "copy source/dest must be maps")
     return CopyPtr(u(p, "u", 64), u(p, "domid", 16), u(p, "offset", 16, 0))
 
 

@@ -17,11 +17,15 @@ import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hypervisord.domain import Domain
 from hypervisord.errors import E, fail
 from hypervisord.machmem import MachineMemory
 from hypervisord.public.xen import DOMID_FIRST_RESERVED, PAGE_SIZE, Virq
+
+if TYPE_CHECKING:
+    from hypervisord.gnttab import GnttabState
 
 log = logging.getLogger("hypervisord")
 
@@ -45,8 +49,17 @@ class Hypervisor:
         self.domains: dict[int, Domain] = {}
         self._next_domid = 1
         self.console: list[str] = []  # xl dmesg
+        # Collaborators: every one is declared here with what it means
+        # before its owner installs it (the families' install() in main.py,
+        # the trio shell), so no reader needs a getattr fallback.
         #: set by the shell: deliver a notification for ``port`` to ``conn``
         self.notify: Callable[[object, int], None] = lambda conn, port: None
+        #: set by evtchn.install: raise a VIRQ on a domain's bound port; until
+        #: then no domain can have bound one, so nothing is raised
+        self.raise_virq: Callable[[Domain, int], None] = lambda dom, virq: None
+        #: set by gnttab.install: grant limits and each connection's maptrack;
+        #: None: no grant tables (``GNTTABOP_*`` answer ENOSYS)
+        self.gnttab: GnttabState | None = None
         #: extra per-domain setup/teardown hooks (evtchn, gnttab register here)
         self.on_create: list[Callable[[Domain], None]] = []
         self.on_destroy: list[Callable[[Domain], None]] = []
@@ -153,9 +166,7 @@ class Hypervisor:
         self.raise_dom_exc()
 
     def raise_dom_exc(self) -> None:
-        raise_virq = getattr(self, "raise_virq", None)
-        if raise_virq is not None:
-            raise_virq(self.dom0, Virq.VIRQ_DOM_EXC)
+        self.raise_virq(self.dom0, Virq.VIRQ_DOM_EXC)
 
     # -- memory accounting -----------------------------------------------------------
     def set_max_mem(self, dom: Domain, max_kb: int) -> None:

@@ -3,8 +3,21 @@
 Each hypercall family module (``domctl``, ``memory``, ``evtchn``,
 ``gnttab``, ``sched``, ``version`` ...) exports ``HANDLERS``: a map from
 ``(hypercall, subop)`` to a :class:`Handler`. :func:`dispatch` merges them,
-refuses privileged ops from unprivileged callers, validates argument types
-through each handler's own parsing, and turns errors into ``-errno``.
+refuses privileged ops from unprivileged callers and turns errors into
+``-errno``.
+
+Errors have two sources, kept apart so a hypervisor bug never looks like
+a guest mistake:
+
+* the caller's: every handler reads its arguments through the helpers
+  below (or raises :class:`HypercallError` itself), which refuse a missing,
+  mistyped or out-of-range field with ``-EINVAL`` at the boundary, as Xen's
+  handlers do after ``copy_from_guest``;
+* ours: any other exception is an internal error. It is logged with its
+  traceback at error level and the caller gets ``-EIO`` (Xen has no such
+  case: there a hypervisor bug is a ``BUG()``; ``EIO`` says "the
+  hypervisor failed" without blaming an argument or an address as
+  ``EINVAL``/``EFAULT`` would). The connection and the daemon carry on.
 
 A handler is ``fn(hv, caller, args) -> result`` where ``result`` is an int
 (the return value), a dict (OUT fields; rc 0) or ``(rc, dict)``. A dict may
@@ -62,10 +75,9 @@ class Dispatcher:
         except HypercallError as e:
             log.debug("d%d hypercall %d/%d -> %s", caller.domid, hypercall, subop, e)
             return -int(e.errno), ({"error": e.detail} if e.detail else None)
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            # A missing or mistyped argument: the caller's fault, not ours.
-            log.debug("d%d hypercall %d/%d bad arguments: %r", caller.domid, hypercall, subop, e)
-            return -int(XenErrno.XEN_EINVAL), {"error": f"bad arguments: {e}"}
+        except Exception:  # a bug of ours, whatever the caller sent
+            log.exception("d%d hypercall %d/%d: internal error", caller.domid, hypercall, subop)
+            return -int(XenErrno.XEN_EIO), {"error": "internal error in hypervisord"}
         if isinstance(result, tuple):
             return result
         if isinstance(result, dict):
@@ -75,21 +87,22 @@ class Dispatcher:
         return int(result), None
 
 
-# -- argument helpers: each raises TypeError/ValueError -> EINVAL -----------------
+# -- argument helpers: the caller's mistakes are EINVAL, found here ---------------
 
 def u(args: dict, name: str, bits: int = 32, default: int | None = None) -> int:
     value = args.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer")
+        raise HypercallError(E.XEN_EINVAL, f"{name} must be an integer")
     if not 0 <= value < (1 << bits):
-        raise ValueError(f"{name} out of range")
+        raise HypercallError(E.XEN_EINVAL, f"{name} out of range")
     return value
 
 
 def int_list(args: dict, name: str, limit: int = 1 << 20) -> list[int]:
     value = args.get(name)
     if not isinstance(value, list) or len(value) > limit:
-        raise TypeError(f"{name} must be a list of at most {limit} integers")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-        raise TypeError(f"{name} must hold non-negative integers")
+        raise HypercallError(E.XEN_EINVAL, f"{name} must be a list of at most {limit} integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 64
+               for v in value):
+        raise HypercallError(E.XEN_EINVAL, f"{name} must hold unsigned 64-bit integers")
     return value

@@ -40,7 +40,7 @@ def parse_size(text: str) -> int:
     scale = 1 << 20
     if t and t[-1] in units:
         t, scale = t[:-1], units[t[-1]]
-    if not t.isdigit():
+    if not (t.isascii() and t.isdigit()) or len(t) > 20:  # "２" and "²" are not sizes
         raise ValueError(f"{text!r} is not a size (e.g. 4096 for MiB, 512M, 1G)")
     return int(t) * scale
 
@@ -58,10 +58,10 @@ def _memory(text: str) -> int:
 
 def _bounded(low: int, high: int):
     def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        # ASCII digits only: int() would also take "１", " 1" and "1_0"
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+        value = int(text)
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is not in {low}..{high}")
         return value

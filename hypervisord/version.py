@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypervisord.hypercall import Handler
+from hypervisord.hypercall import Handler, u
 from hypervisord.public.features import XenFeat
 from hypervisord.public.version import XEN_CAPABILITIES_X86_64_PV, XenVerOp as V
 from hypervisord.public.xen import PAGE_SIZE, Hypercall
@@ -32,7 +32,7 @@ def compile_info(hv, caller, args):
 
 
 def get_features(hv, caller, args):
-    index = args.get("submap_idx", 0)
+    index = u(args, "submap_idx", 32, 0)
     bits = 0
     if index == 0:
         if caller.privileged:

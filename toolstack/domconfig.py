@@ -29,6 +29,9 @@ ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy
 DEFAULT_ACTIONS = {"on_poweroff": "destroy", "on_reboot": "restart",
                    "on_crash": "destroy", "on_watchdog": "destroy"}
 DEFAULT_MEMORY_MIB = 32  # libxl's default when memory= is absent
+#: hypervisord manages at most 1 TiB of machine memory (its --memory bound),
+#: so no guest can have more; also keeps every KiB count far inside 64 bits
+MAX_MEMORY_MIB = 1 << 20
 ELF_MAGIC = b"\x7fELF"
 
 
@@ -74,11 +77,13 @@ class DomainConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _positive(cfg: Config, key: str, default: int) -> int:
+def _positive(cfg: Config, key: str, default: int, most: int | None = None) -> int:
     value = cfg.get_long(key, default)
     assert value is not None
     if value <= 0:
         raise cfg.error(key, f"{key}: must be a positive number, not {value}")
+    if most is not None and value > most:
+        raise cfg.error(key, f"{key}: {value} is more than {most}")
     return value
 
 
@@ -169,8 +174,8 @@ def domain_config(cfg: Config, cwd: str | None = None) -> DomainConfig:
 
     name = attempt(_name, cfg)
     attempt(_check_type, cfg)
-    memory = attempt(_positive, cfg, "memory", DEFAULT_MEMORY_MIB)
-    maxmem = attempt(_positive, cfg, "maxmem", memory or DEFAULT_MEMORY_MIB)
+    memory = attempt(_positive, cfg, "memory", DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB)
+    maxmem = attempt(_positive, cfg, "maxmem", memory or DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB)
     vcpus = attempt(_positive, cfg, "vcpus", 1)
     maxvcpus = attempt(_positive, cfg, "maxvcpus", vcpus or 1)
     if memory and maxmem and maxmem < memory:
@@ -202,7 +207,7 @@ _MEM = re.compile(r"([0-9]+)([bBkKmMgGtT]?)")
 def parse_mem_size_kb(text: str) -> int | None:
     """xl's ``parse_mem_size_kb``: MB by default, suffixes b k m g t."""
     m = _MEM.fullmatch(text.strip())
-    if m is None:
+    if m is None or len(m.group(1).lstrip("0")) > 20:  # beyond any int64_t
         return None
     value, unit = int(m.group(1)), m.group(2).lower()
     shift = {"t": 30, "g": 20, "": 10, "m": 10, "k": 0}.get(unit)

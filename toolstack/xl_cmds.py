@@ -15,6 +15,7 @@ import time
 
 from libxen import ctrl
 from hypervisord.public.errno import XenErrno
+from hypervisord.public.xen import DOMID_FIRST_RESERVED
 from toolstack import launchctl as launcher_mod
 from toolstack import xl_format as fmt
 from toolstack.builder import Toolstack, cleanup_domain, create_domain, \
@@ -26,6 +27,7 @@ from toolstack.launchctl import LaunchError
 from toolstack.xlcfg import parse_file, parse_overrides
 
 INVALID_DOMAIN_RC = -6  # libxl's ERROR_INVAL
+INT64_MAX = (1 << 63) - 1  # xl's parse_mem_size_kb returns an int64_t
 DEATH_POLL = 0.05
 CLEANUP_WAIT = 5.0
 
@@ -36,6 +38,25 @@ class XlError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+# -- numbers from the command line and from XenStore ---------------------------------------
+
+def ascii_uint(text: str) -> int | None:
+    """A decimal number of ASCII digits only, as C's ``isdigit`` in the C locale
+    takes them (``str.isdigit`` also takes "²" and "１"). More than 20
+    significant digits read as ``2**64``, beyond every range here (and
+    beyond what ``int()`` converts: ``sys.int_info.default_max_str_digits``)."""
+    if not (text and text.isascii() and text.isdigit()):
+        return None
+    significant = text.lstrip("0")
+    return 1 << 64 if len(significant) > 20 else int(significant or "0")
+
+
+def valid_domid(value: int | None) -> bool:
+    """A domain a toolstack may name: ``0 .. DOMID_FIRST_RESERVED - 1``
+    (``xen/include/public/xen.h``); larger ids are reserved or not 16-bit."""
+    return value is not None and 0 <= value < DOMID_FIRST_RESERVED
 
 
 # -- domains by name or id -------------------------------------------------------------
@@ -57,11 +78,12 @@ def domain_info(ts: Toolstack, domid: int) -> ctrl.DomainInfo | None:
 
 
 def find_domain(ts: Toolstack, qualifier: str) -> int:
-    """xl's ``find_domain``: a number is an id, anything else a name."""
-    if qualifier.isdigit():
-        domid = int(qualifier)
-        if domain_info(ts, domid) is not None:
-            return domid
+    """xl's ``find_domain`` (``libxl_domain_qualifier_to_domid``): a string of
+    ASCII digits is an id, anything else a name."""
+    number = ascii_uint(qualifier)
+    if number is not None:
+        if valid_domid(number) and domain_info(ts, number) is not None:
+            return number
     else:
         live = {i.domid for i in domain_infos(ts)}
         for domid, name in sorted(domain_names(ts.xs).items()):
@@ -258,7 +280,7 @@ def reboot(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
 
 def _mem_arg(text: str) -> int:
     kb = parse_mem_size_kb(text)
-    if kb is None:
+    if kb is None or kb > INT64_MAX:
         raise XlError(f"invalid memory size: {text}")
     return kb
 
@@ -268,7 +290,8 @@ def mem_set(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) ->
     domid, kb = find_domain(ts, args[0]), _mem_arg(args[1])
     base = f"/local/domain/{domid}/memory"
     static_max = read_or_none(ts.xs, f"{base}/static-max")
-    if static_max is not None and static_max.isdigit() and kb > int(static_max):
+    static_max_kb = ascii_uint(static_max or "")
+    if static_max_kb is not None and kb > static_max_kb:
         raise XlError("libxl: error: memory_dynamic_max must be less than or equal to "
                       "memory_static_max")
     ts.xs.write(f"{base}/target", str(kb))
@@ -280,7 +303,8 @@ def mem_max(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) ->
     domid, kb = find_domain(ts, args[0]), _mem_arg(args[1])
     base = f"/local/domain/{domid}/memory"
     target = read_or_none(ts.xs, f"{base}/target")
-    if target is not None and target.isdigit() and kb < int(target):
+    target_kb = ascii_uint(target or "")
+    if target_kb is not None and kb < target_kb:
         raise XlError("libxl: error: memory_static_max must be greater than or equal to "
                       "memory_dynamic_max")
     try:
@@ -316,10 +340,11 @@ def domname(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) ->
     digits = len(text) - len(text.lstrip("0123456789"))
     if digits == 0:
         raise XlError("Invalid domain id.\n")
-    d = int(text[:digits])
-    name = domain_name(ts, d) if domain_info(ts, d) is not None else None
+    d = ascii_uint(text[:digits])
+    name = domain_name(ts, d) if valid_domid(d) and domain_info(ts, d) is not None else None
     if name is None:
-        raise XlError(f"Can't get domain name of domain id '{d}', maybe this domain does not "
+        shown = text[:digits].lstrip("0") or "0"
+        raise XlError(f"Can't get domain name of domain id '{shown}', maybe this domain does not "
                       "exist.")
     print(name)
     return 0

@@ -14,14 +14,29 @@ Errors are reported the way libxlutil reports them,
 ``<file>:<line>: config parsing error near `<token>': <reason>``, and the
 parser goes on to the next line so that one run shows every bad line.
 
+Bounds libxlutil does not have, so that no input costs a traceback or
+minutes: a file of more than :data:`MAX_CONFIG_BYTES` is refused before it
+is read (xl reads any size with ``libxl_read_file_contents``; a 40 MB file
+took 92 s here), and lists nest at most :data:`MAX_NESTING` deep (bison's
+parser stack, ``YYMAXDEPTH``, is libxlutil's only bound). Numbers follow
+``xlu_cfg_get_long``: outside a C ``long`` they are ``ERANGE``.
+
 Pure: no I/O beyond the string given (:func:`parse_file` reads the file).
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+#: configs are a few hundred bytes; 1 MiB leaves room for any real one
+MAX_CONFIG_BYTES = 1 << 20
+#: real configs nest lists two deep (vnuma); the parser recurses per level
+MAX_NESTING = 64
+#: ``strtol``'s range on LP64 (``LONG_MIN``, ``LONG_MAX``)
+LONG_MIN, LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 PYTHON_HINT = ("warning: Config file looks like it contains Python code.\n"
                "warning:  Arbitrary Python is no longer supported.\n"
@@ -214,7 +229,7 @@ class _Parser:
         while self.peek().kind == "newline":
             self.take()
 
-    def value(self) -> Value:
+    def value(self, depth: int = 0) -> Value:
         tok = self.expect("a value", ("string", "number", "op"))
         if tok.kind == "string":
             try:
@@ -225,16 +240,18 @@ class _Parser:
             return Value("number", tok.text, line=tok.line)
         if tok.text != "[":
             raise _Syntax(tok, f"syntax error, unexpected {_kind(tok)}, expecting a value")
-        return self.list_rest(tok)
+        if depth >= MAX_NESTING:
+            raise _Syntax(tok, f"lists nested more than {MAX_NESTING} deep")
+        return self.list_rest(tok, depth + 1)
 
-    def list_rest(self, opening: Token) -> Value:
+    def list_rest(self, opening: Token, depth: int) -> Value:
         items: list[Value] = []
         self.skip_newlines()
         while True:
             if self.peek().kind == "op" and self.peek().text == "]":
                 self.take()
                 return Value("list", items=tuple(items), line=opening.line)
-            items.append(self.value())
+            items.append(self.value(depth))
             self.skip_newlines()
             sep = self.expect("',' or ']'", ("op",), (",", "]"))
             if sep.text == "]":
@@ -287,7 +304,7 @@ class Config:
             if a.kind != "list" or b.kind != "list":
                 raise ConfigError(setting.source, setting.line,
                                   f"{setting.name}: += needs a list on both sides")
-            merged = Value("list", items=a.items + b.items, line=a.line)
+            merged = Value("list", items=a.items + b.items, line=a.line)  # see parse()
             setting = Setting(setting.name, merged, setting.line, setting.source)
         self.settings[setting.name] = setting
 
@@ -321,6 +338,11 @@ class Config:
         value = parse_c_long(text)
         if value is None:
             raise self.error(name, f"{name}: invalid number {text!r}")
+        if not LONG_MIN <= value <= LONG_MAX:
+            shown = text.strip()
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise self.error(name, f"{name}: {shown} could not be parsed as a number: "
+                                   "Numerical result out of range")
         return value
 
     def get_bool(self, name: str, default: bool = False) -> bool:
@@ -346,7 +368,11 @@ def parse_c_long(text: str) -> int | None:
     if m is None:
         return None
     sign, digits = m.groups()
-    if digits[:2].lower() == "0x":
+    if len(digits.lstrip("0xX")) > 24:
+        # beyond a long whatever the base; int() of a long decimal string
+        # would itself fail (sys.int_info.default_max_str_digits)
+        value = 1 << 64
+    elif digits[:2].lower() == "0x":
         value = int(digits, 16)
     elif digits.startswith("0"):
         value = int(digits, 8)
@@ -357,14 +383,13 @@ def parse_c_long(text: str) -> int | None:
 
 def parse(text: str, source: str = "<string>") -> Config:
     """Parse xl.cfg text; raises :class:`ConfigErrors` listing every bad line."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigErrors([too_large(source, len(text))])
     parser = _Parser(source, list(tokenize(text)))
     parser.run()
     cfg = Config(source)
-    for setting, op in parser.settings:
-        try:
-            cfg.set(setting, op)
-        except ConfigError as e:
-            parser.errors.append(e)
+    for setting in _merge_additions(parser.settings, parser.errors):
+        cfg.set(setting)
     if parser.errors:
         hint = PYTHON_HINT if parser.likely_python else None
         parser.errors.sort(key=lambda e: e.line or 0)
@@ -372,9 +397,52 @@ def parse(text: str, source: str = "<string>") -> Config:
     return cfg
 
 
+def _merge_additions(settings: list[tuple[Setting, str]],
+                     errors: list[ConfigError]) -> list[Setting]:
+    """Apply ``+=`` as :meth:`Config.set` does, in linear time: each key's list
+    grows in place (tuple concatenation per ``+=`` line took 135 s for a
+    1 MiB file of them)."""
+    merged: dict[str, tuple[Setting, list[Value] | None]] = {}
+    for setting, op in settings:
+        prev = merged.get(setting.name)
+        if op == "+=" and prev is not None:
+            base, items = prev
+            if items is None or setting.value.kind != "list":
+                errors.append(ConfigError(setting.source, setting.line,
+                                          f"{setting.name}: += needs a list on both sides"))
+                continue
+            items.extend(setting.value.items)
+            merged[setting.name] = (Setting(setting.name, base.value, setting.line,
+                                            setting.source), items)
+        else:
+            items = list(setting.value.items) if setting.value.kind == "list" else None
+            merged[setting.name] = (setting, items)
+    out = []
+    for setting, items in merged.values():
+        if items is not None and len(items) != len(setting.value.items):
+            value = Value("list", items=tuple(items), line=setting.value.line)
+            setting = Setting(setting.name, value, setting.line, setting.source)
+        out.append(setting)
+    return out
+
+
+def too_large(source: str, size: int) -> ConfigError:
+    return ConfigError(source, None, f"config file of {size} bytes refused: the limit is "
+                                     f"{MAX_CONFIG_BYTES} bytes")
+
+
 def parse_file(path: str) -> Config:
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:
-        return parse(f.read(), path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)  # a device or a growing file: never more
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigErrors([too_large(path, max(len(data), os.fstat(f.fileno()).st_size))])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # every value is written to XenStore as UTF-8
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigErrors([ConfigError(path, line, f"byte {data[e.start]:#04x} is not "
+                                                    "valid UTF-8")]) from None
+    return parse(text, path)
 
 
 def parse_overrides(args: list[str], source: str = "<command line>") -> Config:
@@ -382,6 +450,11 @@ def parse_overrides(args: list[str], source: str = "<command line>") -> Config:
     cfg = Config(source)
     errors: list[ConfigError] = []
     for index, arg in enumerate(args, 1):
+        try:
+            arg.encode("utf-8")  # argv bytes that are not UTF-8 come as surrogates
+        except UnicodeEncodeError:
+            errors.append(ConfigError(source, index, f"{arg!r}: not valid UTF-8"))
+            continue
         try:
             one = parse(arg, source)
         except ConfigErrors as e:

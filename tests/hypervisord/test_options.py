@@ -25,6 +25,10 @@ pytestmark = pytest.mark.timeout(60)
     ("--max-domains", "32752", "not in 1..32751"),
     ("--max-ports", "4096", "4096 is not in 1..4095"),
     ("--max-ports", "many", "'many' is not a number"),
+    ("--memory", "１０２４", "'１０２４' is not a size"),
+    ("--memory", "9" * 5000, "is not a size"),
+    ("--max-domains", "３", "'３' is not a number"),
+    ("--max-ports", "1_0", "'1_0' is not a number"),
 ])
 def test_bad_options_exit_2_naming_the_option(tmp_path, option, value, message):
     r = subprocess.run([sys.executable, "-m", "hypervisord", "--rundir", str(tmp_path),
