@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypervisord.machmem import DomainMemory, SHARED_INFO_SLOT
+from hypervisord.machmem import DomainMemory
+from hypervisord.public.memfile import SHARED_INFO_SLOT
 from hypervisord.public.domctl import (
     XEN_DOMINF_blocked,
     XEN_DOMINF_dying,

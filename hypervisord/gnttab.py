@@ -73,7 +73,7 @@ from hypervisord import gnttab_table as core
 from hypervisord.errors import E, fail
 from hypervisord.gnttab_table import GntError, GnttabLimits, Maptrack
 from hypervisord.hypercall import Handler, u
-from hypervisord.machmem import GNT_FIRST_SLOT, NR_GNT_FRAMES
+from hypervisord.public.memfile import GNT_FIRST_SLOT, NR_GNT_FRAMES
 from hypervisord.public.grant_table import (
     GNTCOPY_dest_gref,
     GNTCOPY_source_gref,

@@ -23,7 +23,6 @@ import os
 from dataclasses import dataclass, field
 
 from hypervisord.public import memfile
-from hypervisord.public.memfile import GNT_FIRST_SLOT, NR_GNT_FRAMES, RESERVED_SLOTS, SHARED_INFO_SLOT  # noqa: F401
 from hypervisord.public.xen import PAGE_SIZE
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
