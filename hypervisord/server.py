@@ -259,7 +259,7 @@ class HvServer:
         evtchn_fd = self._evtchn_pair(conn)
         self.nursery.start_soon(conn.notifier)
         return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
-                "_fds": {"evtchn": evtchn_fd, "memory": os.dup(dom.mem.fd)}}
+                "_fds": {"evtchn": evtchn_fd, "memory": hv.mem.hand_out(dom.mem)}}
 
     def connect_domain(self, hv, caller, args):
         dom = hv.domain(u(args, "domid", 16))
@@ -274,7 +274,7 @@ class HvServer:
         dom.conns.append(conn)  # counts as attached from now on
         self.nursery.start_soon(self.serve, conn)
         return {"domid": dom.domid, "_fds": {"hypercall": theirs.detach(), "evtchn": evtchn_fd,
-                                             "memory": os.dup(dom.mem.fd)}}
+                                             "memory": hv.mem.hand_out(dom.mem)}}
 
     def map_foreign(self, hv, caller, args):
         """privcmd: the domain's memory file; ``gfns`` (optional) are checked
@@ -284,7 +284,7 @@ class HvServer:
         return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
                 "nr_pages": dom.mem.tot_pages,
                 "populated": [g for g in gfns if g in dom.mem.p2m],
-                "_fds": {"memory": os.dup(dom.mem.fd)}}
+                "_fds": {"memory": hv.mem.hand_out(dom.mem)}}
 
     def evtchn_doorbells(self, hv, caller, args):
         if caller.conn.evtchn_sock is None:
