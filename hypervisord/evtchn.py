@@ -282,7 +282,7 @@ def domain_destroyed(hv, dom) -> None:
 
 
 def conn_closed(hv, conn) -> None:
-    dom = hv.domains.get(conn.domid)
+    dom = conn.domain  # the instance it was made for, not the domid's current holder
     if dom is not None and dom.evtchn is not None and not dom.dying:
         close_all(hv, dom, owner=conn)
 

@@ -260,7 +260,7 @@ def _map_one(hv, caller, mt: Maptrack, op: MapOp, fds: dict[str, int]) -> dict:
         return _status(e, caller, f"map d{op.dom} ref {op.ref:#x}")
     name = f"memory{rd.domid}"
     if name not in fds:
-        fds[name] = os.dup(rd.mem.fd)
+        fds[name] = hv.mem.hand_out(rd.mem)
     return {"status": int(GntSt.GNTST_okay), "handle": m.handle, "memory": name,
             "offset": rd.mem.offset_of_gfn(act.gfn),
             "dev_bus_addr": act.mfn * PAGE_SIZE if op.flags & GNTMAP_device_map else 0}

@@ -11,6 +11,14 @@ Two kinds of connection reach the dispatcher:
   hypervisord learns which process is the domain (to stop it on pause and
   to notice its death).
 
+A connection belongs to one domain *instance* (the :class:`Domain` record
+it was made for), never to a domid number (issue 6 finding 3): when that
+domain is destroyed hypervisord shuts every connection of it down, and a
+request still queued on one is refused, not answered as whatever domain
+holds the number by then. So a process that outlives its domain (a
+guest's double-forked child holding an inherited descriptor) can neither
+act as a later domain with the same domid nor, by closing, destroy it.
+
 Each connection has an event-channel stream: notifications are u32 port
 numbers, written only when a port's pending bit goes 0 -> 1, so many sends
 before the receiver looks coalesce into one.
@@ -40,13 +48,14 @@ _CREDS = struct.Struct("iII")
 class Connection:
     """One attached process, as hypervisord sees it."""
 
-    def __init__(self, server: "HvServer", sock: trio.socket.SocketType, domid: int,
+    def __init__(self, server: "HvServer", sock: trio.socket.SocketType, domain,
                  privileged: bool) -> None:
         self.server = server
         self.sock = sock
-        self.domid = domid
+        self.domain = domain  # the hypervisord.domain.Domain instance, for good
+        self.domid = domain.domid
         self.privileged = privileged
-        self.caller = Caller(domid, privileged, self)
+        self.caller = Caller(self.domid, privileged, self)
         self.evtchn_sock: socket.socket | None = None
         self.pending_ports: dict[int, None] = {}
         self.outbuf = bytearray()  # notification bytes the socket did not take yet
@@ -57,6 +66,22 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"conn(d{self.domid}{', pid %d' % self.pid if self.pid else ''})"
+
+    @property
+    def stale(self) -> bool:
+        """Its domain is gone (the domid may name a newer domain by now)."""
+        return self.domain.dying or self.server.hv.domains.get(self.domid) is not self.domain
+
+    def shut(self) -> None:
+        """End the connection from our side: its holders read EOF, and our
+        reader task sees it too and runs the close hooks (:meth:`HvServer._closed`)."""
+        for sock in (self.sock, self.evtchn_sock):
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
 
     def notify(self, port: int) -> None:
         """Queue a notification; try to deliver it at once without a task switch."""
@@ -126,6 +151,7 @@ class HvServer:
         #: called with each connection that goes away (evtchn, gnttab clean up)
         self.conn_closed_hooks: list = []
         hv.notify = lambda conn, port: conn.notify(port)
+        hv.on_destroy.append(self._domain_destroyed)
         dispatcher.table.update(self.pvxen_handlers())
 
     # -- listening -------------------------------------------------------------
@@ -142,17 +168,19 @@ class HvServer:
             while True:
                 client, _ = await sock.accept()
                 rpc.size_buffers(client)
-                conn = Connection(self, client, 0, privileged=True)
+                conn = Connection(self, client, self.hv.dom0, privileged=True)
                 self.nursery.start_soon(self.serve, conn)
 
     # -- serving ---------------------------------------------------------------------
     async def serve(self, conn: Connection) -> None:
         self.connections.add(conn)
-        dom = self.hv.domains.get(conn.domid)
-        if dom is not None and conn not in dom.conns:
+        dom = conn.domain
+        if conn not in dom.conns and not conn.stale:
             dom.conns.append(conn)
         log.debug("%s attached", conn)
         try:
+            if conn.stale:
+                return  # destroyed before we got to serve it
             async with trio.open_nursery() as nursery:
                 if conn.evtchn_sock is not None:
                     nursery.start_soon(conn.notifier)
@@ -174,6 +202,9 @@ class HvServer:
                 return
             for fd in rpc.fds_from_ancillary(ancdata):
                 os.close(fd)  # nobody may push descriptors into hypervisord
+            if conn.stale:
+                log.info("%s: request after its domain was destroyed: refused", conn)
+                return
             if conn.pid is None and not conn.privileged:
                 self._learn_pid(conn, ancdata)
             if flags & socket.MSG_TRUNC:
@@ -193,9 +224,8 @@ class HvServer:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid, _, _ = _CREDS.unpack(data[:_CREDS.size])
                 conn.pid = pid
-                dom = self.hv.domains.get(conn.domid)
-                if dom is not None and dom.pid is None:
-                    self.hv.attached(dom, pid)
+                if conn.domain.pid is None:
+                    self.hv.attached(conn.domain, pid)
 
     async def _reply(self, conn: Connection, req_id: int, rc: int, result) -> None:
         fds: list[int] = []
@@ -233,16 +263,21 @@ class HvServer:
         if conn.evtchn_sock is not None:
             conn.evtchn_sock.close()
         conn.sock.close()
-        dom = self.hv.domains.get(conn.domid)
-        if dom is not None and conn in dom.conns:
+        dom = conn.domain  # never whichever domain has the number now
+        if conn in dom.conns:
             dom.conns.remove(conn)
-        if dom is not None and not conn.privileged and not dom.conns and not dom.dying:
+        if not conn.privileged and not dom.conns and not conn.stale:
             # The domain's process is gone: a domain without a shutdown
             # reason crashed. Either way it is torn down now.
             if dom.shutdown_code is None:
                 self.hv.shutdown(dom, 3)  # SHUTDOWN_crash
             self.hv.destroy(dom)
         log.debug("%s detached", conn)
+
+    def _domain_destroyed(self, dom) -> None:
+        """``on_destroy``: every connection of the instance ends with it."""
+        for conn in list(dom.conns):
+            conn.shut()
 
     # -- pvxen ops: the fds Xen's kernel drivers stand for ------------------------------
     def _evtchn_pair(self, conn: Connection) -> int:
@@ -255,11 +290,11 @@ class HvServer:
         conn = caller.conn
         if conn.evtchn_sock is not None:
             raise fail(E.XEN_EEXIST, "already attached")
-        dom = hv.domain(caller.domid)
+        dom = conn.domain
         evtchn_fd = self._evtchn_pair(conn)
         self.nursery.start_soon(conn.notifier)
         return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
-                "_fds": {"evtchn": evtchn_fd, "memory": os.dup(dom.mem.fd)}}
+                "_fds": {"evtchn": evtchn_fd, "memory": hv.mem.hand_out(dom.mem)}}
 
     def connect_domain(self, hv, caller, args):
         dom = hv.domain(u(args, "domid", 16))
@@ -269,12 +304,12 @@ class HvServer:
         rpc.size_buffers(mine)
         rpc.size_buffers(theirs)
         mine.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        conn = Connection(self, trio.socket.from_stdlib_socket(mine), dom.domid, False)
+        conn = Connection(self, trio.socket.from_stdlib_socket(mine), dom, False)
         evtchn_fd = self._evtchn_pair(conn)
         dom.conns.append(conn)  # counts as attached from now on
         self.nursery.start_soon(self.serve, conn)
         return {"domid": dom.domid, "_fds": {"hypercall": theirs.detach(), "evtchn": evtchn_fd,
-                                             "memory": os.dup(dom.mem.fd)}}
+                                             "memory": hv.mem.hand_out(dom.mem)}}
 
     def map_foreign(self, hv, caller, args):
         """privcmd: the domain's memory file; ``gfns`` (optional) are checked
@@ -284,7 +319,7 @@ class HvServer:
         return {"domid": dom.domid, "max_gfns": dom.mem.max_gfns,
                 "nr_pages": dom.mem.tot_pages,
                 "populated": [g for g in gfns if g in dom.mem.p2m],
-                "_fds": {"memory": os.dup(dom.mem.fd)}}
+                "_fds": {"memory": hv.mem.hand_out(dom.mem)}}
 
     def evtchn_doorbells(self, hv, caller, args):
         if caller.conn.evtchn_sock is None:

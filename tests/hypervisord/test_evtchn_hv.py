@@ -25,9 +25,12 @@ class FakeServer:
 
 
 class Conn:
-    def __init__(self, name: str, domid: int = 0) -> None:
+    """What evtchn needs of a server connection: its domain instance."""
+
+    def __init__(self, name: str, domain) -> None:
         self.name = name
-        self.domid = domid
+        self.domain = domain
+        self.domid = domain.domid
 
     def __repr__(self) -> str:
         return self.name
@@ -41,11 +44,11 @@ class World:
         self.server = FakeServer()
         self.disp = Dispatcher(self.hv, [evtchn.HANDLERS])
         evtchn.install(self.hv, self.server)
-        self.dom0 = Caller(0, True, Conn("dom0"))
+        self.dom0 = Caller(0, True, Conn("dom0", self.hv.dom0))
 
     def domu(self) -> Caller:
         dom = self.hv.create_domain(None, None, 16)
-        conn = Conn(f"d{dom.domid}", dom.domid)
+        conn = Conn(f"d{dom.domid}", dom)
         dom.conns.append(conn)
         return Caller(dom.domid, False, conn)
 
@@ -187,7 +190,7 @@ def test_port_limit(w):
 
 
 def test_dom0_processes_hear_only_their_own_ports(w):
-    x, y = Caller(0, True, Conn("dom0-x")), Caller(0, True, Conn("dom0-y"))
+    x, y = Caller(0, True, Conn("dom0-x", w.hv.dom0)), Caller(0, True, Conn("dom0-y", w.hv.dom0))
     a = w.domu()
     px, pa1 = w.channel(x, a)
     py, pa2 = w.channel(y, a)
