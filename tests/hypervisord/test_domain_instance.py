@@ -17,8 +17,8 @@ import os
 import pytest
 import trio
 
-from hypervisord.libxen import ctrl
-from hypervisord.libxen.core import XenCall
+from libxen import ctrl
+from libxen.core import XenCall
 from hypervisord.public.xen import PAGE_SIZE
 from tests.hypervisord.agent import AgentProcess
 

@@ -31,12 +31,12 @@ pytestmark = pytest.mark.timeout(60)
 
 ATTACKER = """\
 import ctypes, errno, os
-from hypervisord.machmem import DomainMemory
+from hypervisord.public import memfile
 
 async def main(domain):
     fd = domain.memory_fd
     size = os.fstat(fd).st_size
-    store = DomainMemory.offset_of_gfn(domain.start_info.store_mfn)
+    store = memfile.gfn_offset(domain.start_info.store_mfn)
     results = []
     for attack in ATTACKS:
         try:
@@ -122,8 +122,8 @@ def test_growing_by_256_mib_is_refused(stack, hypervisord, xenstored, tmp_path):
 
 UNPOPULATED = """\
 import errno, os
-from hypervisord.libxen import ctrl
-from hypervisord.machmem import DomainMemory
+from libxen import ctrl
+from hypervisord.public import memfile
 
 async def main(domain):
     fd = domain.memory_fd
@@ -131,7 +131,7 @@ async def main(domain):
     print("populate 2048:", rc, flush=True)
     for gfn in (1500, 2048):
         try:
-            os.pwrite(fd, b"x" * 4096, DomainMemory.offset_of_gfn(gfn))
+            os.pwrite(fd, b"x" * 4096, memfile.gfn_offset(gfn))
             print(f"write {gfn}: ok", flush=True)
         except OSError as e:
             print(f"write {gfn}: {errno.errorcode[e.errno]}", flush=True)
