@@ -108,7 +108,7 @@ def spawn_daemon(rundir: str | os.PathLike | None) -> int:
     if rundir:
         argv += ["--rundir", str(rundir)]
     env = dict(os.environ)
-    repo = str(Path(__file__).resolve().parents[2])
+    repo = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     with open(logs / "launcher.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,

@@ -40,7 +40,7 @@ START_TIMEOUT = 30.0
 #: seconds between SIGTERM and SIGKILL (the units' TimeoutStopSec=; the
 #: daemons themselves give up after their 5 s --stop-deadline)
 STOP_TIMEOUT = 15.0
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 NOT_RUNNING = 3  # LSB status code for "program is not running"
 
 
