@@ -109,7 +109,7 @@ async def attach_domains(service: XenstoreService, path: Path, state_dir: Path |
                         task_status.started()
                         started = True
             except* OSError as group:
-                why = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
+                why = "; ".join(dict.fromkeys(str(e) or type(e).__name__ for e in _leaves(group)))
         if why is not None and said is None:
             if known_boot is None:
                 log.info("no hypervisord at %s (%s): serving the socket only until it "
