@@ -167,3 +167,48 @@ def test_xenstored_serves_dom0_while_hypervisord_is_away(stack, hypervisord, xen
     stale = {p.name for p in userdata.iterdir()} - {f"d.{third}.libxl-json"}
     assert not stale, stale
     stack.xl_ok("destroy", "third")
+
+
+@pytest.mark.timeout(90)
+def test_a_request_half_read_by_the_dead_xenstored_does_not_wedge_the_ring(
+        stack, hypervisord, xenstored):
+    """The dead daemon had consumed 5 bytes of the guest's request: the new
+    one must not parse from there (it would see garbage and cut the guest
+    off); the ring is reset on a packet boundary and the guest goes on."""
+    import mmap
+    import struct
+
+    from hypervisord.libxen import ctrl
+    from hypervisord.libxen.core import SyncXenCall
+    from hypervisord.machmem import DomainMemory
+    from hypervisord.public.io.xs_wire import XS_RING_REQ_CONS_OFF, XS_RING_REQ_PROD_OFF
+    from hypervisord.public.xen import PAGE_SIZE
+
+    sock = xenstored.socket
+    stack.xl_ok("create", str(REPO / "examples" / "counter.cfg"), 'cmdline="interval=0.05"')
+    counter = stack.domid_of("counter")
+    stack.wait(lambda: _count(sock, counter) >= 3, "the counter to count")
+    gfn = int(_read(sock, f"/local/domain/{counter}/store/ring-ref"))
+    u32 = struct.Struct("<I")
+    with SyncXenCall(hypervisord.privcmd) as xc:
+        _, r = ctrl.map_foreign(xc, counter, [gfn])
+        fd = r["fds"]["memory"]
+        page = mmap.mmap(fd, PAGE_SIZE, offset=DomainMemory.offset_of_gfn(gfn))
+        os.close(fd)
+    try:
+        xenstored.kill()
+        # the counter's next write waits, unread, on the ring
+        stack.wait(lambda: u32.unpack_from(page, XS_RING_REQ_PROD_OFF)[0]
+                   - u32.unpack_from(page, XS_RING_REQ_CONS_OFF)[0] >= 16,
+                   "a request on the ring")
+        cons = u32.unpack_from(page, XS_RING_REQ_CONS_OFF)[0]
+        u32.pack_into(page, XS_RING_REQ_CONS_OFF, cons + 5)  # "read" mid-header
+    finally:
+        page.close()
+    xenstored.start()
+    seen = _count(sock, counter)
+    stack.wait(lambda: _count(sock, counter) >= seen + 5, "the counter to go on counting",
+               timeout=20)
+    assert "protocol error" not in xenstored.log()
+    r = stack.xl("shutdown", "-w", "-t", "30", "counter")
+    assert r.rc == 0, r.err + stack.logs()
