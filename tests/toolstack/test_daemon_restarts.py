@@ -212,3 +212,37 @@ def test_a_request_half_read_by_the_dead_xenstored_does_not_wedge_the_ring(
     assert "protocol error" not in xenstored.log()
     r = stack.xl("shutdown", "-w", "-t", "30", "counter")
     assert r.rc == 0, r.err + stack.logs()
+
+
+@pytest.mark.timeout(60)
+def test_a_domain_that_died_while_xenstored_was_down_is_released(stack, xenstored):
+    import signal
+
+    sock = xenstored.socket
+    stack.xl_ok("create", str(REPO / "examples" / "counter.cfg"), 'cmdline="interval=0.05"')
+    counter = stack.domid_of("counter")
+    stack.wait(lambda: _count(sock, counter) >= 1, "the counter to count")
+    pid = stack.launcher_guests()[counter]
+    xenstored.kill()
+    os.kill(pid, signal.SIGKILL)  # the domain dies with its process
+    stack.wait(lambda: counter not in stack.domids(), "the domain to be destroyed")
+    xenstored.start()
+    assert _introduced(sock, counter) == b"F\0"
+    assert f"d{counter}: gone, releasing it" in xenstored.log()
+    assert f"d{counter}: introduced before the restart" not in xenstored.log()
+
+
+@pytest.mark.timeout(60)
+def test_xenstored_started_first_attaches_when_hypervisord_comes(xenstored, tmp_path):
+    from tests.framework.daemons import Hypervisord
+
+    assert "no hypervisord at" in xenstored.log()
+    h = Hypervisord(tmp_path).start()
+    try:
+        deadline = time.monotonic() + 10
+        while "attached to hypervisord" not in xenstored.log():
+            assert time.monotonic() < deadline, xenstored.log()
+            time.sleep(0.05)
+        assert _read(xenstored.socket, "/local") == ""
+    finally:
+        h.kill()
