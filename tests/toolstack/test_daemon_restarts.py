@@ -243,6 +243,8 @@ def test_xenstored_started_first_attaches_when_hypervisord_comes(xenstored, tmp_
         while "attached to hypervisord" not in xenstored.log():
             assert time.monotonic() < deadline, xenstored.log()
             time.sleep(0.05)
-        assert _read(xenstored.socket, "/local") == ""
+        with XsSyncClient.open(str(xenstored.socket)) as xs:
+            xs.write("/tool/x", "y")
+        assert _read(xenstored.socket, "/tool/x") == "y" and xenstored.alive
     finally:
         h.kill()
