@@ -20,6 +20,16 @@ plain aligned accesses between ``virt_rmb()``/``virt_wmb()``/``virt_mb()``.
 A ``struct.pack_into`` here let the peer see a transient 0 (it zeroes the
 field before packing it) and drop the connection as corrupted.
 
+Reconnection (``docs/misc/xenstore-ring.txt``, "The ring reconnection
+feature" and "The connection error feature"): a xenstored that comes back
+after a crash cannot know where in a packet the dead one stopped, so it
+sets the connection error indicator and serves nothing until the guest
+resets the ring. The guest's end sees the error (:attr:`server_error`,
+the stream breaks), asks with :meth:`XsRingStream.reconnect`, and the
+server empties both queues with :meth:`XsRingStream.reset` on a packet
+boundary. Only the guest sets ``connection`` to RECONNECT, only the server
+sets it back to CONNECTED.
+
 Wakeups: whoever owns the event channel calls :meth:`XsRingStream.kick`
 for every notification on its port. Each side notes the kick count before
 looking at the ring and sleeps only if no kick came since, so "check the
@@ -36,13 +46,20 @@ import trio
 
 from libxen.ringidx import SharedWord
 from hypervisord.public.io.xs_wire import (
+    XENSTORE_CONNECTED,
+    XENSTORE_ERROR_NONE,
+    XENSTORE_RECONNECT,
     XENSTORE_RING_SIZE,
+    XENSTORE_SERVER_FEATURE_ERROR,
+    XS_RING_CONNECTION_OFF,
+    XS_RING_ERROR_OFF,
     XS_RING_REQ_CONS_OFF,
     XS_RING_REQ_OFF,
     XS_RING_REQ_PROD_OFF,
     XS_RING_RSP_CONS_OFF,
     XS_RING_RSP_OFF,
     XS_RING_RSP_PROD_OFF,
+    XS_RING_SERVER_FEATURES_OFF,
 )
 
 _MASK32 = 0xFFFFFFFF
@@ -65,8 +82,15 @@ class XsRingStream(trio.abc.Stream):
         self._words: list[SharedWord] = []
         self._in_base, self._in_cons, self._in_prod = self._ring(in_ring)
         self._out_base, self._out_cons, self._out_prod = self._ring(out_ring)
+        self._connection = SharedWord(self.page, XS_RING_CONNECTION_OFF)
+        self._error = SharedWord(self.page, XS_RING_ERROR_OFF)
+        self._features = SharedWord(self.page, XS_RING_SERVER_FEATURES_OFF)
+        self._words += (self._connection, self._error, self._features)
+        self._server = server
         self._closed = False
         self._send_lock = trio.StrictFIFOLock()
+        #: the connection error indicator the server set (guest end only)
+        self.server_error = XENSTORE_ERROR_NONE
 
     def kick(self) -> None:
         """The peer signalled the event channel."""
@@ -95,6 +119,61 @@ class XsRingStream(trio.abc.Stream):
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("ring stream closed")
+        if not self._server:
+            self._check_error()
+
+    def _check_error(self) -> None:
+        """Guest end: has the server stopped this connection? (read once)"""
+        if not self._features.load() & XENSTORE_SERVER_FEATURE_ERROR:
+            return  # the field holds no valid data unless the feature is offered
+        error = self._error.load()
+        if error != XENSTORE_ERROR_NONE:
+            self.server_error = error
+            raise trio.BrokenResourceError(
+                f"xenstored stopped the connection (error indicator {error}): "
+                "the ring must be reconnected")
+
+    # -- reconnection (xenstore-ring.txt) ------------------------------------
+    @property
+    def reconnect_requested(self) -> bool:
+        """Server end: the guest set ``connection`` to RECONNECT."""
+        return self._connection.load() == XENSTORE_RECONNECT
+
+    def stop(self, error: int) -> None:
+        """Server end: set the connection error indicator and tell the guest."""
+        self._error.store(error)
+        self._notify()
+
+    def reset(self) -> None:
+        """Server end: empty both queues, clear the error, CONNECTED, notify.
+
+        While ``connection`` is RECONNECT the guest ignores every other
+        field, so the server may write the guest's indices too.
+        """
+        for word in (self._in_cons, self._in_prod, self._out_cons, self._out_prod):
+            word.store(0)
+        self._error.store(XENSTORE_ERROR_NONE)
+        # xen_wmb(): the empty queues are visible before the state that allows
+        # their use; each seq-cst store is ordered after the ones before it.
+        self._connection.store(XENSTORE_CONNECTED)
+        self._notify()
+
+    async def reconnect(self) -> None:
+        """Guest end: ask for a reset and wait until the server has done it.
+
+        Returns with both queues empty, on a packet boundary; the server
+        has dropped this guest's watches, transactions and requests.
+        """
+        self._connection.store(XENSTORE_RECONNECT)
+        self._notify()
+        while True:
+            seen = self._kicks
+            if self._connection.load() == XENSTORE_CONNECTED:
+                self.server_error = XENSTORE_ERROR_NONE
+                return
+            await self._wait(seen)
+            if self._closed:
+                raise trio.ClosedResourceError("ring stream closed")
 
     # -- receiving ----------------------------------------------------------
     def _take(self, max_bytes: int) -> bytes:

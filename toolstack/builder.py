@@ -314,6 +314,44 @@ def load_config(xl: Path, domid: int) -> DomainConfig | None:
         return None
 
 
+def remove_stale_configs(ts: "Toolstack") -> list[int]:
+    """Remove the saved configs of domains that no longer exist; their domids.
+
+    libxl removes a domain's userdata when it destroys the domain; a domain
+    that died with its hypervisor (a new boot) never got that. A config is
+    stale when no domain has its domid, or the one that has it now is
+    another domain (a different uuid: the domid was reused; libxl puts the
+    uuid in the file's name for this reason). Run at the toolstack's start.
+    """
+    removed = []
+    folder = ts.xl_dir / "userdata"
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        stem = name.removeprefix("d.").removesuffix(".libxl-json")
+        if not (name.startswith("d.") and name.endswith(".libxl-json") and stem.isdecimal()
+                and stem.isascii()):
+            continue
+        domid = int(stem)
+        cfg = load_config(ts.xl_dir, domid)
+        try:
+            _, info = ctrl.domain_getinfo(ts.xc, domid)
+            handle = info["handle"] if info["domain"] == domid else None
+        except XenError as e:
+            if e.rc != -XenErrno.XEN_ESRCH:
+                raise
+            handle = None
+        if handle is not None and cfg is not None and _uuid_bytes(cfg.uuid) == handle:
+            continue
+        if handle is not None and cfg is None:
+            continue  # unreadable, maybe being written: not ours to judge
+        (folder / name).unlink(missing_ok=True)
+        removed.append(domid)
+    return removed
+
+
 # -- teardown --------------------------------------------------------------------------
 
 def cleanup_domain(ts: Toolstack, domid: int, uuid: str | None = None) -> None:

@@ -315,8 +315,26 @@ def cmd_up(rundir: Path, timeout: float, specs: Sequence[DaemonSpec] = DAEMONS) 
                 return 1
             print(f"{spec.name}: started (pid {pid}), ready in {time.monotonic() - t0:.2f} s\n"
                   f"    socket {rundir / spec.socket}\n    log    {logfile(rundir, spec)}")
+        remove_stale_configs(rundir)
     print(f"clients: export PVXEN_RUNDIR={shlex.quote(str(rundir))}")
     return 0
+
+
+def remove_stale_configs(rundir: Path) -> None:
+    """The toolstack starts: forget the saved configs of domains that are gone."""
+    if not (rundir / "xl" / "userdata").is_dir():
+        return
+    from hypervisord.toolstack import builder
+    from hypervisord.toolstack.hcall import XenError
+
+    try:
+        with builder.Toolstack(rundir) as ts:
+            gone = builder.remove_stale_configs(ts)
+    except (OSError, XenError, builder.ConnectError) as e:
+        print(f"pvxen: cannot check the saved domain configs: {e}", file=sys.stderr)
+        return
+    if gone:
+        print(f"removed the saved configs of {len(gone)} domains that no longer exist")
 
 
 def cmd_down(rundir: Path, timeout: float, specs: Sequence[DaemonSpec] = DAEMONS) -> int:

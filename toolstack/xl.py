@@ -72,15 +72,19 @@ COMMANDS: dict[str, Command] = {
                         "-h                      Print this help.\n"
                         "-F                      Fallback to ACPI power event for HVM guests with\n"
                         "                        no PV drivers.\n"
-                        "-w, --wait              Wait for guest(s) to shutdown.\n",
-                        "awF", ("all", "wait")),
+                        "-w, --wait              Wait for guest(s) to shutdown.\n"
+                        "-t SECS, --timeout=SECS Give up waiting after SECS seconds "
+                        "(default 300).\n",
+                        "awFt:", ("all", "wait", "timeout=")),
     "reboot": Command(xl_cmds.reboot, "[options] <-a|Domain>", "Issue a reboot signal to a domain",
                       "-a, --all               Shutdown all guest domains.\n"
                       "-h                      Print this help.\n"
                       "-F                      Fallback to ACPI reset event for HVM guests with\n"
                       "                        no PV drivers.\n"
-                      "-w, --wait              Wait for guest(s) to reboot.\n",
-                      "awF", ("all", "wait")),
+                      "-w, --wait              Wait for guest(s) to reboot.\n"
+                      "-t SECS, --timeout=SECS Give up waiting after SECS seconds "
+                      "(default 300).\n",
+                      "awFt:", ("all", "wait", "timeout=")),
     "mem-set": Command(xl_cmds.mem_set, MEM_USAGE, "Set the current memory usage for a domain",
                        reqargs=2),
     "mem-max": Command(xl_cmds.mem_max, MEM_USAGE,
@@ -144,7 +148,7 @@ def _canonical(spec: Command, opt: str) -> str:
 
 _LONG_TO_SHORT = {"dryrun": "n", "quiet": "q", "defconfig": "f", "long": "l", "verbose": "v",
                   "context": "Z", "cpupool": "c", "numa": "n", "all": "a", "wait": "w",
-                  "clear": "c"}
+                  "clear": "c", "timeout": "t"}
 
 
 def run(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ from hypervisord.public.xen import DOMID_FIRST_RESERVED
 from toolstack import launchctl as launcher_mod
 from toolstack import xl_format as fmt
 from toolstack.builder import Toolstack, cleanup_domain, create_domain, \
-    destroy_domain, ensure_dom0, load_config, read_or_none
+    destroy_domain, ensure_dom0, load_config, read_or_none, remove_stale_configs
 from toolstack.xsbatch import domain_names, read_many
 from toolstack.domconfig import domain_config, parse_mem_size_kb
 from toolstack.hcall import XenError
@@ -30,6 +30,10 @@ INVALID_DOMAIN_RC = -6  # libxl's ERROR_INVAL
 INT64_MAX = (1 << 63) - 1  # xl's parse_mem_size_kb returns an int64_t
 DEATH_POLL = 0.05
 CLEANUP_WAIT = 5.0
+#: how long ``shutdown -w``/``reboot -w`` wait by default: xl itself waits
+#: forever, the xendomains script that drives it at host shutdown gives up
+#: after XENDOMAINS_STOP_MAXWAIT=300 seconds; -t/--timeout sets it
+SHUTDOWN_WAIT = 300.0
 
 
 class XlError(Exception):
@@ -117,6 +121,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
         print(json.dumps(fmt.config_json(dc), indent=4))
         return 0
     ensure_dom0(ts.xs)
+    remove_stale_configs(ts)  # of domains that died with an earlier hypervisord
     try:
         client = launcher_mod.connect(ts.rundir)
     except (LaunchError, OSError) as e:
@@ -228,11 +233,18 @@ def _request_shutdown(ts: Toolstack, domid: int, request: str, verb: str) -> Non
     ts.xs.write(f"{home}/shutdown", request)
 
 
-def wait_for_death(ts: Toolstack, domids: list[int]) -> None:
-    """``wait_for_domain_deaths``, then for the monitor's XenStore cleanup."""
+def wait_for_death(ts: Toolstack, domids: list[int], timeout: float | None = None,
+                   names: dict[int, str] | None = None) -> None:
+    """``wait_for_domain_deaths``, then for the monitor's XenStore cleanup;
+    XlError when a domain is still there after ``timeout`` seconds."""
     print(f"Waiting for {len(domids)} domains", file=sys.stderr)
     pending = set(domids)
+    deadline = None if timeout is None else time.monotonic() + timeout
     while pending:
+        if deadline is not None and time.monotonic() > deadline:
+            late = ", ".join(f"{(names or {}).get(d) or '?'} (id {d})" for d in sorted(pending))
+            raise XlError(f"timed out after {timeout:g}s waiting for domain {late} to shut "
+                          "down and be destroyed")
         for domid in sorted(pending):
             if domain_info(ts, domid) is None:
                 print(f"Domain {domid} has been destroyed", file=sys.stderr)
@@ -261,10 +273,19 @@ def _shutdown_or_reboot(ts: Toolstack, opts: dict, args: list[str], reboot: bool
         domids = [find_domain(ts, args[0])]
     else:
         raise XlError("You must specify -a or a domain id.\n")
+    timeout = SHUTDOWN_WAIT
+    if "-t" in opts:
+        try:
+            timeout = float(opts["-t"])
+        except ValueError:
+            timeout = -1.0
+        if not 0 < timeout < float("inf"):
+            raise XlError(f"invalid timeout: {opts['-t']} (seconds, a positive number)")
+    names = {d: domain_name(ts, d) or "" for d in domids}
     for domid in domids:
         _request_shutdown(ts, domid, request, verb)
     if "-w" in opts:
-        wait_for_death(ts, domids)
+        wait_for_death(ts, domids, timeout, names)
     return 0
 
 

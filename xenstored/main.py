@@ -77,20 +77,60 @@ def open_store(state_dir: Path | None):
     return store, journal
 
 
-async def attach_domains(nursery: trio.Nursery, service: XenstoreService, path: Path,
-                         state_dir: Path | None, log: logging.Logger) -> None:
-    """Serve domains' rings through hypervisord, when it is there."""
-    if not path.exists():
-        log.info("no hypervisord at %s: serving the socket only (no domain rings)", path)
-        return
+RETRY_MIN, RETRY_MAX = 0.05, 1.0  # seconds between attempts to reach hypervisord
+
+
+async def attach_domains(service: XenstoreService, path: Path, state_dir: Path | None,
+                         log: logging.Logger, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve domains' rings through hypervisord whenever it is there.
+
+    dom0's socket never depends on it: while hypervisord is away (not yet
+    started, or it died) xenstored serves the socket alone and tries again,
+    quietly, until it is back; a hypervisord that comes back is a new boot
+    (:func:`~xenstored.transport.ring.forget_previous_boot`). Started once
+    the first attempt is over, so domains kept from before a restart of
+    xenstored are served before dom0's tools can ask about them.
+    """
     from xenstored.transport.ring import attach_hypervisor
 
-    try:
-        await nursery.start(attach_hypervisor, service, path, state_dir)
-    except OSError as e:
-        log.warning("cannot attach to hypervisord at %s: %s; serving the socket only", path, e)
-        return
-    log.info("attached to hypervisord at %s: domain rings are served", path)
+    started, said, known_boot, delay = False, None, None, RETRY_MIN
+    while True:
+        why = None
+        if not path.exists():
+            why = "not running"
+        else:
+            try:
+                async with trio.open_nursery() as nursery:
+                    rings = await nursery.start(attach_hypervisor, service, path, state_dir,
+                                                known_boot)
+                    known_boot, said, delay = rings.boot_id, None, RETRY_MIN
+                    log.info("attached to hypervisord at %s: domain rings are served", path)
+                    if not started:
+                        task_status.started()
+                        started = True
+            except* OSError as group:
+                why = "; ".join(dict.fromkeys(str(e) or type(e).__name__ for e in _leaves(group)))
+        if why is not None and said is None:
+            if known_boot is None:
+                log.info("no hypervisord at %s (%s): serving the socket only until it "
+                         "comes", path, why)
+            else:
+                log.warning("hypervisord went away (%s): serving the socket only; "
+                            "domain rings come back with it", why)
+            said = why
+        if not started:
+            task_status.started()
+            started = True
+        await trio.sleep(delay)
+        delay = min(delay * 2, RETRY_MAX)
+
+
+def _leaves(group: BaseException):
+    if isinstance(group, BaseExceptionGroup):
+        for e in group.exceptions:
+            yield from _leaves(e)
+    else:
+        yield group
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             await nursery.start(committer.run)
         service = XenstoreService(core, committer)
         if not args.no_hypervisor:
-            await attach_domains(nursery, service, Path(args.hypervisor) if args.hypervisor
-                                 else rundir / "hypervisord" / "privcmd", state_dir, log)
+            await nursery.start(attach_domains, service, Path(args.hypervisor) if args.hypervisor
+                                else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
         await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
         log.info("listening on %s", sock_path)

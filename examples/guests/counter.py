@@ -2,10 +2,14 @@
 
 Watch it from dom0 with ``xenstore-watch /local/domain/<id>/data/counter``;
 ``xl shutdown counter`` ends it cleanly. The interval comes from the
-command line (``interval=<seconds>``).
+command line (``interval=<seconds>``). If xenstored restarts, a write in
+flight fails with ``XsConnectionLost`` (the new daemon dropped it when the
+ring was reset); the counter writes it again on the new connection.
 """
 
 import trio
+
+from libxen.xenstore.aio import XsConnectionLost
 
 
 def _interval(cmdline: str) -> float:
@@ -27,7 +31,12 @@ async def main(domain):
             nonlocal count
             while True:
                 count += 1
-                await xs.write(path, str(count))
+                while True:
+                    try:
+                        await xs.write(path, str(count))
+                        break
+                    except XsConnectionLost:
+                        continue  # the client waits for the ring to be reconnected
                 await trio.sleep(interval)
 
         nursery.start_soon(tick)

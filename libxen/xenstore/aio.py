@@ -28,6 +28,10 @@ Owns one multiplexed connection to xenstored::
   fail with :class:`XsConnectionLost`; a transaction begun on the old
   connection is gone, so its next operation raises ``EAGAIN``, which makes
   :meth:`XsClient.run_transaction` redo it on the new one.
+  A client over a domain's ring (:meth:`XsClient.over_stream` with
+  ``reopen``) does the same when the stream says it can be reopened: after
+  xenstored restarted, the ring's reconnection (``frontends.xenbus``),
+  then its watches again, as Linux's ``xs_resume`` does.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ __all__ = ["XsClient", "XsConnectionLost", "XsError", "XsTransaction", "WatchEve
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+#: ``reopen(old_stream)``: a new stream after a break, or None (final)
+Reopen = Callable[[trio.abc.Stream], Awaitable["trio.abc.Stream | None"]]
 SEND_TIMEOUT = 10.0  # a daemon that takes no 4 KiB message in this long is gone
 UNWATCH_TIMEOUT = 2.0
 
@@ -89,8 +95,9 @@ class XsClient(StoreOps):
     """One connection to xenstored; see the module docstring."""
 
     def __init__(self, conn: _Conn, path: str | None, *, reconnect: bool,
-                 watch_queue_size: int) -> None:
+                 watch_queue_size: int, reopen: "Reopen | None" = None) -> None:
         self._path = path
+        self._reopen_stream = reopen
         self._conn: _Conn | None = conn
         self._generation = conn.generation
         self._reconnect = reconnect
@@ -111,10 +118,16 @@ class XsClient(StoreOps):
                    watch_queue_size=watch_queue_size)
 
     @classmethod
-    def over_stream(cls, stream: trio.abc.Stream, *, watch_queue_size: int = 256) -> "XsClient":
-        """A client over any byte stream, e.g. a domain's xenstore ring."""
-        return cls(_Conn(stream, 1), None, reconnect=False,  # type: ignore[arg-type]
-                   watch_queue_size=watch_queue_size)
+    def over_stream(cls, stream: trio.abc.Stream, *, watch_queue_size: int = 256,
+                    reopen: "Reopen | None" = None) -> "XsClient":
+        """A client over any byte stream, e.g. a domain's xenstore ring.
+
+        ``reopen(old_stream)`` is called when the stream breaks: it returns
+        a new stream to go on with (watches are registered again), or None
+        when this break is final.
+        """
+        return cls(_Conn(stream, 1), None, reconnect=reopen is not None,  # type: ignore[arg-type]
+                   watch_queue_size=watch_queue_size, reopen=reopen)
 
     # -- lifetime -------------------------------------------------------
     async def __aenter__(self) -> "XsClient":
@@ -265,7 +278,17 @@ class XsClient(StoreOps):
             await trio.aclose_forcefully(conn.stream)
             if not self._reconnect:
                 return
-            conn = await self._reopen()
+            if self._reopen_stream is not None:
+                stream = await self._reopen_stream(conn.stream)
+                if stream is None:
+                    self._reconnect = False
+                    self._lost(conn, reason)
+                    return
+                self._generation += 1
+                conn = _Conn(stream, self._generation)  # type: ignore[arg-type]
+                log.info("xenstore connection re-established")
+            else:
+                conn = await self._reopen()
             self._conn = conn
             self._connected.set()
             assert self._nursery is not None
