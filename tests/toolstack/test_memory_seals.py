@@ -23,7 +23,7 @@ import re
 
 import pytest
 
-from hypervisord.machmem import RESERVED_SLOTS
+from hypervisord.public.memfile import RESERVED_SLOTS
 
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
