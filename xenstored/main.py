@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-Q", "--quota", action="append", default=[], metavar="NAME=VALUE",
                    help="quota for unprivileged domains, e.g. -Q nodes=2000 "
                         f"(names: {', '.join(Quotas.names())})")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="socket clients served at once, more are refused (default "
+                        "1024, fewer under a low descriptor limit; 0: no limit, as cxenstored)")
     return p.parse_args(argv)
 
 
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             await attach_domains(nursery, service, Path(args.hypervisor) if args.hypervisor
                                  else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
-        await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
+        await nursery.start(trio.serve_listeners, UnixServer(service, args.max_connections).handle, [listener])
         log.info("listening on %s", sock_path)
 
     return daemon.run("xenstored", body, verbose=args.verbose, stop_deadline=args.stop_deadline)
