@@ -16,11 +16,14 @@ small socket buffers where a client pipelines (CI may run with
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 import time
+import weakref
 
 import pytest
+import trio
 
 from tests.framework.daemons import Xenstored
 from tests.xenstored.rawclient import (
@@ -31,7 +34,9 @@ from tests.xenstored.rawclient import (
     nul,
     pack,
 )
+from xenstored.core import XenstoreCore
 from xenstored.quota import DOM0_TRANSACTIONS
+from xenstored.service import XenstoreService
 
 BIG = b"x" * 4000
 
@@ -188,3 +193,49 @@ def test_idle_half_open_connections_are_limited(limited_xenstored):
             s.close()
         for r in refused:
             r.close()
+
+
+class BrokenPeer(trio.abc.Stream):
+    """One burst of requests, then every send fails as to a reset socket."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data, self.data = self.data, b""
+        if not data:
+            await trio.sleep_forever()
+        return data
+
+    async def send_all(self, data) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("peer reset")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.timeout(10)
+def test_a_broken_connection_is_freed_at_once():
+    """No reference cycle keeps a dead connection (its buffers, its parsed
+    requests) until a full garbage collection: that was RSS that stayed."""
+    core = XenstoreCore()
+    burst = pack(XS_READ, nul("/"), req_id=1) * 500
+
+    async def main():
+        conn = core.connect(0, privileged=True)
+        ref = weakref.ref(conn)
+        await XenstoreService(core).serve(conn, BrokenPeer(burst))
+        return ref
+
+    gc.collect()
+    gc.disable()
+    try:
+        ref = trio.run(main)
+        assert ref() is None, gc.get_referrers(ref())
+    finally:
+        gc.enable()
