@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"xenstored: {e}", file=sys.stderr)
         return 2
+    if args.max_connections is not None and args.max_connections < 0:
+        print("xenstored: --max-connections must be 0 (no limit) or more", file=sys.stderr)
+        return 2
 
     async def body(nursery: trio.Nursery, log: logging.Logger) -> None:
         store, journal = open_store(state_dir)
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             await attach_domains(nursery, service, Path(args.hypervisor) if args.hypervisor
                                  else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
-        await nursery.start(trio.serve_listeners, UnixServer(service, args.max_connections).handle, [listener])
+        server = UnixServer(service, args.max_connections)
+        await nursery.start(trio.serve_listeners, server.handle, [listener])
         log.info("listening on %s", sock_path)
 
     return daemon.run("xenstored", body, verbose=args.verbose, stop_deadline=args.stop_deadline)

@@ -259,6 +259,7 @@ class _GiveBack:
 
     def __init__(self) -> None:
         self.deadline: float | None = None
+        self.run: object | None = None  # the trio run whose task will trim
         try:
             self.trim = ctypes.CDLL(None).malloc_trim
         except (OSError, AttributeError):
@@ -267,10 +268,16 @@ class _GiveBack:
     def give_back_soon(self) -> None:
         if self.trim is None:
             return
-        pending = self.deadline is not None
+        run = trio.lowlevel.current_trio_token()
+        pending = self.deadline is not None and self.run is run
         self.deadline = trio.current_time() + self.DELAY
-        if not pending:
+        if pending:
+            return
+        self.run = run
+        try:
             trio.lowlevel.spawn_system_task(self._later, name="xenstored.give-back-memory")
+        except RuntimeError:  # the run is ending: nothing left to give back for
+            self.deadline = None
 
     async def _later(self) -> None:
         try:
