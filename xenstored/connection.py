@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from xenstored.quota import Quotas
+from xenstored.quota import DOM0_TRANSACTIONS, Quotas, exceeded
 from xenstored.transaction import Transaction
 from xenstored.watch import Watch
 
@@ -41,6 +41,13 @@ class Connection:
             self.next_tx_id = (self.next_tx_id + 1) & 0xFFFFFFFF or 1
             if tx_id not in self.transactions:
                 return tx_id
+
+    def may_start_transaction(self) -> bool:
+        """Room for one more open transaction: the domain's ``transactions``
+        quota (as cxenstored), or DOM0_TRANSACTIONS on a privileged
+        connection (cxenstored has no limit there)."""
+        limit = DOM0_TRANSACTIONS if self.privileged else self.quotas.transactions
+        return not exceeded(limit, len(self.transactions) + 1)
 
     def __repr__(self) -> str:
         return self.name

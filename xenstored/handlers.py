@@ -148,7 +148,7 @@ def do_transaction_start(core, conn, msg, tx, out) -> bytes:
         if msg.tx_id in conn.transactions:
             raise XsError("EBUSY", "nested transactions are not supported")
         raise XsError("ENOENT", f"no transaction {msg.tx_id}")
-    if not conn.privileged and exceeded(conn.quotas.transactions, len(conn.transactions) + 1):
+    if not conn.may_start_transaction():
         raise XsError("ENOSPC", "transactions quota")
     tx_id = conn.new_tx_id()
     limit = None if conn.privileged else conn.quotas.transaction_nodes

@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-Q", "--quota", action="append", default=[], metavar="NAME=VALUE",
                    help="quota for unprivileged domains, e.g. -Q nodes=2000 "
                         f"(names: {', '.join(Quotas.names())})")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help="socket clients served at once, more are refused (default "
+                        "1024, fewer under a low descriptor limit; 0: no limit, as cxenstored)")
     return p.parse_args(argv)
 
 
@@ -143,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"xenstored: {e}", file=sys.stderr)
         return 2
+    if args.max_connections is not None and args.max_connections < 0:
+        print("xenstored: --max-connections must be 0 (no limit) or more", file=sys.stderr)
+        return 2
 
     async def body(nursery: trio.Nursery, log: logging.Logger) -> None:
         store, journal = open_store(state_dir)
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             await nursery.start(attach_domains, service, Path(args.hypervisor) if args.hypervisor
                                 else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
-        await nursery.start(trio.serve_listeners, UnixServer(service).handle, [listener])
+        server = UnixServer(service, args.max_connections)
+        await nursery.start(trio.serve_listeners, server.handle, [listener])
         log.info("listening on %s", sock_path)
 
     return daemon.run("xenstored", body, verbose=args.verbose, stop_deadline=args.stop_deadline)

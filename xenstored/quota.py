@@ -1,9 +1,17 @@
-"""Quotas for unprivileged domains (cxenstored defaults, tools/xenstored/domain.c).
+"""Quotas for unprivileged domains (cxenstored defaults, tools/xenstored/domain.c),
+and the few bounds we put on dom0 connections where cxenstored has none.
 
-Privileged connections (dom0, the Unix socket) are never limited. Values
-are per domain; ``Q_VAL_DISABLED`` switches a quota off. The limits are
-plain data passed explicitly (``Quotas``), with per-domain overrides set
-through ``XS_SET_QUOTA``.
+``Quotas`` are cxenstored's, per domain; ``Q_VAL_DISABLED`` switches one off.
+They are plain data passed explicitly, with per-domain overrides set through
+``XS_SET_QUOTA``. As in cxenstored (``domain_quota_val_exceeds`` returns
+false for ``priv_domid``), they never apply to privileged connections.
+
+dom0's socket clients are trusted in cxenstored: it reads them whatever
+their output queue holds, counts no transactions for them, and accepts any
+number of them (``accept_connection`` in ``tools/xenstored/posix.c``). A
+runaway dom0 tool could thus grow the daemon without bound (issue 6,
+finding 6), so ours sets the bounds below; the README's "xenstored limits"
+table says where and why they differ from cxenstored.
 """
 
 from __future__ import annotations
@@ -11,6 +19,37 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 Q_VAL_DISABLED = 0xFFFFFFFF  # UINT_MAX
+
+#: Open transactions per privileged connection (cxenstored: unlimited). Far
+#: above any real tool's (libxl keeps one open at a time); past it
+#: ``XS_TRANSACTION_START`` answers ENOSPC, the errno cxenstored's
+#: ``do_transaction_start`` gives a domain over its ``transactions`` quota.
+DOM0_TRANSACTIONS = 256
+
+#: A connection with this many bytes of replies and events waiting is not
+#: read until they have left (backpressure; cxenstored stops reading a
+#: domain over its ``outstanding`` or ``memory`` quota, never a socket).
+OUTPUT_HIGH_WATER = 32 << 10
+
+#: Messages and bytes a connection may have waiting before it is closed as
+#: one that does not read: only events caused by others can get there, as
+#: its own replies stop at OUTPUT_HIGH_WATER. (dom0, domain)
+EVENT_BACKLOG = ((65536, 16 << 20), (1024, 1 << 20))
+
+#: Socket clients served at once (``--max-connections``), at most; fewer
+#: when the descriptor limit is low, so clients never take the descriptors
+#: the journal and the domain rings need.
+MAX_CONNECTIONS = 1024
+FDS_RESERVED = 64
+
+
+def default_max_connections() -> int:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FDS_RESERVED))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,19 @@ Per connection: the reader parses requests and hands each to the core;
 replies and watch events go into the target connection's :class:`Outbox`.
 The reader flushes its own replies itself (no task switch on the hot path,
 and a client that does not read its replies stops its own reader, nobody
-else's); a writer task flushes events caused by other connections. An
-outbox that grows past its bound belongs to a client that does not read:
-that connection is closed, the daemon goes on.
+else's); a writer task flushes events caused by other connections.
+
+Bounds (``xenstored.quota``): a connection is not read while
+``OUTPUT_HIGH_WATER`` bytes wait for it, dom0 as well as domains, so what a
+client that never reads costs is one read buffer and one high-water mark.
+Only events caused by others can grow an outbox further; one that passes
+``EVENT_BACKLOG`` belongs to a client that does not read: that connection
+is closed, the daemon goes on.
+
+A bug costs one connection: any exception while serving a connection, of
+any transport, is logged with its traceback and ends that connection only
+(a domain's ring is then ignored until the domain is released, as
+cxenstored's ``ignore_connection`` in ``tools/xenstored/domain.c``).
 
 Durability: when a request changed the store, its changes are staged in the
 journal and every message it caused waits for that sync before it leaves
@@ -20,8 +30,8 @@ journal and every message it caused waits for that sync before it leaves
 
 from __future__ import annotations
 
+import ctypes
 import logging
-from collections import deque
 from typing import Protocol
 
 import trio
@@ -29,8 +39,13 @@ import trio
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from libxen.xenstore.wire import FrameParser, ProtocolError
+from xenstored.quota import EVENT_BACKLOG, OUTPUT_HIGH_WATER, default_max_connections
 
 log = logging.getLogger("xenstored")
+
+#: Bytes asked of the transport per read, and parsed per step of a read.
+RECEIVE_SIZE = 16 << 10
+PARSE_STEP = 2048
 
 
 class Committer(Protocol):
@@ -42,12 +57,17 @@ class Outbox:
     """Messages waiting for one connection, in order, with their journal seq.
 
     Bounded in messages and in bytes: a connection that lets either grow
-    past its limit is not reading, and is closed.
+    past its limit is not reading, and is closed. ``full`` is the
+    backpressure mark: its reader waits for the peer before going on.
     """
 
     def __init__(self, limit: int, byte_limit: int) -> None:
-        self.items: deque[tuple[bytes, int]] = deque()
-        self.bytes = 0
+        # One buffer, not a list of messages: what waits is held once, and a
+        # flush sends it without joining a copy. ``seq`` is the highest
+        # journal seq among them: the whole buffer waits for that sync.
+        self.buf = bytearray()
+        self.count = 0
+        self.seq = 0
         self.limit = limit
         self.byte_limit = byte_limit
         self.sending = False  # a flush is in progress (held across its awaits)
@@ -55,12 +75,23 @@ class Outbox:
         self.idle.set()
         self.wakeup = trio.Event()
         self.overflowed = False
+        self.backpressured = False  # its reader once waited for the peer
         self.cancel: trio.CancelScope | None = None
 
+    @property
+    def bytes(self) -> int:
+        return len(self.buf)
+
+    @property
+    def full(self) -> bool:
+        return len(self.buf) >= OUTPUT_HIGH_WATER
+
     def push(self, data: bytes, seq: int, wake: bool) -> None:
-        self.items.append((data, seq))
-        self.bytes += len(data)
-        if len(self.items) > self.limit or self.bytes > self.byte_limit:
+        self.buf += data
+        self.count += 1
+        if seq > self.seq:
+            self.seq = seq
+        if self.count > self.limit or len(self.buf) > self.byte_limit:
             self.overflowed = True
             if self.cancel is not None:
                 self.cancel.cancel()
@@ -71,19 +102,19 @@ class Outbox:
         """Send everything queued, in order; one flusher at a time."""
         while self.sending:
             await self.idle.wait()
-        if not self.items:
+        if not self.buf:
             return
         self.sending = True
         self.idle = trio.Event()
         try:
-            while self.items:
-                batch = list(self.items)
-                self.items.clear()
-                self.bytes = 0
-                seq = max(s for _, s in batch)
+            while self.buf:
+                data, self.buf = self.buf, bytearray()
+                seq, self.seq = self.seq, 0
+                self.count = 0
                 if seq and committer is not None:
                     await committer.durable(seq)
-                await stream.send_all(b"".join(d for d, _ in batch))
+                await stream.send_all(data)
+                del data
         finally:
             self.sending = False
             self.idle.set()
@@ -91,8 +122,8 @@ class Outbox:
 
 class XenstoreService:
     def __init__(self, core: XenstoreCore, committer: Committer | None = None, *,
-                 outbox_limit_dom0: tuple[int, int] = (65536, 16 << 20),
-                 outbox_limit_domu: tuple[int, int] = (1024, 1 << 20)) -> None:
+                 outbox_limit_dom0: tuple[int, int] = EVENT_BACKLOG[0],
+                 outbox_limit_domu: tuple[int, int] = EVENT_BACKLOG[1]) -> None:
         self.core = core
         self.committer = committer
         self.outboxes: dict[int, Outbox] = {}
@@ -125,22 +156,43 @@ class XenstoreService:
             try:
                 async with trio.open_nursery() as nursery:
                     box.cancel = nursery.cancel_scope
-                    nursery.start_soon(self._writer, box, stream)
-                    await self._reader(conn, box, stream)
-                    nursery.cancel_scope.cancel()
+                    nursery.start_soon(self._guarded, conn, box, stream, self._writer)
+                    nursery.start_soon(self._guarded, conn, box, stream, self._reader)
             except* (trio.BrokenResourceError, trio.ClosedResourceError) as group:
                 # sending to it failed: a reset socket, or a ring whose
                 # indices the domain corrupted; it costs this connection only
-                for e in group.exceptions:
-                    _log_broken(conn, e)
+                _log_each(_log_broken, conn, group)
+            except* Exception as group:
+                # A bug of ours (a handler, the committer, a transport): it
+                # costs this connection only, whatever carries it.
+                _log_each(_log_internal_error, conn, group)
             if box.overflowed:
                 log.warning("%s: closed, it does not read its messages "
-                            "(%d queued)", conn, len(box.items))
+                            "(%d queued)", conn, box.count)
         finally:
             self.outboxes.pop(conn.conn_id, None)
             self.core.disconnect(conn)
+            if box.backpressured or box.overflowed:
+                _memory.give_back_soon()
 
-    async def _writer(self, box: Outbox, stream) -> None:
+    async def _guarded(self, conn: Connection, box: Outbox, stream, body) -> None:
+        """Run the reader or the writer; when it ends, for whatever reason,
+        the connection ends. Errors are handled here, inside the task: one
+        that left it would tangle trio's nursery bookkeeping with this
+        task's frames in a reference cycle, and its buffers would stay
+        until a full garbage collection."""
+        try:
+            await body(conn, box, stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            # a reset socket, or a ring whose indices the domain corrupted
+            _log_broken(conn, e)
+        except Exception as e:  # a bug of ours: it costs this connection only
+            _log_internal_error(conn, e)
+        finally:
+            assert box.cancel is not None
+            box.cancel.cancel()
+
+    async def _writer(self, conn: Connection, box: Outbox, stream) -> None:
         while True:
             await box.wakeup.wait()
             box.wakeup = trio.Event()
@@ -148,33 +200,112 @@ class XenstoreService:
 
     async def _reader(self, conn: Connection, box: Outbox, stream) -> None:
         parser = FrameParser()
+        # The outstanding-requests quota (cxenstored's, 20 for a domain): at
+        # most that many requests are handled before their replies are on
+        # their way. Every connection, dom0 too: while OUTPUT_HIGH_WATER
+        # bytes wait for it, it is not read (what it sent stays in its
+        # socket or ring). A client that does not take its replies stops
+        # its own reader there.
+        limit = None if conn.privileged else max(1, conn.quotas.outstanding)
+        handled = 0
         while True:
             try:
-                data = await stream.receive_some(65536)
+                data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 _log_broken(conn, e)
                 return
             if not data:
                 return
-            try:
-                messages = parser.feed(data)
-            except ProtocolError as e:
-                log.warning("%s: protocol error, closing: %s", conn, e)
-                return
-            # The outstanding-requests quota (cxenstored's, 20 for a domain):
-            # at most that many requests are handled before their replies
-            # are on their way; a client that does not take its replies
-            # stops its own reader there.
-            limit = None if conn.privileged else max(1, conn.quotas.outstanding)
-            for i, msg in enumerate(messages):
-                if limit is not None and i and i % limit == 0:
+            view = memoryview(data)
+            # Parsed a slice at a time: a chunk of tiny requests becomes a
+            # few hundred Message objects at once, never thousands.
+            for off in range(0, len(view), PARSE_STEP):
+                try:
+                    messages = parser.feed(view[off:off + PARSE_STEP])
+                except ProtocolError as e:
+                    await box.flush(stream, self.committer)  # answer what came before
+                    log.warning("%s: protocol error, closing: %s", conn, e)
+                    return
+                for msg in messages:
+                    if box.full:
+                        box.backpressured = True
+                    if box.full or (limit is not None and handled >= limit):
+                        await box.flush(stream, self.committer)
+                        handled = 0
+                    out = self.core.handle(conn, msg)
+                    handled += 1
+                    self._deliver(conn, out, self._stage())
+                del messages
+                if parser.error is not None:  # good requests before it are answered
                     await box.flush(stream, self.committer)
-                out = self.core.handle(conn, msg)
-                self._deliver(conn, out, self._stage())
+                    log.warning("%s: protocol error, closing: %s", conn, parser.error)
+                    return
+            del view, data
             await box.flush(stream, self.committer)
-            if parser.error is not None:  # good requests before it were answered
-                log.warning("%s: protocol error, closing: %s", conn, parser.error)
-                return
+            handled = 0
+
+
+class _GiveBack:
+    """Hands freed heap back to the system once connections that held much
+    memory (stalled ones) are gone.
+
+    Python frees their buffers at once, but glibc keeps freed heap pages
+    for reuse: without ``malloc_trim`` the daemon's RSS stays at its peak.
+    One trim per burst of closes, ``DELAY`` after the last (a system task
+    coalesces them); nothing on a C library without ``malloc_trim``.
+    """
+
+    DELAY = 0.5
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None
+        self.run: object | None = None  # the trio run whose task will trim
+        try:
+            self.trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            self.trim = None
+
+    def give_back_soon(self) -> None:
+        if self.trim is None:
+            return
+        run = trio.lowlevel.current_trio_token()
+        pending = self.deadline is not None and self.run is run
+        self.deadline = trio.current_time() + self.DELAY
+        if pending:
+            return
+        self.run = run
+        try:
+            trio.lowlevel.spawn_system_task(self._later, name="xenstored.give-back-memory")
+        except RuntimeError:  # the run is ending: nothing left to give back for
+            self.deadline = None
+
+    async def _later(self) -> None:
+        try:
+            while self.deadline is not None and trio.current_time() < self.deadline:
+                await trio.sleep_until(self.deadline)
+        finally:
+            self.deadline = None
+        self.trim(0)
+
+
+_memory = _GiveBack()
+
+
+def _log_each(log_one, conn: Connection, group: BaseExceptionGroup) -> None:
+    """Log every exception of ``group``. In its own frame on purpose: a
+    loop variable left in ``serve``'s frame would hold the exception, whose
+    traceback holds that frame: a cycle keeping the connection's buffers
+    until a full garbage collection (RSS that stayed after clients left)."""
+    for e in group.exceptions:
+        log_one(conn, e)
+
+
+def _log_internal_error(conn: Connection, e: BaseException) -> None:
+    if conn.privileged:
+        log.error("%s: internal error, connection closed", conn, exc_info=e)
+    else:  # the domain stays introduced; @releaseDomain fires when it goes
+        log.error("%s: internal error, the domain's connection is ignored until it "
+                  "is released", conn, exc_info=e)
 
 
 def _log_broken(conn: Connection, e: BaseException) -> None:
@@ -186,20 +317,51 @@ def _log_broken(conn: Connection, e: BaseException) -> None:
 
 
 class UnixServer:
-    """Accepts socket clients; each is dom0 (privileged), as in cxenstored."""
+    """Accepts socket clients; each is dom0 (privileged), as in cxenstored.
 
-    def __init__(self, service: XenstoreService) -> None:
+    At most ``max_connections`` are served at once (cxenstored has no such
+    limit); one more is closed at once, with a warning logged at most every
+    ``REFUSAL_LOG_INTERVAL`` seconds.
+    """
+
+    REFUSAL_LOG_INTERVAL = 10.0
+
+    def __init__(self, service: XenstoreService, max_connections: int | None = None) -> None:
         self.service = service
+        self.max_connections = (default_max_connections() if max_connections is None
+                                else max_connections)
+        self.open = 0
+        self.refused = 0  # since the last warning
+        self.refusal_logged = -float("inf")
 
     async def handle(self, stream: trio.SocketStream) -> None:
-        conn = self.service.core.connect(0, privileged=True)
-        log.debug("%s: connected", conn)
-        try:
-            await self.service.serve(conn, stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            log.debug("%s: connection lost: %s", conn, e)
-        except Exception:  # a bug must cost one connection, never the daemon
-            log.exception("%s: internal error, connection closed", conn)
-        finally:
+        if self.max_connections and self.open >= self.max_connections:
+            self._refuse()
             await trio.aclose_forcefully(stream)
-            log.debug("%s: closed", conn)
+            return
+        self.open += 1
+        try:
+            conn = self.service.core.connect(0, privileged=True)
+            log.debug("%s: connected", conn)
+            try:
+                await self.service.serve(conn, stream)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                log.debug("%s: connection lost: %s", conn, e)
+            except Exception:  # serve() guards itself; this is the last resort
+                log.exception("%s: internal error, connection closed", conn)
+            finally:
+                await trio.aclose_forcefully(stream)
+                log.debug("%s: closed", conn)
+        finally:
+            self.open -= 1
+
+    def _refuse(self) -> None:
+        self.refused += 1
+        now = trio.current_time()
+        if now - self.refusal_logged < self.REFUSAL_LOG_INTERVAL:
+            return
+        more = f" ({self.refused - 1} more since the last warning)" if self.refused > 1 else ""
+        log.warning("refusing a socket connection: %d are open (--max-connections %d)%s",
+                    self.open, self.max_connections, more)
+        self.refusal_logged = now
+        self.refused = 0
