@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from xenstored.core import OK, number, strings
+from xenstored.protocol.args import OK, number, strings
 from xenstored.protocol.errors import XsError
 
 log = logging.getLogger("xenstored")

@@ -3,16 +3,18 @@
 Pure and synchronous (no trio, no sockets). A transport hands
 :meth:`XenstoreCore.handle` a connection and a parsed message and gets back
 the messages to send, to that connection and to watchers elsewhere. The
-dispatch table gives each message type its handler and flags, as
-cxenstored's ``wire_funcs`` does (privileged-only, ignores ``tx_id``);
-handlers raise :class:`XsError` and :meth:`handle` alone turns errors into
-``XS_ERROR`` replies.
+dispatch table, given to the constructor (``xenstored.handlers.TABLE``),
+maps each message type to its handler and flags, as cxenstored's
+``wire_funcs`` does (privileged-only, ignores ``tx_id``); handlers raise
+:class:`XsError` and :meth:`handle` alone turns errors into ``XS_ERROR``
+replies. Imports flow one way: handlers -> core, handlers -> control,
+both -> ``xenstored.protocol``; the core imports neither.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hypervisord.public.io.xs_wire import (
@@ -27,10 +29,10 @@ from xenstored import path as xpath
 from xenstored.connection import Connection
 from xenstored.domain import Domains
 from xenstored.ops import Caller, Fire
-from xenstored.perms import PERM_READ, Perms, PermsError
+from xenstored.perms import PERM_READ, Perms
 from xenstored.protocol.errors import XsError
 from xenstored.protocol.wire import Message, encode, join_strings
-from xenstored.quota import Quotas, exceeded
+from xenstored.quota import Quotas
 from xenstored.store import Store
 from xenstored.transaction import Transaction
 from xenstored.watch import Watch, WatchRegistry
@@ -38,7 +40,6 @@ from xenstored.watch import Watch, WatchRegistry
 log = logging.getLogger("xenstored")
 
 SERVER_FEATURES = XENSTORE_SERVER_FEATURE_WATCHDEPTH
-OK = b"OK\0"
 
 Outgoing = list[tuple[Connection, bytes]]
 
@@ -50,26 +51,12 @@ class Op:
     uses_tx: bool = True  # False: tx_id is ignored (XS_FLAG_NOTID)
 
 
-def strings(payload: bytes, count: int | None = None, at_least: int = 0) -> list[bytes]:
-    """Nul-terminated strings of a request; EINVAL unless well formed."""
-    if not payload.endswith(b"\0"):
-        raise XsError("EINVAL", "payload not nul-terminated")
-    parts = payload[:-1].split(b"\0")
-    if count is not None and len(parts) != count:
-        raise XsError("EINVAL", f"expected {count} arguments")
-    if len(parts) < at_least:
-        raise XsError("EINVAL", f"expected at least {at_least} arguments")
-    return parts
-
-
-def number(raw: bytes, limit: int = 0xFFFFFFFF) -> int:
-    if not raw.isdigit() or len(raw) > 10 or int(raw) > limit:
-        raise XsError("EINVAL", f"bad number {raw[:20]!r}")
-    return int(raw)
-
-
 class XenstoreCore:
-    def __init__(self, store: Store | None = None, quotas: Quotas | None = None) -> None:
+    def __init__(self, table: Mapping[int, Op], store: Store | None = None,
+                 quotas: Quotas | None = None) -> None:
+        #: message type -> Op; given by the caller (``xenstored.handlers.TABLE``)
+        #: so the core never imports its handlers
+        self.table = table
         self.store = store or Store()
         self.quotas = quotas or Quotas()
         self.domains = Domains(self.quotas)
@@ -79,9 +66,6 @@ class XenstoreCore:
         self.on_introduce: Callable[[int, int, int], None] | None = None
         #: called with (domid,) after a domain's release
         self.on_release: Callable[[int], None] | None = None
-        from xenstored.handlers import TABLE  # late: handlers import this module
-
-        self.table: dict[int, Op] = TABLE
 
     # -- connections ------------------------------------------------------------
     def connect(self, domid: int = 0, privileged: bool = True, name: str = "") -> Connection:
@@ -247,14 +231,3 @@ class XenstoreCore:
     def check(self) -> list[str]:
         return self.store.check()
 
-
-def parse_perms(items: list[bytes]) -> Perms:
-    try:
-        return Perms.parse([i.decode("ascii") for i in items])
-    except (PermsError, UnicodeDecodeError) as e:
-        raise XsError("EINVAL", str(e)) from None
-
-
-def check_watch_quota(conn: Connection) -> None:
-    if not conn.privileged and exceeded(conn.quotas.watches, len(conn.watches) + 1):
-        raise XsError("E2BIG", "watches quota")

@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType as T
 from xenstored import ops
-from xenstored.core import (
-    OK,
-    SERVER_FEATURES,
-    Op,
-    check_watch_quota,
-    number,
-    parse_perms,
-    strings,
-)
+from xenstored.control import do_control, do_get_quota, do_set_quota
+from xenstored.core import SERVER_FEATURES, Op, XenstoreCore
+from xenstored.protocol.args import OK, number, parse_perms, strings
 from xenstored.protocol.errors import XsError
 from xenstored.quota import exceeded
 from xenstored.transaction import Transaction
@@ -105,6 +99,11 @@ def do_set_perms(core, conn, msg, tx, out) -> bytes:
     caller = core.caller(conn)
     core.mutate(conn, tx, lambda layer: ops.set_perms(layer, caller, path, perms), out)
     return OK
+
+
+def check_watch_quota(conn) -> None:
+    if not conn.privileged and exceeded(conn.quotas.watches, len(conn.watches) + 1):
+        raise XsError("E2BIG", "watches quota")
 
 
 def do_watch(core, conn, msg, tx, out) -> bytes:
@@ -261,8 +260,6 @@ def do_set_feature(core, conn, msg, tx, out) -> bytes:
     return OK
 
 
-from xenstored.control import do_control, do_get_quota, do_set_quota  # noqa: E402
-
 TABLE: dict[int, Op] = {
     T.XS_CONTROL: Op(do_control, privileged=True),
     T.XS_DIRECTORY: Op(do_directory),
@@ -289,3 +286,8 @@ TABLE: dict[int, Op] = {
     T.XS_GET_QUOTA: Op(do_get_quota, privileged=True),
     T.XS_SET_QUOTA: Op(do_set_quota, privileged=True),
 }
+
+
+def new_core(store=None, quotas=None) -> XenstoreCore:
+    """A core serving every message type of :data:`TABLE`."""
+    return XenstoreCore(TABLE, store, quotas)

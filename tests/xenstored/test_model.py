@@ -47,6 +47,7 @@ from hypothesis.stateful import (
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from tests.xenstored import model as m
 from xenstored.core import XenstoreCore
+from xenstored.handlers import TABLE
 from xenstored.protocol.wire import FrameParser, decode_header, encode
 from xenstored.quota import Quotas
 
@@ -114,7 +115,7 @@ def _matches(mtype: int, want: m.Reply | None, got: m.Reply) -> bool:
 class XenstoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.core = XenstoreCore(quotas=QUOTAS)
+        self.core = XenstoreCore(TABLE, quotas=QUOTAS)
         self.model = m.Model(LIMITS, EXCUSED)
         self.conns: dict = {}
         self.name_of: dict = {}
@@ -487,7 +488,7 @@ class Wire:
     """dom0 and introduced domains talking to one core through wire bytes."""
 
     def __init__(self) -> None:
-        self.core = XenstoreCore(quotas=QUOTAS)
+        self.core = XenstoreCore(TABLE, quotas=QUOTAS)
         self.conns = {0: self.core.connect(0, privileged=True)}
         self.events: list[tuple[int, bytes]] = []
 
