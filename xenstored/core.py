@@ -31,7 +31,7 @@ from xenstored.domain import Domains
 from xenstored.ops import Caller, Fire
 from xenstored.perms import PERM_READ, Perms
 from xenstored.protocol.errors import XsError
-from xenstored.protocol.wire import Message, encode, join_strings
+from xenstored.protocol.wire import HEADER_SIZE, Message, encode, join_strings
 from xenstored.quota import Quotas
 from xenstored.store import Store
 from xenstored.transaction import Transaction
@@ -98,6 +98,8 @@ class XenstoreCore:
                 raise XsError("EACCES", f"{msg.type_name} is for dom0 only")
             tx = self._transaction(conn, msg) if op.uses_tx else None
             payload = op.handler(self, conn, msg, tx, out)
+            if len(out) > 1:
+                out[:] = unique_events(out)
             if len(payload) > XENSTORE_PAYLOAD_MAX:
                 raise XsError("E2BIG", "reply too large")
             out.insert(0, (conn, encode(msg.type, msg.req_id, msg.tx_id, payload)))
@@ -169,7 +171,7 @@ class XenstoreCore:
                change: Callable[[ops.Layer], list[Fire]], out: Outgoing) -> None:
         """Run a node change directly or inside ``tx``; fire or defer its events."""
         if tx is not None:
-            tx.fires.extend(change(tx))
+            tx.queue_fires(change(tx))
             return
         fires = change(self.store)
         self.fire(fires, out)
@@ -183,20 +185,29 @@ class XenstoreCore:
         for conn in list(self.connections.values()):
             if conn.domid == domid and not conn.privileged:
                 self.disconnect(conn)
-        self.remove_domain_nodes(domid)
+        # Watchers hear of every node removed, as for XS_RM (cxenstored
+        # domain_tree_remove -> rm_node), then of @releaseDomain.
+        self.fire(self.remove_domain_nodes(domid), out)
         self.fire_special(SPECIAL_RELEASE_DOMAIN, domid, out)
         if self.on_release:
             self.on_release(domid)
 
-    def remove_domain_nodes(self, domid: int) -> None:
-        """XSA-419: nodes owned by a destroyed domain do not outlive it."""
+    def remove_domain_nodes(self, domid: int) -> list[Fire]:
+        """XSA-419: nodes owned by a destroyed domain do not outlive it.
+
+        Each topmost owned node goes with its subtree, like an XS_RM of it;
+        returns the watch fires those removals cause.
+        """
+        fires: list[Fire] = []
         if domid == 0:
-            return
+            return fires
         owned = [p for p, n in self.store.nodes.items()
                  if n.perms.owner == domid and not xpath.is_special(p)]
         for p in sorted(owned, key=len):
-            if self.store.get(p) is not None:
-                ops.remove_subtree(self.store, p)
+            node = self.store.get(p)
+            if node is not None:
+                perms = node.perms
+                fires.append(Fire(p, True, perms, ops.remove_subtree(self.store, p)))
         # XSA-322: entries naming the dead domain must not grant anything to
         # a later domain that reuses its id.
         for p, node in list(self.store.nodes.items()):
@@ -204,6 +215,7 @@ class XenstoreCore:
             if stale:
                 kept = tuple(e for e in node.perms.entries[1:] if e.domid != domid)
                 self.store.set_perms(p, Perms((node.perms.entries[0],) + kept))
+        return fires
 
     def introduce_domain(self, domid: int, mfn: int, port: int, out: Outgoing) -> None:
         dom = self.domains.get(domid)
@@ -231,3 +243,22 @@ class XenstoreCore:
     def check(self) -> list[str]:
         return self.store.check()
 
+
+
+def unique_events(out: Outgoing) -> Outgoing:
+    """``out`` without repeats: one request queues an identical event for one
+    connection once (cxenstored ``send_event`` drops an event identical to one
+    already pending; two watches with one token on a node and its parent, or a
+    node reached twice by one commit). Special paths (``@...``) are exempt, as
+    there.
+    """
+    seen: set[tuple[int, bytes]] = set()
+    kept: Outgoing = []
+    for conn, data in out:
+        if data[HEADER_SIZE:HEADER_SIZE + 1] != b"@":
+            key = (id(conn), data)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append((conn, data))
+    return kept

@@ -168,7 +168,7 @@ def do_transaction_end(core, conn, msg, tx, out) -> bytes:
             if tx.owner_delta[conn.domid] > 0 and exceeded(conn.quotas.nodes, after):
                 raise XsError("ENOSPC", "nodes quota")
         tx.commit()
-        core.fire(tx.fires, out)
+        core.fire(tx.commit_fires(), out)
     return OK
 
 
