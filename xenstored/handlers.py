@@ -12,7 +12,7 @@ from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType a
 from xenstored import ops
 from xenstored.control import do_control, do_get_quota, do_set_quota
 from xenstored.core import SERVER_FEATURES, Op, XenstoreCore
-from xenstored.protocol.args import OK, number, parse_perms, strings
+from xenstored.protocol.args import OK, c_atoi_unsigned, number, parse_perms, strings
 from xenstored.protocol.errors import XsError
 from xenstored.quota import exceeded
 from xenstored.transaction import Transaction
@@ -43,12 +43,14 @@ def do_directory(core, conn, msg, tx, out) -> bytes:
 def do_directory_part(core, conn, msg, tx, out) -> bytes:
     raw_path, raw_off = strings(msg.payload, 2)
     path = core.path_arg(conn, raw_path)
-    offset = number(raw_off)
     node = ops.directory(_layer(core, tx), core.caller(conn), path)
+    # cxenstored send_directory_part: the offset is atoi()'d, never refused,
+    # and one at or past the end answers "<gencnt>\0\0" (an empty last chunk)
+    offset = c_atoi_unsigned(raw_off)
     listing = b"".join(c.encode() + b"\0" for c in node.children)
-    if offset > len(listing):
-        raise XsError("EINVAL", "offset beyond the child list")
     gen = str(node.generation).encode() + b"\0"
+    if offset >= len(listing):
+        return gen + b"\0"
     room = XENSTORE_PAYLOAD_MAX - len(gen) - 1
     chunk_end = offset
     while chunk_end < len(listing):

@@ -422,8 +422,18 @@ class Model:
     def view(self, tx: MTx | None) -> dict[str, MNode]:
         if tx is None:
             return self.main
-        merged = {p: n for p, n in self.main.items() if p not in tx.writes}
-        merged.update({p: n for p, n in tx.writes.items() if n is not None})
+        # the snapshot rule: a touched node as at first touch, then own changes
+        merged = dict(self.main)
+        for p, (node, _kids) in tx.snap.items():
+            if node is None:
+                merged.pop(p, None)
+            else:
+                merged[p] = node
+        for p, n in tx.writes.items():
+            if n is None:
+                merged.pop(p, None)
+            else:
+                merged[p] = n
         return merged
 
     def conflicts(self, marks: dict[str, int | None]) -> list[str]:

@@ -419,8 +419,12 @@ def test_quota_does_not_limit_dom0(c):
 def test_control_commands(c):
     assert c.control("check") == b"OK\0"
     help_text = c.control("help")
-    for cmd in (b"check", b"log", b"quota", b"help"):
+    for cmd in (b"check", b"log", b"print", b"quota", b"help"):
         assert cmd in help_text
+    # xenstore-control print: OK, the string goes to the log (control.c)
+    assert c.control("print", "hello from the test") == b"OK\0"
+    assert c.err(XS_CONTROL, nul("print")) == "EINVAL"
+    assert c.err(XS_CONTROL, nul("print", "a", "b")) == "EINVAL"
     assert c.control("log", "on") == b"OK\0"
     assert c.control("log") == b"on\0"
     assert c.control("log", "off") == b"OK\0"

@@ -37,3 +37,30 @@ def parse_perms(items: list[bytes]) -> Perms:
         return Perms.parse([i.decode("ascii") for i in items])
     except (PermsError, UnicodeDecodeError) as e:
         raise XsError("EINVAL", str(e)) from None
+
+
+_LONG_MAX = 2**63 - 1
+_C_SPACE = b" \t\n\v\f\r"
+
+
+def c_atoi_unsigned(raw: bytes) -> int:
+    """``(unsigned int)atoi(raw)`` as glibc on x86-64 computes it.
+
+    For the fields cxenstored reads with ``atoi`` and never refuses (the
+    DIRECTORY_PART offset): leading C white space, an optional sign, then
+    decimal digits up to the first other byte; no digits is 0; ``strtol``
+    saturates at LONG_MIN/LONG_MAX and the conversions to int and then to
+    unsigned int keep the low 32 bits.
+    """
+    i = 0
+    while i < len(raw) and raw[i] in _C_SPACE:
+        i += 1
+    negative = i < len(raw) and raw[i] == ord("-")
+    if i < len(raw) and raw[i] in b"+-":
+        i += 1
+    j = i
+    while j < len(raw) and 0x30 <= raw[j] <= 0x39:
+        j += 1
+    value = int(raw[i:j]) if j > i else 0
+    value = max(-_LONG_MAX - 1, min(_LONG_MAX, -value if negative else value))
+    return value & 0xFFFFFFFF
