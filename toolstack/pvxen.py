@@ -324,8 +324,8 @@ def remove_stale_configs(rundir: Path) -> None:
     """The toolstack starts: forget the saved configs of domains that are gone."""
     if not (rundir / "xl" / "userdata").is_dir():
         return
-    from hypervisord.toolstack import builder
-    from hypervisord.toolstack.hcall import XenError
+    from toolstack import builder
+    from toolstack.hcall import XenError
 
     try:
         with builder.Toolstack(rundir) as ts:

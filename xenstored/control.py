@@ -3,14 +3,15 @@
 ``XS_CONTROL`` payload: ``<cmd>\\0[<arg>\\0]*`` (what ``xenstore-control``
 sends). Commands: ``check`` (store and accounting consistency), ``log``
 (``on``/``off``: debug logging), ``quota`` (show, ``quota <domid>``,
-``quota set <name> <value>``) and ``help``.
+``quota set <name> <value>``), ``print <string>`` (the string goes to the
+log, as cxenstored's ``xprintf("control: %s")``) and ``help``.
 """
 
 from __future__ import annotations
 
 import logging
 
-from xenstored.core import OK, number, strings
+from xenstored.protocol.args import OK, number, strings
 from libxen.xenstore.errors import XsError
 
 log = logging.getLogger("xenstored")
@@ -55,11 +56,21 @@ def _quota(core, args: list[bytes]) -> bytes:
     return _show_quotas(_domain(core, args[0]).quotas)
 
 
+def _print(core, args: list[bytes]) -> bytes:
+    # tools/xenstored/control.c do_control_print: exactly one string
+    if len(args) != 1:
+        raise XsError("EINVAL", "print takes one string")
+    log.info("control: %s", args[0].decode(errors="backslashreplace"))
+    return OK
+
+
 def _help(core, args: list[bytes]) -> bytes:
-    return b"Commands:\ncheck\nlog [on|off]\nquota [<domid> | set <name> <value>]\nhelp\n\0"
+    return (b"Commands:\ncheck\nlog [on|off]\nprint <string>\n"
+            b"quota [<domid> | set <name> <value>]\nhelp\n\0")
 
 
-COMMANDS = {b"check": _check, b"log": _log, b"quota": _quota, b"help": _help}
+COMMANDS = {b"check": _check, b"log": _log, b"print": _print, b"quota": _quota,
+            b"help": _help}
 
 
 def do_control(core, conn, msg, tx, out) -> bytes:

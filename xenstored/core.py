@@ -3,16 +3,18 @@
 Pure and synchronous (no trio, no sockets). A transport hands
 :meth:`XenstoreCore.handle` a connection and a parsed message and gets back
 the messages to send, to that connection and to watchers elsewhere. The
-dispatch table gives each message type its handler and flags, as
-cxenstored's ``wire_funcs`` does (privileged-only, ignores ``tx_id``);
-handlers raise :class:`XsError` and :meth:`handle` alone turns errors into
-``XS_ERROR`` replies.
+dispatch table, given to the constructor (``xenstored.handlers.TABLE``),
+maps each message type to its handler and flags, as cxenstored's
+``wire_funcs`` does (privileged-only, ignores ``tx_id``); handlers raise
+:class:`XsError` and :meth:`handle` alone turns errors into ``XS_ERROR``
+replies. Imports flow one way: handlers -> core, handlers -> control,
+both -> ``xenstored.protocol``; the core imports neither.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hypervisord.public.io.xs_wire import (
@@ -27,10 +29,10 @@ from xenstored import path as xpath
 from xenstored.connection import Connection
 from xenstored.domain import Domains
 from xenstored.ops import Caller, Fire
-from xenstored.perms import PERM_READ, Perms, PermsError
+from xenstored.perms import PERM_READ, Perms
 from libxen.xenstore.errors import XsError
-from libxen.xenstore.wire import Message, encode, join_strings
-from xenstored.quota import Quotas, exceeded
+from libxen.xenstore.wire import HEADER_SIZE, Message, encode, join_strings
+from xenstored.quota import Quotas
 from xenstored.store import Store
 from xenstored.transaction import Transaction
 from xenstored.watch import Watch, WatchRegistry
@@ -38,7 +40,6 @@ from xenstored.watch import Watch, WatchRegistry
 log = logging.getLogger("xenstored")
 
 SERVER_FEATURES = XENSTORE_SERVER_FEATURE_WATCHDEPTH
-OK = b"OK\0"
 
 Outgoing = list[tuple[Connection, bytes]]
 
@@ -50,26 +51,12 @@ class Op:
     uses_tx: bool = True  # False: tx_id is ignored (XS_FLAG_NOTID)
 
 
-def strings(payload: bytes, count: int | None = None, at_least: int = 0) -> list[bytes]:
-    """Nul-terminated strings of a request; EINVAL unless well formed."""
-    if not payload.endswith(b"\0"):
-        raise XsError("EINVAL", "payload not nul-terminated")
-    parts = payload[:-1].split(b"\0")
-    if count is not None and len(parts) != count:
-        raise XsError("EINVAL", f"expected {count} arguments")
-    if len(parts) < at_least:
-        raise XsError("EINVAL", f"expected at least {at_least} arguments")
-    return parts
-
-
-def number(raw: bytes, limit: int = 0xFFFFFFFF) -> int:
-    if not raw.isdigit() or len(raw) > 10 or int(raw) > limit:
-        raise XsError("EINVAL", f"bad number {raw[:20]!r}")
-    return int(raw)
-
-
 class XenstoreCore:
-    def __init__(self, store: Store | None = None, quotas: Quotas | None = None) -> None:
+    def __init__(self, table: Mapping[int, Op], store: Store | None = None,
+                 quotas: Quotas | None = None) -> None:
+        #: message type -> Op; given by the caller (``xenstored.handlers.TABLE``)
+        #: so the core never imports its handlers
+        self.table = table
         self.store = store or Store()
         self.quotas = quotas or Quotas()
         self.domains = Domains(self.quotas)
@@ -79,9 +66,6 @@ class XenstoreCore:
         self.on_introduce: Callable[[int, int, int], None] | None = None
         #: called with (domid,) after a domain's release
         self.on_release: Callable[[int], None] | None = None
-        from xenstored.handlers import TABLE  # late: handlers import this module
-
-        self.table: dict[int, Op] = TABLE
 
     # -- connections ------------------------------------------------------------
     def connect(self, domid: int = 0, privileged: bool = True, name: str = "") -> Connection:
@@ -114,6 +98,8 @@ class XenstoreCore:
                 raise XsError("EACCES", f"{msg.type_name} is for dom0 only")
             tx = self._transaction(conn, msg) if op.uses_tx else None
             payload = op.handler(self, conn, msg, tx, out)
+            if len(out) > 1:
+                out[:] = unique_events(out)
             if len(payload) > XENSTORE_PAYLOAD_MAX:
                 raise XsError("E2BIG", "reply too large")
             out.insert(0, (conn, encode(msg.type, msg.req_id, msg.tx_id, payload)))
@@ -185,7 +171,7 @@ class XenstoreCore:
                change: Callable[[ops.Layer], list[Fire]], out: Outgoing) -> None:
         """Run a node change directly or inside ``tx``; fire or defer its events."""
         if tx is not None:
-            tx.fires.extend(change(tx))
+            tx.queue_fires(change(tx))
             return
         fires = change(self.store)
         self.fire(fires, out)
@@ -199,20 +185,29 @@ class XenstoreCore:
         for conn in list(self.connections.values()):
             if conn.domid == domid and not conn.privileged:
                 self.disconnect(conn)
-        self.remove_domain_nodes(domid)
+        # Watchers hear of every node removed, as for XS_RM (cxenstored
+        # domain_tree_remove -> rm_node), then of @releaseDomain.
+        self.fire(self.remove_domain_nodes(domid), out)
         self.fire_special(SPECIAL_RELEASE_DOMAIN, domid, out)
         if self.on_release:
             self.on_release(domid)
 
-    def remove_domain_nodes(self, domid: int) -> None:
-        """XSA-419: nodes owned by a destroyed domain do not outlive it."""
+    def remove_domain_nodes(self, domid: int) -> list[Fire]:
+        """XSA-419: nodes owned by a destroyed domain do not outlive it.
+
+        Each topmost owned node goes with its subtree, like an XS_RM of it;
+        returns the watch fires those removals cause.
+        """
+        fires: list[Fire] = []
         if domid == 0:
-            return
+            return fires
         owned = [p for p, n in self.store.nodes.items()
                  if n.perms.owner == domid and not xpath.is_special(p)]
         for p in sorted(owned, key=len):
-            if self.store.get(p) is not None:
-                ops.remove_subtree(self.store, p)
+            node = self.store.get(p)
+            if node is not None:
+                perms = node.perms
+                fires.append(Fire(p, True, perms, ops.remove_subtree(self.store, p)))
         # XSA-322: entries naming the dead domain must not grant anything to
         # a later domain that reuses its id.
         for p, node in list(self.store.nodes.items()):
@@ -220,6 +215,7 @@ class XenstoreCore:
             if stale:
                 kept = tuple(e for e in node.perms.entries[1:] if e.domid != domid)
                 self.store.set_perms(p, Perms((node.perms.entries[0],) + kept))
+        return fires
 
     def introduce_domain(self, domid: int, mfn: int, port: int, out: Outgoing) -> None:
         dom = self.domains.get(domid)
@@ -248,13 +244,21 @@ class XenstoreCore:
         return self.store.check()
 
 
-def parse_perms(items: list[bytes]) -> Perms:
-    try:
-        return Perms.parse([i.decode("ascii") for i in items])
-    except (PermsError, UnicodeDecodeError) as e:
-        raise XsError("EINVAL", str(e)) from None
 
-
-def check_watch_quota(conn: Connection) -> None:
-    if not conn.privileged and exceeded(conn.quotas.watches, len(conn.watches) + 1):
-        raise XsError("E2BIG", "watches quota")
+def unique_events(out: Outgoing) -> Outgoing:
+    """``out`` without repeats: one request queues an identical event for one
+    connection once (cxenstored ``send_event`` drops an event identical to one
+    already pending; two watches with one token on a node and its parent, or a
+    node reached twice by one commit). Special paths (``@...``) are exempt, as
+    there.
+    """
+    seen: set[tuple[int, bytes]] = set()
+    kept: Outgoing = []
+    for conn, data in out:
+        if data[HEADER_SIZE:HEADER_SIZE + 1] != b"@":
+            key = (id(conn), data)
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append((conn, data))
+    return kept

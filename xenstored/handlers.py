@@ -10,15 +10,9 @@ from __future__ import annotations
 
 from hypervisord.public.io.xs_wire import XENSTORE_PAYLOAD_MAX, XsdSockmsgType as T
 from xenstored import ops
-from xenstored.core import (
-    OK,
-    SERVER_FEATURES,
-    Op,
-    check_watch_quota,
-    number,
-    parse_perms,
-    strings,
-)
+from xenstored.control import do_control, do_get_quota, do_set_quota
+from xenstored.core import SERVER_FEATURES, Op, XenstoreCore
+from xenstored.protocol.args import OK, c_atoi_unsigned, number, parse_perms, strings
 from libxen.xenstore.errors import XsError
 from xenstored.quota import exceeded
 from xenstored.transaction import Transaction
@@ -49,12 +43,14 @@ def do_directory(core, conn, msg, tx, out) -> bytes:
 def do_directory_part(core, conn, msg, tx, out) -> bytes:
     raw_path, raw_off = strings(msg.payload, 2)
     path = core.path_arg(conn, raw_path)
-    offset = number(raw_off)
     node = ops.directory(_layer(core, tx), core.caller(conn), path)
+    # cxenstored send_directory_part: the offset is atoi()'d, never refused,
+    # and one at or past the end answers "<gencnt>\0\0" (an empty last chunk)
+    offset = c_atoi_unsigned(raw_off)
     listing = b"".join(c.encode() + b"\0" for c in node.children)
-    if offset > len(listing):
-        raise XsError("EINVAL", "offset beyond the child list")
     gen = str(node.generation).encode() + b"\0"
+    if offset >= len(listing):
+        return gen + b"\0"
     room = XENSTORE_PAYLOAD_MAX - len(gen) - 1
     chunk_end = offset
     while chunk_end < len(listing):
@@ -105,6 +101,11 @@ def do_set_perms(core, conn, msg, tx, out) -> bytes:
     caller = core.caller(conn)
     core.mutate(conn, tx, lambda layer: ops.set_perms(layer, caller, path, perms), out)
     return OK
+
+
+def check_watch_quota(conn) -> None:
+    if not conn.privileged and exceeded(conn.quotas.watches, len(conn.watches) + 1):
+        raise XsError("E2BIG", "watches quota")
 
 
 def do_watch(core, conn, msg, tx, out) -> bytes:
@@ -169,7 +170,7 @@ def do_transaction_end(core, conn, msg, tx, out) -> bytes:
             if tx.owner_delta[conn.domid] > 0 and exceeded(conn.quotas.nodes, after):
                 raise XsError("ENOSPC", "nodes quota")
         tx.commit()
-        core.fire(tx.fires, out)
+        core.fire(tx.commit_fires(), out)
     return OK
 
 
@@ -261,8 +262,6 @@ def do_set_feature(core, conn, msg, tx, out) -> bytes:
     return OK
 
 
-from xenstored.control import do_control, do_get_quota, do_set_quota  # noqa: E402
-
 TABLE: dict[int, Op] = {
     T.XS_CONTROL: Op(do_control, privileged=True),
     T.XS_DIRECTORY: Op(do_directory),
@@ -289,3 +288,8 @@ TABLE: dict[int, Op] = {
     T.XS_GET_QUOTA: Op(do_get_quota, privileged=True),
     T.XS_SET_QUOTA: Op(do_set_quota, privileged=True),
 }
+
+
+def new_core(store=None, quotas=None) -> XenstoreCore:
+    """A core serving every message type of :data:`TABLE`."""
+    return XenstoreCore(TABLE, store, quotas)

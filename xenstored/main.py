@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from daemonkit import daemon
-from xenstored.core import XenstoreCore
+from xenstored.handlers import new_core
 from xenstored.quota import Quotas
 from xenstored.service import UnixServer, XenstoreService
 from xenstored.store import Store
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     async def body(nursery: trio.Nursery, log: logging.Logger) -> None:
         store, journal = open_store(state_dir)
-        core = XenstoreCore(store, quotas)
+        core = new_core(store, quotas)
         committer = None
         if journal is not None:
             from xenstored.durability import GroupCommitter

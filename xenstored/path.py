@@ -14,11 +14,15 @@ from hypervisord.public.io.xs_wire import (
     SPECIAL_INTRODUCE_DOMAIN,
     SPECIAL_RELEASE_DOMAIN,
     XENSTORE_ABS_PATH_MAX,
+    XENSTORE_REL_PATH_MAX,
 )
 from libxen.xenstore.errors import XsError
 
 SPECIAL_PATHS = (SPECIAL_INTRODUCE_DOMAIN, SPECIAL_RELEASE_DOMAIN)
 _VALID = re.compile(r"[A-Za-z0-9\-/_@]+\Z")
+#: what cxenstored's is_valid_nodename skips before measuring a path:
+#: sscanf(node, "/local/domain/%5u/%n") - at most 5 characters of number
+_LOCAL = re.compile(r"/local/domain/(-?[0-9]+)/")
 
 
 def home(domid: int) -> str:
@@ -41,11 +45,17 @@ def canonical(raw: str, domid: int, *, allow_special: bool = False,
               any_special: bool = False, path_max: int | None = None) -> str:
     """Validate ``raw`` and return the absolute path.
 
-    ``path_max`` (the ``path-max`` quota, unprivileged callers only) limits
-    the part below the caller's home, as cxenstored measures it.
+    Length, as cxenstored 4.17 measures it (tools/xenstored/core.c
+    ``is_valid_nodename``, for every caller): the absolute path, less a
+    leading ``/local/domain/<domid>/`` of *any* domain, is at most
+    ``XENSTORE_REL_PATH_MAX`` (2048) bytes, or ``path_max`` (the ``path-max``
+    quota, unprivileged callers only) when that is lower. A special path
+    (watches) is at most ``XENSTORE_REL_PATH_MAX`` bytes (``check_watch_path``).
     ``any_special`` (watches only) accepts any well-formed ``@...`` path.
     """
     if is_special(raw):
+        if len(raw) > XENSTORE_REL_PATH_MAX:
+            raise XsError("EINVAL", "special path too long")
         if allow_special and raw in SPECIAL_PATHS:
             return raw
         # Watches may name any special path (xenstore.txt); only the two
@@ -64,11 +74,12 @@ def canonical(raw: str, domid: int, *, allow_special: bool = False,
         raise XsError("EINVAL", f"trailing slash in {raw!r}")
     if len(path) > XENSTORE_ABS_PATH_MAX:
         raise XsError("EINVAL", "path too long")
-    if path_max is not None:
-        prefix = home(domid) + "/"
-        rel = path[len(prefix):] if path.startswith(prefix) else path
-        if len(rel) > path_max:
-            raise XsError("EINVAL", "path exceeds the path-max quota")
+    limit = XENSTORE_REL_PATH_MAX if path_max is None else min(path_max, XENSTORE_REL_PATH_MAX)
+    m = _LOCAL.match(path)
+    skipped = m.end() if m is not None and len(m.group(1)) <= 5 else 0
+    if len(path) - skipped > limit:
+        raise XsError("EINVAL", "path too long" if path_max is None
+                      else "path exceeds the path-max quota")
     return path
 
 

@@ -15,14 +15,19 @@ watches, transactions) and ``docs/misc/xenstore-paths.pandoc``; where those are 
   over the main dict to give its view) plus the version of every path it
   touched at first touch (``seen``). Commit fails with EAGAIN iff a seen
   path's version differs now (cxenstored: only a change *since first
-  access* conflicts, and a node missing then and now does not). A
-  transaction whose seen paths changed is *doomed*: its view may be
-  incoherent (cxenstored and ours read untouched nodes from the live
-  store), so its replies are not compared, only its outcome (EAGAIN).
-  Not a snapshot copy of the whole store taken at start (what
-  docs/misc/xenstore.txt describes): with the first-access rule a node
-  first read after an outside change shows the new value and the commit
-  succeeds, which a snapshot cannot express.
+  access* conflicts, and a node missing then and now does not).
+* Snapshot per node (cxenstored ``access_node`` copies a node into the
+  transaction at its first access, read or write): what a transaction
+  sees of a node it has touched is that node as it was at first touch
+  (``snap``: the node and its child names) plus its own changes; writes by
+  others afterwards do not show through. A node first touched after an
+  outside change shows the new state, and the commit then succeeds if
+  nothing it touched changed later (which a whole-store snapshot taken at
+  start, what docs/misc/xenstore.txt describes, could not express). Once a
+  seen path has changed the transaction is *doomed* (it must end in
+  EAGAIN); its view mixes old and new nodes, so of its replies the model
+  checks only READ, GET_PERMS and DIRECTORY of an existing node it has
+  already touched, which the snapshot rule decides alone.
 * Permissions: privileged or owner get everything; else the first later
   entry naming the domain; else entry 0's letter. A missing node gives
   ENOENT, or EACCES when the nearest existing ancestor is unreadable.
@@ -348,6 +353,8 @@ class MTx:
     writes: dict[str, MNode | None] = field(default_factory=dict)
     seen: dict[str, int | None] = field(default_factory=dict)
     maybe: dict[str, int | None] = field(default_factory=dict)  # perhaps touched
+    #: first touch of each seen path: (the node then, its child names then)
+    snap: dict[str, tuple[MNode | None, frozenset[str]]] = field(default_factory=dict)
     fires: list[Fire] = field(default_factory=list)
     lost: bool = False  # the model could not follow a doomed transaction
 
@@ -414,8 +421,18 @@ class Model:
     def view(self, tx: MTx | None) -> dict[str, MNode]:
         if tx is None:
             return self.main
-        merged = {p: n for p, n in self.main.items() if p not in tx.writes}
-        merged.update({p: n for p, n in tx.writes.items() if n is not None})
+        # the snapshot rule: a touched node as at first touch, then own changes
+        merged = dict(self.main)
+        for p, (node, _kids) in tx.snap.items():
+            if node is None:
+                merged.pop(p, None)
+            else:
+                merged[p] = node
+        for p, n in tx.writes.items():
+            if n is None:
+                merged.pop(p, None)
+            else:
+                merged[p] = n
         return merged
 
     def conflicts(self, marks: dict[str, int | None]) -> list[str]:
@@ -428,6 +445,47 @@ class Model:
         for p in paths:
             marks.setdefault(p, self.version_of(p))
 
+    def _snap(self, tx: MTx, paths) -> None:
+        """Record a first touch: the node as the live store has it now (a path
+        the transaction has not touched yet is not in its writes either)."""
+        for p in paths:
+            if p in tx.snap or p in tx.maybe:
+                continue
+            if any(tx.writes.get(a, True) is None for a in ancestors(p)):
+                # below a node the transaction removed: not there for it, even
+                # if created outside since (the commit conflicts on the parent)
+                tx.snap[p] = (None, frozenset())
+            else:
+                tx.snap[p] = (self.main.get(p), frozenset(children(self.main, p)))
+
+    def snapshot_node(self, tx: MTx, p: str) -> tuple[MNode, frozenset[str]] | None:
+        """The node at ``p`` as ``tx`` sees it by the snapshot rule (None: not
+        decided by it: never touched, perhaps touched, or absent)."""
+        if p not in tx.snap:
+            return None
+        node, kids = tx.snap[p]
+        if p in tx.writes:
+            node = tx.writes[p]
+        if node is None:
+            return None
+        for q, n in tx.writes.items():
+            if q != "/" and parent(q) == p:
+                kids = kids | {basename(q)} if n is not None else kids - {basename(q)}
+        return node, kids
+
+    def _snapshot_reply(self, tx: MTx, caller: Caller, fn, p: str) -> Reply | None:
+        got = self.snapshot_node(tx, p)
+        if got is None or fn not in (op_read, op_get_perms, op_directory):
+            return None
+        node, kids = got
+        if not bits(caller, node.perms) & READ:
+            return ("err", "EACCES")
+        if fn is op_read:
+            return ("ok", node.value)
+        if fn is op_get_perms:
+            return ("ok", b"".join(s.encode() + b"\0" for s in perm_strings(node.perms)))
+        return ("ok", b"".join(c.encode() + b"\0" for c in sorted(kids)))
+
     # -- node operations ------------------------------------------------------------------
     def node_op(self, cname: str, tx_id: int, fn: Callable[..., bytes], *args) -> list[Candidate]:
         """Candidates for a node request ``fn(ctx, *args)`` in transaction ``tx_id``."""
@@ -436,6 +494,7 @@ class Model:
             return [Candidate(("err", "ENOENT"), note="no such transaction")]
         tx = conn.txs[tx_id] if tx_id else None
         ctx = Ctx(self.view(tx), conn.caller, self.limits, self.excuse)
+        ctx.fn, ctx.path = fn, args[0] if args else None
         doomed = tx is not None and self.doomed(tx)
         why = ""
         try:
@@ -460,6 +519,7 @@ class Model:
         changes = {p: ctx.view.get(p) for p in ctx.modified}
 
         def done(actual: Reply) -> None:
+            self._snap(tx, touched)
             self._mark(tx.seen, touched)
             if actual[0] == "ok":
                 if reply[0] != "ok":
@@ -472,8 +532,13 @@ class Model:
             self._mark(tx.maybe, touched)  # some of them, we cannot tell which
 
         if doomed:
-            return [Candidate(None, lambda actual: quota_stop(actual) if actual == ("err", "ENOSPC")
-                              else done(actual), note="doomed transaction: reply not compared")]
+            # replies of a doomed transaction are not compared, except what the
+            # snapshot rule alone decides (a read-only look at a touched node)
+            return [Candidate(snapped, done, note="doomed: snapshot view")
+                    if (snapped := self._snapshot_reply(tx, ctx.caller, ctx.fn, ctx.path))
+                    else Candidate(None, lambda actual: quota_stop(actual)
+                                   if actual == ("err", "ENOSPC") else done(actual),
+                                   note="doomed transaction: reply not compared")]
         normal = Candidate(reply, done, note=why)
         stopped = Candidate(("err", "ENOSPC"), quota_stop,
                             note="partial" if reply[0] == "ok" and changes else "transaction-nodes")

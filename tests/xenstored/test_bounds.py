@@ -34,7 +34,7 @@ from tests.xenstored.rawclient import (
     nul,
     pack,
 )
-from xenstored.core import XenstoreCore
+from xenstored.handlers import new_core
 from xenstored.quota import DOM0_TRANSACTIONS
 from xenstored.service import XenstoreService
 
@@ -223,7 +223,7 @@ class BrokenPeer(trio.abc.Stream):
 def test_a_broken_connection_is_freed_at_once():
     """No reference cycle keeps a dead connection (its buffers, its parsed
     requests) until a full garbage collection: that was RSS that stayed."""
-    core = XenstoreCore()
+    core = new_core()
     burst = pack(XS_READ, nul("/"), req_id=1) * 500
 
     async def main():

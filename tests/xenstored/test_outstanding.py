@@ -9,6 +9,7 @@ import trio.testing
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from xenstored.core import XenstoreCore
+from xenstored.handlers import TABLE
 from libxen.xenstore.wire import FrameParser, encode
 from xenstored.quota import Quotas
 from xenstored.service import XenstoreService
@@ -51,7 +52,7 @@ class CountingCore(XenstoreCore):
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("privileged, limit", [(False, 20), (False, 3), (True, 20)])
 async def test_requests_beyond_the_quota_wait_for_replies(privileged, limit):
-    core = CountingCore(quotas=Quotas(outstanding=limit))
+    core = CountingCore(TABLE, quotas=Quotas(outstanding=limit))
     conn = core.connect(5, privileged=privileged)
     burst = b"".join(encode(T.XS_GET_DOMAIN_PATH, i, 0, b"5\0") for i in range(100))
     stream = CountingStream(burst, core)

@@ -85,18 +85,49 @@ def test_special_paths_only_for_watch_and_perms(c, msg_type):
 
 
 def test_path_length_limits(c):
-    # absolute paths up to XENSTORE_ABS_PATH_MAX (3072) are fine
-    longest = "/" + "/".join(["x" * 99] * 31)[:3071]
-    assert len(longest) == 3072 and not longest.endswith("/")
+    """cxenstored 4.17 is_valid_nodename: a path less a leading
+    /local/domain/<domid>/ (any domain's) is at most XENSTORE_REL_PATH_MAX
+    (2048) bytes, for every caller."""
+    longest = "/" + "/".join(["x" * 99] * 31)[:2047]
+    assert len(longest) == 2048 and not longest.endswith("/")
     c.write(longest, "deep")
     assert c.read(longest) == b"deep"
     assert c.err(XS_READ, nul(longest + "y")) == "EINVAL"
     assert c.err(XS_WRITE, (longest + "y").encode() + b"\0v") == "EINVAL"
-    # a relative path is measured once made absolute (/local/domain/0/...)
-    rel = "r" * (3072 - len("/local/domain/0/"))
+    # a relative path is measured below the home it resolves to
+    rel = "r" * 2048
     c.write(rel, "ok")
+    assert c.read("/local/domain/0/" + rel) == b"ok"
     assert c.err(XS_WRITE, (rel + "r").encode() + b"\0v") == "EINVAL"
+    # ... and so is an absolute path below any domain's home
+    c.write("/local/domain/77/" + "s" * 2048, "ok")
+    assert c.err(XS_WRITE, ("/local/domain/77/" + "s" * 2049).encode() + b"\0v") == "EINVAL"
+    # but not below a domid of more than 5 characters (sscanf "%5u")
+    assert c.err(XS_WRITE, ("/local/domain/123456/" + "s" * 2030).encode() + b"\0v") == "EINVAL"
     assert c.control("check") == b"OK\0"
+
+
+@pytest.mark.parametrize("msg_type", [XS_WRITE, XS_MKDIR, XS_SET_PERMS, XS_WATCH])
+@pytest.mark.parametrize("in_tx", [False, True])
+def test_paths_of_2049_to_3072_bytes_are_einval(c, msg_type, in_tx):
+    """The paths cxenstored refuses and ours took (issue 9, 4.3): nothing is
+    created, and no watch (nor its initial event) is set."""
+    tx = c.start() if in_tx else 0
+    for n in (2049, 2500, 3072):
+        path = "/" + "p" * (n - 1)
+        payload = {XS_WRITE: path.encode() + b"\0v", XS_MKDIR: nul(path),
+                   XS_SET_PERMS: nul(path, "n0"), XS_WATCH: nul(path, "t")}[msg_type]
+        assert c.err(msg_type, payload, tx) == "EINVAL", n
+        assert c.err(XS_READ, nul(path), tx) == "EINVAL", n
+    if in_tx:
+        assert c.end(tx) == "OK"
+    assert c.directory("/") == [b"tool"]
+    assert c.alive() and list(c.events) == []
+
+
+def test_special_watch_paths_up_to_2048_bytes(c):
+    c.watch("@" + "a" * 2047, "t")
+    assert c.err(XS_WATCH, nul("@" + "a" * 2048, "t")) == "EINVAL"
 
 
 @pytest.mark.parametrize("msg_type", [XS_READ, XS_DIRECTORY, XS_GET_PERMS, XS_MKDIR, XS_RM])
@@ -303,6 +334,21 @@ def test_directory_part_small_and_boundaries(c):
     assert leaf.endswith(b"\0\0") and leaf.count(b"\0") == 2
 
 
+@pytest.mark.parametrize("offset, rest", [
+    (b"7", b"\0"), (b"100", b"\0"), (b"4294967295", b"\0"), (b"99999999999999999999", b"\0"),
+    (b"-1", b"\0"), (b"x", b"aa\0bb\0\0"), (b"", b"aa\0bb\0\0"), (b"3x", b"bb\0\0"),
+    (b" 3", b"bb\0\0"), (b"+3", b"bb\0\0"), (b"4294967299", b"bb\0\0"), (b"1", b"a\0bb\0\0"),
+])
+def test_directory_part_offset_is_atoi_never_refused(c, offset, rest):
+    """cxenstored send_directory_part: atoi() of the offset (non-numeric is 0,
+    the low 32 bits count), and an offset at or past the end answers an empty
+    last chunk, so a client's listing loop ends as it would there."""
+    c.write("/d/aa", "")
+    c.write("/d/bb", "")
+    gen = c.ok(XS_DIRECTORY_PART, nul("/d", "0")).split(b"\0")[0]
+    assert c.ok(XS_DIRECTORY_PART, b"/d\0" + offset + b"\0") == gen + b"\0" + rest
+
+
 def test_directory_part_gencnt_changes_with_the_node(c):
     c.write("/g/a", "")
     g1 = c.ok(XS_DIRECTORY_PART, nul("/g", "0")).split(b"\0")[0]
@@ -332,15 +378,12 @@ def test_directory_part_gencnt_inside_transaction(c):
 
 
 def test_directory_part_argument_errors(c):
-    """Ours: EINVAL for a non-number or an offset past the end. cxenstored
-    (send_directory_part) uses atoi (garbage = 0) and answers an empty list
-    past the end; libxenstore never sends either."""
+    """EINVAL unless there are exactly two strings, as cxenstored counts them
+    (xs_count_strings); the offset itself is never refused (see above)."""
     c.write("/d/aa", "")
     assert c.err(XS_DIRECTORY_PART, nul("/d")) == "EINVAL"
     assert c.err(XS_DIRECTORY_PART, nul("/d", "0", "0")) == "EINVAL"
     assert c.err(XS_DIRECTORY_PART, b"/d\0" + b"0") == "EINVAL"
-    assert c.err(XS_DIRECTORY_PART, nul("/d", "x")) == "EINVAL"
-    assert c.err(XS_DIRECTORY_PART, nul("/d", "100")) == "EINVAL"
 
 
 def test_directory_part_inside_transaction_sees_its_own_children(c):

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.xenstored.conftest import ev, no_events
 from tests.xenstored.rawclient import (
+    XS_DIRECTORY_PART,
+    XS_GET_PERMS,
     XS_READ,
     nul,
 )
@@ -143,3 +146,128 @@ def test_retry_after_eagain_succeeds(connect):
             break
     assert attempt == 1
     assert c.read("/ctr") == b"11"
+
+
+# ======================================================================================
+# Snapshot views: a node is seen as it was at the transaction's first access to it
+# (tools/xenstored/transaction.c access_node), writes by others do not show through
+# ======================================================================================
+def test_read_write_read_sees_the_first_value(connect):
+    a, b = connect(), connect()
+    a.write("/snap/x", "old")
+    tx = a.start()
+    assert a.read("/snap/x", tx=tx) == b"old"
+    b.write("/snap/x", "new")
+    assert a.read("/snap/x", tx=tx) == b"old"
+    assert a.read("/snap/x") == b"new"  # outside the transaction: the store
+    assert a.end(tx) == "EAGAIN"
+    assert a.read("/snap/x") == b"new"
+
+
+def test_directory_is_seen_as_at_first_access(connect):
+    a, b = connect(), connect()
+    a.write("/snapd/a", "1")
+    tx = a.start()
+    assert a.directory("/snapd", tx=tx) == [b"a"]
+    gen = a.ok(XS_DIRECTORY_PART, b"/snapd\0" b"0\0", tx)
+    b.write("/snapd/b", "2")
+    b.rm("/snapd/a")
+    assert a.directory("/snapd", tx=tx) == [b"a"]
+    assert a.ok(XS_DIRECTORY_PART, b"/snapd\0" b"0\0", tx) == gen
+    # a node first touched now is seen as it is now
+    assert a.err(XS_READ, b"/snapd/a\0", tx) == "ENOENT"
+    assert a.read("/snapd/b", tx=tx) == b"2"
+    assert a.end(tx) == "EAGAIN"
+
+
+def test_own_changes_apply_to_the_snapshot(connect):
+    a, b = connect(), connect()
+    a.write("/snapo/a", "1")
+    tx = a.start()
+    assert a.directory("/snapo", tx=tx) == [b"a"]
+    b.write("/snapo/b", "2")
+    a.write("/snapo/c", "3", tx=tx)
+    assert a.directory("/snapo", tx=tx) == [b"a", b"c"]
+    assert a.end(tx) == "EAGAIN"
+    assert a.directory("/snapo") == [b"a", b"b"]
+
+
+def test_permissions_are_seen_as_at_first_access(connect):
+    a, b = connect(), connect()
+    a.write("/snapp", "v")
+    tx = a.start()
+    assert a.get_perms("/snapp", tx=tx) == [b"n0"]
+    b.set_perms("/snapp", "r0", "w0")
+    assert a.get_perms("/snapp", tx=tx) == [b"n0"]
+    assert a.end(tx) == "EAGAIN"
+    assert a.get_perms("/snapp") == [b"r0", b"w0"]
+
+
+def test_absent_node_stays_absent_in_the_transaction(connect):
+    a, b = connect(), connect()
+    a.mkdir("/snapn")
+    tx = a.start()
+    assert a.err(XS_READ, b"/snapn/new\0", tx) == "ENOENT"
+    b.write("/snapn/new", "x")
+    assert a.err(XS_READ, b"/snapn/new\0", tx) == "ENOENT"
+    assert a.err(XS_GET_PERMS, b"/snapn/new\0", tx) == "ENOENT"
+    assert a.end(tx) == "EAGAIN"
+
+
+def test_untouched_node_changed_outside_commits(connect):
+    """Only a change after the first access conflicts (transaction.c example 1)."""
+    a, b = connect(), connect()
+    a.write("/snapu/x", "old")
+    tx = a.start()
+    b.write("/snapu/x", "new")
+    assert a.read("/snapu/x", tx=tx) == b"new"
+    a.write("/snapu/y", "1", tx=tx)
+    assert a.end(tx) == "OK"
+
+
+# ======================================================================================
+# Watch events of a transaction: one per node at commit (transaction.c queue_watches)
+# ======================================================================================
+def test_node_changed_twice_in_a_transaction_fires_once(connect):
+    a, w = connect(), connect()
+    a.write("/txev/x", "0")
+    w.watch("/txev", "tok")
+    assert ev(w) == (b"/txev", b"tok")
+    tx = a.start()
+    a.write("/txev/x", "1", tx=tx)
+    a.write("/txev/x", "2", tx=tx)
+    a.set_perms("/txev/x", "n0", "r0", tx=tx)
+    a.write("/txev/y", "2", tx=tx)
+    assert a.end(tx) == "OK"
+    assert ev(w) == (b"/txev/x", b"tok")
+    assert ev(w) == (b"/txev/y", b"tok")
+    no_events(w)
+
+
+def test_node_created_and_removed_in_a_transaction_fires_nothing(connect):
+    a, w = connect(), connect()
+    a.mkdir("/txcr")
+    w.watch("/txcr", "tok")
+    assert ev(w) == (b"/txcr", b"tok")
+    tx = a.start()
+    a.write("/txcr/n", "1", tx=tx)
+    a.rm("/txcr/n", tx=tx)
+    assert a.end(tx) == "OK"
+    no_events(w)
+
+
+def test_node_changed_then_removed_in_a_transaction_fires_once_per_watch(connect):
+    """As cxenstored 4.17 answers: the change of /a/b reaches both watches, the
+    removal of /a the parent's; no event twice."""
+    a, w = connect(), connect()
+    a.write("/txrm/a/b", "1")
+    w.watch("/txrm/a/b", "tb")
+    w.watch("/txrm", "tr")
+    assert {ev(w), ev(w)} == {(b"/txrm/a/b", b"tb"), (b"/txrm", b"tr")}
+    tx = a.start()
+    a.write("/txrm/a/b", "2", tx=tx)
+    a.rm("/txrm/a", tx=tx)
+    assert a.end(tx) == "OK"
+    got = [ev(w), ev(w), ev(w)]
+    no_events(w)
+    assert sorted(got) == [(b"/txrm/a", b"tr"), (b"/txrm/a/b", b"tb"), (b"/txrm/a/b", b"tr")]

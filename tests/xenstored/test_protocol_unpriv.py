@@ -19,6 +19,7 @@ import pytest
 
 from hypervisord.public.io.xs_wire import XsdSockmsgType as T
 from xenstored.core import XenstoreCore
+from xenstored.handlers import TABLE
 from libxen.xenstore.wire import FrameParser, Message
 from xenstored.quota import Q_VAL_DISABLED, Quotas
 
@@ -33,7 +34,7 @@ class Harness:
     """A core and the messages it sent to each connection (by conn_id)."""
 
     def __init__(self, quotas: Quotas | None = None) -> None:
-        self.core = XenstoreCore(quotas=quotas or Quotas())
+        self.core = XenstoreCore(TABLE, quotas=quotas or Quotas())
         self.inbox: dict[int, list[Message]] = defaultdict(list)
         self.req_id = 0
 

@@ -112,6 +112,21 @@ def test_two_tokens_same_path_two_events(connect):
     assert {ev(w), ev(w)} == {(b"/tt", b"one"), (b"/tt", b"two")}
 
 
+def test_one_token_on_node_and_parent_sends_one_event(connect):
+    """Identical events for one connection go once (cxenstored send_event drops
+    one identical to an event already pending)."""
+    w, c = connect(), connect()
+    w.watch("/dup", "t")
+    w.watch("/dup/x", "t")
+    ev(w), ev(w)
+    c.write("/dup/x", "1")
+    assert ev(w) == (b"/dup/x", b"t")
+    no_events(w)
+    c.rm("/dup")  # the removal: /dup/x reached by both watches, /dup by one
+    assert sorted([ev(w), ev(w)]) == [(b"/dup", b"t"), (b"/dup/x", b"t")]
+    no_events(w)
+
+
 def test_every_watching_connection_gets_the_event(connect):
     watchers = [connect() for _ in range(5)]
     for i, w in enumerate(watchers):
@@ -404,8 +419,12 @@ def test_quota_does_not_limit_dom0(c):
 def test_control_commands(c):
     assert c.control("check") == b"OK\0"
     help_text = c.control("help")
-    for cmd in (b"check", b"log", b"quota", b"help"):
+    for cmd in (b"check", b"log", b"print", b"quota", b"help"):
         assert cmd in help_text
+    # xenstore-control print: OK, the string goes to the log (control.c)
+    assert c.control("print", "hello from the test") == b"OK\0"
+    assert c.err(XS_CONTROL, nul("print")) == "EINVAL"
+    assert c.err(XS_CONTROL, nul("print", "a", "b")) == "EINVAL"
     assert c.control("log", "on") == b"OK\0"
     assert c.control("log") == b"on\0"
     assert c.control("log", "off") == b"OK\0"
@@ -446,3 +465,30 @@ def test_watch_any_special_path_is_accepted(connect):
     c.introduce(5)
     c.release(5)
     no_events(w)
+
+
+def test_release_fires_for_every_removed_node(connect):
+    """RELEASE removes the domain's nodes as XS_RM would, and watchers hear of
+    them (cxenstored domain_tree_remove -> rm_node), before @releaseDomain."""
+    dom0, w = connect(), connect()
+    dom0.introduce(5)
+    dom0.write("/local/domain/5/data/a", "1")
+    dom0.set_perms("/local/domain/5/data", "b5")
+    dom0.set_perms("/local/domain/5/data/a", "b5")
+    dom0.write("/backend/vif/5/0/state", "4")
+    dom0.set_perms("/backend/vif/5/0/state", "n5", "r0")
+    dom0.write("/local/domain/5/kept", "dom0's")
+    for path, token in [("/local/domain/5", "home"), ("/local/domain/5/data/a", "a"),
+                        ("/backend/vif/5/0/state", "be"), ("/local/domain/5/kept", "kept"),
+                        ("@releaseDomain", "rel")]:
+        w.watch(path, token)
+        assert ev(w) == (path.encode(), token.encode())
+    dom0.release(5)
+    got = [ev(w) for _ in range(4)]
+    assert sorted(got[:3]) == [(b"/backend/vif/5/0/state", b"be"),
+                               (b"/local/domain/5/data", b"home"),
+                               (b"/local/domain/5/data/a", b"a")]
+    assert got[3] == (b"@releaseDomain", b"rel")
+    no_events(w)
+    assert dom0.directory("/local/domain/5") == [b"kept"]
+    assert dom0.directory("/backend/vif/5/0") == []
