@@ -29,6 +29,7 @@ import trio
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from xenstored.protocol.wire import FrameParser, ProtocolError
+from xenstored.transport.unix import UnixStream
 
 log = logging.getLogger("xenstored")
 
@@ -195,7 +196,7 @@ class UnixServer:
         conn = self.service.core.connect(0, privileged=True)
         log.debug("%s: connected", conn)
         try:
-            await self.service.serve(conn, stream)
+            await self.service.serve(conn, UnixStream(stream))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
             log.debug("%s: connection lost: %s", conn, e)
         except Exception:  # a bug must cost one connection, never the daemon
