@@ -103,12 +103,6 @@ class JournalCommitter:
         return self._get_state is not None and self.journal.needs_compaction \
             and trio.current_time() >= self._compact_after
 
-    async def durable(self, seq: int) -> None:
-        """Kept for callers that order replies after records: stage() already
-        wrote record ``seq``, so this only reports a failed journal."""
-        if self._failure is not None:
-            raise PersistError(f"record {seq} may not be written") from self._failure
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
         """The background task; a final fsync runs when it is cancelled."""

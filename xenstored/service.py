@@ -13,9 +13,9 @@ else's); a writer task flushes events caused by other connections. An
 outbox that grows past its bound belongs to a client that does not read:
 that connection is closed, the daemon goes on.
 
-Durability: when a request changed the store, its changes are staged in the
-journal and every message it caused waits for that sync before it leaves
-(a reply is never sent for a write that a crash could lose).
+Durability: when a request changed the store, its changes are written to
+the journal (:meth:`JournalCommitter.stage`) before any message it caused
+is queued, so a reply never leaves for a write that a kill could lose.
 """
 
 from __future__ import annotations
@@ -36,30 +36,28 @@ log = logging.getLogger("xenstored")
 
 class Committer(Protocol):
     def stage(self, changes: list, generation: int) -> int: ...
-    async def durable(self, seq: int) -> None: ...
 
 
 class Outbox:
-    """Messages waiting for one connection, in order, with their journal seq.
+    """Messages waiting for one connection, in order.
 
     Bounded in messages and in bytes: a connection that lets either grow
     past its limit is not reading, and is closed.
     """
 
     def __init__(self, limit: int, byte_limit: int) -> None:
-        self.items: deque[tuple[bytes, int]] = deque()
+        self.items: deque[bytes] = deque()
         self.bytes = 0
         self.limit = limit
         self.byte_limit = byte_limit
         self.sending = False  # a flush is in progress (held across its awaits)
-        self.idle = trio.Event()
-        self.idle.set()
+        self.idle: trio.Event | None = None  # made only when a flush must wait
         self.wakeup = trio.Event()
         self.overflowed = False
         self.cancel: trio.CancelScope | None = None
 
-    def push(self, data: bytes, seq: int, wake: bool) -> None:
-        self.items.append((data, seq))
+    def push(self, data: bytes, wake: bool) -> None:
+        self.items.append(data)
         self.bytes += len(data)
         if len(self.items) > self.limit or self.bytes > self.byte_limit:
             self.overflowed = True
@@ -68,26 +66,31 @@ class Outbox:
         if wake:
             self.wakeup.set()
 
-    async def flush(self, stream, committer: Committer | None) -> None:
-        """Send everything queued, in order; one flusher at a time."""
+    async def flush(self, stream) -> None:
+        """Send everything queued, in order; one flusher at a time.
+
+        The common case, one reply and nobody else flushing, allocates
+        nothing beyond the reply itself.
+        """
         while self.sending:
+            if self.idle is None:
+                self.idle = trio.Event()
             await self.idle.wait()
-        if not self.items:
+        items = self.items
+        if not items:
             return
         self.sending = True
-        self.idle = trio.Event()
         try:
-            while self.items:
-                batch = list(self.items)
-                self.items.clear()
+            while items:
+                data = items.popleft() if len(items) == 1 else b"".join(items)
+                items.clear()
                 self.bytes = 0
-                seq = max(s for _, s in batch)
-                if seq and committer is not None:
-                    await committer.durable(seq)
-                await stream.send_all(b"".join(d for d, _ in batch))
+                await stream.send_all(data)
         finally:
             self.sending = False
-            self.idle.set()
+            if self.idle is not None:
+                self.idle.set()
+                self.idle = None
 
 
 class XenstoreService:
@@ -99,24 +102,25 @@ class XenstoreService:
         self.outboxes: dict[int, Outbox] = {}
         self.limits = (outbox_limit_dom0, outbox_limit_domu)
 
-    def _deliver(self, conn: Connection | None, out, seq: int) -> None:
+    def _deliver(self, conn: Connection | None, out) -> None:
         """Queue messages; the requester's own replies are flushed by its reader."""
         for target, data in out:
             box = self.outboxes.get(target.conn_id)
             if box is not None:
-                box.push(data, seq, wake=target is not conn)
+                box.push(data, wake=target is not conn)
 
     def apply(self, change) -> None:
         """Run ``change(out)`` on the core outside any request (domain events)."""
         out: list = []
         change(out)
-        self._deliver(None, out, self._stage())
+        self._stage()
+        self._deliver(None, out)
 
-    def _stage(self) -> int:
+    def _stage(self) -> None:
+        """Journal what the last request changed, before its messages are queued."""
         changes = self.core.store.take_changes()
-        if not changes or self.committer is None:
-            return 0
-        return self.committer.stage(changes, self.core.store.generation)
+        if changes and self.committer is not None:
+            self.committer.stage(changes, self.core.store.generation)
 
     async def serve(self, conn: Connection, stream) -> None:
         """Serve ``conn`` over ``stream`` until EOF, error or overflow."""
@@ -145,7 +149,7 @@ class XenstoreService:
         while True:
             await box.wakeup.wait()
             box.wakeup = trio.Event()
-            await box.flush(stream, self.committer)
+            await box.flush(stream)
 
     async def _reader(self, conn: Connection, box: Outbox, stream) -> None:
         parser = FrameParser()
@@ -169,10 +173,11 @@ class XenstoreService:
             limit = None if conn.privileged else max(1, conn.quotas.outstanding)
             for i, msg in enumerate(messages):
                 if limit is not None and i and i % limit == 0:
-                    await box.flush(stream, self.committer)
+                    await box.flush(stream)
                 out = self.core.handle(conn, msg)
-                self._deliver(conn, out, self._stage())
-            await box.flush(stream, self.committer)
+                self._stage()
+                self._deliver(conn, out)
+            await box.flush(stream)
             if parser.error is not None:  # good requests before it were answered
                 log.warning("%s: protocol error, closing: %s", conn, parser.error)
                 return
