@@ -1,35 +1,37 @@
-"""Group commit: replies wait for an fsync, many replies share one fsync.
+"""The journal's trio shell: every record written before its reply.
 
-The trio shell over :class:`xenstored.persist.Journal`; it owns the flusher
-task and the sequence numbers, no file format. Wiring in the daemon::
+Wiring in the daemon::
 
     journal = Journal(state_dir)
     state = journal.load()                      # None: build a fresh tree
-    committer = GroupCommitter(journal, store_state)
+    committer = JournalCommitter(journal, store_state)
     await nursery.start(committer.run)          # first snapshot if none yet
     ...
-    seq = committer.stage(changes, generation)  # right after the mutation
-    await committer.durable(seq)                # then send the reply
+    committer.stage(changes, generation)        # right after the mutation
+    ...                                         # then queue the reply
 
-Batching, worked through: clients A, B, C stage seqs 1, 2, 3 while the
-flusher is idle. It wakes, notes ``target = 3`` and runs ``journal.sync``
-in a worker thread. While that fsync runs, D and E stage 4 and 5 (their
-records land in the journal's buffer, behind the batch being written). The
-sync returns: ``synced = 3`` wakes A, B and C; the flusher loops at once and
-one more fsync covers 4 and 5. Two fsyncs for five writes, and the ratio
-improves with load.
+``stage`` writes the record into ``store.journal`` with one plain
+``write()`` on the trio thread, before any message the request caused is
+queued. A kill of xenstored at any moment after that leaves the record in
+the page cache, so no acknowledged write is lost; no fsync is needed for
+that, and none is made per write (why an fsync would buy nothing more:
+:mod:`xenstored.persist`). Nothing waits, no thread is involved.
 
-A record appended while a sync is writing may land in that sync, but only
-stages made before the sync began count as covered: durable() never returns
-early. An I/O error in sync is fatal: waiters get :class:`PersistError`
-and run() raises, because nothing written afterwards could be trusted.
+``run`` is the background task: the first snapshot of a fresh store, a
+snapshot whenever the journal has grown past its bound (encoded and written
+in a worker thread, off the event loop, while requests go on), and an fsync
+of the journal at a clean stop.
+
+An I/O error while writing a record is fatal: the request that caused it
+gets no reply (its connection is closed), :meth:`stage` refuses every later
+record, and ``run`` raises, which stops the daemon: a store that can no
+longer be journalled must not acknowledge anything.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -51,157 +53,117 @@ _ABANDON: dict[str, Any] = {
 COMPACT_RETRY_DELAY = 30.0
 
 
-#: a sync this fast may run on the event loop itself (s)
-INLINE_SYNC_MAX = 0.001
-
-
-class GroupCommitter:
-    """Stages journal records and fsyncs them in batches (see module doc)."""
+class JournalCommitter:
+    """Writes journal records as they are staged; snapshots in the background."""
 
     def __init__(self, journal: Journal, get_state: StateProvider | None = None, *,
                  close_timeout: float = 10.0) -> None:
         self.journal = journal
         self._get_state = get_state
         self._close_timeout = close_timeout
-        self._staged = 0  # sequence number of the newest stage
-        #: recent sync duration (s); inline syncs only while it stays small,
-        #: so a slow disk never stalls the event loop
-        self._sync_ewma = float("inf")
-        self._synced = 0  # every seq <= this is on disk
-        self._kick = trio.Event()  # something was staged, or close()
-        self._progress = trio.Event()  # a sync ended; replaced after each one
+        self._staged = 0  # records written so far
+        self._kick = trio.Event()  # compaction is due, a failure, or close()
         self._stopped = trio.Event()  # run() has ended
         self._failure: BaseException | None = None
         self._closing = False
         self._running = False
         self._compact_after = float("-inf")
         #: statistics
-        self.batches = 0
         self.snapshots = 0
 
     @property
     def staged(self) -> int:
         return self._staged
 
-    @property
-    def synced(self) -> int:
-        return self._synced
-
     def stage(self, changes: Changes, generation: int) -> int:
-        """Queue one committed mutation; returns its sequence number.
+        """Write one committed mutation to the journal; returns its number.
 
-        Call it on the trio thread right after the store changed: the node
-        data is copied before this returns.
+        Call it on the trio thread right after the store changed and before
+        the reply is queued: when it returns the record is in the file.
         """
         if self._failure is not None:
-            raise PersistError("journal failed; nothing more can be made durable") \
+            raise PersistError("journal failed; nothing more can be acknowledged") \
                 from self._failure
         if self._closing:
-            raise PersistError("group committer is closed")
-        self.journal.append(changes, generation)
+            raise PersistError("journal committer is closed")
+        try:
+            self.journal.append(changes, generation)
+        except (OSError, PersistError) as exc:
+            log.critical("journal write failed; no further write can be acknowledged: %s",
+                         exc)
+            self._failure = exc
+            self._kick.set()
+            raise PersistError("journal write failed") from exc
         self._staged += 1
-        self._kick.set()
+        if self.journal.needs_compaction and self._compaction_due():
+            self._kick.set()
         return self._staged
 
-    async def durable(self, seq: int) -> None:
-        """Return once a completed fsync covers stage ``seq``."""
-        while self._synced < seq:
-            if self._failure is not None:
-                raise PersistError(f"stage {seq} may not be on disk") from self._failure
-            if self._stopped.is_set():
-                raise PersistError(f"group committer stopped before stage {seq} synced")
-            await self._progress.wait()
+    def _compaction_due(self) -> bool:
+        return self._get_state is not None and self.journal.needs_compaction \
+            and trio.current_time() >= self._compact_after
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
-        """The flusher task; a final sync runs when it is cancelled."""
+        """The background task; a final fsync runs when it is cancelled."""
         if self._running:
-            raise RuntimeError("GroupCommitter.run() is already running")
+            raise RuntimeError("JournalCommitter.run() is already running")
         self._running = True
         try:
             if self._get_state is not None and not self.journal.has_snapshot:
                 await self._compact()  # the initial tree is in no journal record
             task_status.started()
             while not self._closing:
+                if self._failure is not None:
+                    raise self._failure
+                if self._compaction_due():  # records staged meanwhile count too
+                    await self._compact()
+                    continue
                 await self._kick.wait()
                 self._kick = trio.Event()
-                # One scheduling round: stagers that are already runnable
-                # join this batch instead of paying for the next fsync.
-                await trio.lowlevel.checkpoint()
-                await self._flush()
-                if self._get_state is not None and self.journal.needs_compaction \
-                        and trio.current_time() >= self._compact_after:
-                    await self._compact()
         finally:
-            await self._final_flush()
+            await self._final_sync()
             self._stopped.set()
-            self._notify()
 
     async def close(self) -> None:
-        """Refuse new stages, sync what is staged, and end run()."""
+        """Refuse new records, fsync the journal, and end run()."""
         self._closing = True
         self._kick.set()
         if self._running:
             with trio.move_on_after(self._close_timeout):
                 await self._stopped.wait()
         else:
-            await self._final_flush()
+            await self._final_sync()
             self._stopped.set()
-            self._notify()
 
-    async def _flush(self) -> None:
-        target = self._staged
-        if target <= self._synced:
-            return
-        try:
-            started = time.perf_counter()
-            if target - self._synced == 1 and self._sync_ewma < INLINE_SYNC_MAX:
-                # One write waiting, on a disk that has been fast: an fsync
-                # inline costs less than the hand-off to a worker and back.
-                self.journal.sync()
-                await trio.lowlevel.checkpoint()
-            else:  # a batch, or a slow disk: let more arrive while it works
-                await trio.to_thread.run_sync(self.journal.sync)
-            took = time.perf_counter() - started
-            self._sync_ewma = took if self._sync_ewma == float("inf") else \
-                0.8 * self._sync_ewma + 0.2 * took
-        except (OSError, PersistError) as exc:
-            log.critical("journal sync failed; no further write can be acknowledged: %s",
-                         exc)
-            self._failure = exc
-            self._notify()
-            raise
-        self._synced = target
-        self.batches += 1
-        self._notify()
+    async def _final_sync(self) -> None:
+        """fsync the journal at a stop, shielded from cancellation, within close_timeout.
 
-    async def _final_flush(self) -> None:
-        """Sync what is staged, shielded from cancellation, within close_timeout."""
-        if self._failure is not None or self._staged <= self._synced:
+        Not needed for a restart of xenstored alone (the page cache holds
+        every record); it makes a clean stop durable on the disk as well.
+        """
+        if self._failure is not None:
             return
         with trio.move_on_after(self._close_timeout) as scope:
             scope.shield = True
-            target = self._staged
             try:
                 await trio.to_thread.run_sync(self.journal.sync, **_ABANDON)
             except (OSError, PersistError) as exc:
-                log.critical("final journal sync failed: %s", exc)
+                log.critical("final journal fsync failed: %s", exc)
                 self._failure = exc
-                return
-            self._synced = target
-            self.batches += 1
         if scope.cancelled_caught:
-            log.error("final journal sync still running after %.1fs; giving up on it",
+            log.error("final journal fsync still running after %.1fs; giving up on it",
                       self._close_timeout)
 
     async def _compact(self) -> None:
         """Snapshot the store: copy it here, encode and write it in a thread.
 
-        No sync may run between taking the state and writing the snapshot
-        (Journal.snapshot's contract); this task is the only one that syncs.
+        The copy and begin_snapshot() happen together on the trio thread, so
+        every record appended afterwards is carried into the new journal.
         """
         assert self._get_state is not None
         nodes, generation = self._get_state()
+        self.journal.begin_snapshot()
         image = {path: node.copy() for path, node in nodes.items()}
         try:
             await trio.to_thread.run_sync(self.journal.snapshot, image, generation)
@@ -212,7 +174,3 @@ class GroupCommitter:
             return
         self.snapshots += 1
         log.info("snapshot of %d nodes at generation %d", len(image), generation)
-
-    def _notify(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()

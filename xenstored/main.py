@@ -3,8 +3,8 @@
 Listens on ``<rundir>/xenstored/socket`` (or ``--socket``); libxenstore
 clients find it with ``XENSTORED_PATH=<socket>`` or
 ``XENSTORED_RUNDIR=<rundir>/xenstored``. State is journalled in
-``--state-dir`` (default ``<rundir>/xenstored``) so that every acknowledged
-write survives a crash and restart. Watches are per connection and are not
+``--state-dir`` (default ``<rundir>/xenstored``) before each reply, so that
+every acknowledged write survives a crash and restart of xenstored. Watches are per connection and are not
 persisted: clients re-register them after reconnecting (our client library
 does so itself).
 """
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         core = new_core(store, quotas)
         committer = None
         if journal is not None:
-            from xenstored.durability import GroupCommitter
+            from xenstored.durability import JournalCommitter
 
-            committer = GroupCommitter(journal, lambda: (store.nodes, store.generation))
+            committer = JournalCommitter(journal, lambda: (store.nodes, store.generation))
             await nursery.start(committer.run)
         service = XenstoreService(core, committer)
         if not args.no_hypervisor:

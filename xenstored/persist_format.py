@@ -119,11 +119,19 @@ def encode_record(changes: Changes, generation: int) -> bytes:
     return frame(msgpack.packb([generation, body], use_bin_type=True))
 
 
-def encode_snapshot(nodes: Mapping[str, Node], generation: int, epoch: int) -> list[bytes]:
-    """The frames of a snapshot file of ``nodes``."""
+def encode_snapshot(nodes: Mapping[str, Node], generation: int, epoch: int,
+                    journal: tuple[int, int] | None = None) -> list[bytes]:
+    """The frames of a snapshot file of ``nodes``.
+
+    ``journal`` is the live journal's (epoch, size in bytes) when the image
+    was taken: what load needs to replay that journal's later records if a
+    crash comes before the snapshot's own journal replaces it.
+    """
     packer = msgpack.Packer(use_bin_type=True)
-    header = {"magic": SNAPSHOT_MAGIC, "version": FORMAT_VERSION, "epoch": epoch,
-              "generation": generation, "nodes": len(nodes)}
+    header: dict[str, Any] = {"magic": SNAPSHOT_MAGIC, "version": FORMAT_VERSION,
+                              "epoch": epoch, "generation": generation, "nodes": len(nodes)}
+    if journal is not None:
+        header["journal"] = list(journal)
     frames = [frame(packer.pack(header))]
     cache: dict[int, list[str]] = {}
     chunk: list[list[Any]] = []
@@ -148,8 +156,9 @@ def _header(payload: memoryview, magic: str) -> dict[str, Any]:
     return header
 
 
-def decode_snapshot(data: bytes, name: Path) -> tuple[dict[str, Node], int, int]:
-    """Nodes, generation and epoch of a snapshot file's contents."""
+def decode_snapshot(data: bytes, name: Path,
+                    ) -> tuple[dict[str, Node], int, int, tuple[int, int] | None]:
+    """Nodes, generation, epoch and base journal (see encode_snapshot) of a snapshot."""
     payloads, pos, why = scan_frames(data)
     if why is not None or not payloads:
         raise CorruptSnapshot(f"{name}: {why or 'empty file'} at byte {pos}; "
@@ -164,7 +173,13 @@ def decode_snapshot(data: bytes, name: Path) -> tuple[dict[str, Node], int, int]
                 nodes[path] = node
         if len(nodes) != header["nodes"]:
             raise ValueError(f"holds {len(nodes)} nodes, header says {header['nodes']}")
-        return nodes, int(header["generation"]), header["epoch"]
+        base = header.get("journal")
+        if base is not None:
+            if not (isinstance(base, list) and len(base) == 2
+                    and all(type(v) is int and v >= 0 for v in base)):
+                raise ValueError(f"bad journal position {base!r} in the header")
+            base = (base[0], base[1])
+        return nodes, int(header["generation"]), header["epoch"], base
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as exc:
         raise CorruptSnapshot(f"{name}: {exc}") from exc
 

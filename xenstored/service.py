@@ -23,9 +23,9 @@ any transport, is logged with its traceback and ends that connection only
 (a domain's ring is then ignored until the domain is released, as
 cxenstored's ``ignore_connection`` in ``tools/xenstored/domain.c``).
 
-Durability: when a request changed the store, its changes are staged in the
-journal and every message it caused waits for that sync before it leaves
-(a reply is never sent for a write that a crash could lose).
+Durability: when a request changed the store, its changes are written to
+the journal (:meth:`JournalCommitter.stage`) before any message it caused
+is queued, so a reply never leaves for a write that a kill could lose.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from libxen.xenstore.wire import FrameParser, ProtocolError
 from xenstored.quota import EVENT_BACKLOG, OUTPUT_HIGH_WATER, default_max_connections
+from xenstored.transport.unix import UnixStream
 
 log = logging.getLogger("xenstored")
 
@@ -49,12 +50,11 @@ PARSE_STEP = 2048
 
 
 class Committer(Protocol):
-    def stage(self, changes: list, generation: int) -> int: ...
-    async def durable(self, seq: int) -> None: ...
+    def stage(self, changes: list, generation: int) -> object: ...
 
 
 class Outbox:
-    """Messages waiting for one connection, in order, with their journal seq.
+    """Messages waiting for one connection, in order.
 
     Bounded in messages and in bytes: a connection that lets either grow
     past its limit is not reading, and is closed. ``full`` is the
@@ -63,16 +63,13 @@ class Outbox:
 
     def __init__(self, limit: int, byte_limit: int) -> None:
         # One buffer, not a list of messages: what waits is held once, and a
-        # flush sends it without joining a copy. ``seq`` is the highest
-        # journal seq among them: the whole buffer waits for that sync.
+        # flush sends it without joining a copy.
         self.buf = bytearray()
         self.count = 0
-        self.seq = 0
         self.limit = limit
         self.byte_limit = byte_limit
         self.sending = False  # a flush is in progress (held across its awaits)
-        self.idle = trio.Event()
-        self.idle.set()
+        self.idle: trio.Event | None = None  # made only when a flush must wait
         self.wakeup = trio.Event()
         self.overflowed = False
         self.backpressured = False  # its reader once waited for the peer
@@ -86,11 +83,9 @@ class Outbox:
     def full(self) -> bool:
         return len(self.buf) >= OUTPUT_HIGH_WATER
 
-    def push(self, data: bytes, seq: int, wake: bool) -> None:
+    def push(self, data: bytes, wake: bool) -> None:
         self.buf += data
         self.count += 1
-        if seq > self.seq:
-            self.seq = seq
         if self.count > self.limit or len(self.buf) > self.byte_limit:
             self.overflowed = True
             if self.cancel is not None:
@@ -98,26 +93,26 @@ class Outbox:
         if wake:
             self.wakeup.set()
 
-    async def flush(self, stream, committer: Committer | None) -> None:
+    async def flush(self, stream) -> None:
         """Send everything queued, in order; one flusher at a time."""
         while self.sending:
+            if self.idle is None:
+                self.idle = trio.Event()
             await self.idle.wait()
         if not self.buf:
             return
         self.sending = True
-        self.idle = trio.Event()
         try:
             while self.buf:
                 data, self.buf = self.buf, bytearray()
-                seq, self.seq = self.seq, 0
                 self.count = 0
-                if seq and committer is not None:
-                    await committer.durable(seq)
                 await stream.send_all(data)
                 del data
         finally:
             self.sending = False
-            self.idle.set()
+            if self.idle is not None:
+                self.idle.set()
+                self.idle = None
 
 
 class XenstoreService:
@@ -129,24 +124,25 @@ class XenstoreService:
         self.outboxes: dict[int, Outbox] = {}
         self.limits = (outbox_limit_dom0, outbox_limit_domu)
 
-    def _deliver(self, conn: Connection | None, out, seq: int) -> None:
+    def _deliver(self, conn: Connection | None, out) -> None:
         """Queue messages; the requester's own replies are flushed by its reader."""
         for target, data in out:
             box = self.outboxes.get(target.conn_id)
             if box is not None:
-                box.push(data, seq, wake=target is not conn)
+                box.push(data, wake=target is not conn)
 
     def apply(self, change) -> None:
         """Run ``change(out)`` on the core outside any request (domain events)."""
         out: list = []
         change(out)
-        self._deliver(None, out, self._stage())
+        self._stage()
+        self._deliver(None, out)
 
-    def _stage(self) -> int:
+    def _stage(self) -> None:
+        """Journal what the last request changed, before its messages are queued."""
         changes = self.core.store.take_changes()
-        if not changes or self.committer is None:
-            return 0
-        return self.committer.stage(changes, self.core.store.generation)
+        if changes and self.committer is not None:
+            self.committer.stage(changes, self.core.store.generation)
 
     async def serve(self, conn: Connection, stream) -> None:
         """Serve ``conn`` over ``stream`` until EOF, error or overflow."""
@@ -196,7 +192,7 @@ class XenstoreService:
         while True:
             await box.wakeup.wait()
             box.wakeup = trio.Event()
-            await box.flush(stream, self.committer)
+            await box.flush(stream)
 
     async def _reader(self, conn: Connection, box: Outbox, stream) -> None:
         parser = FrameParser()
@@ -223,25 +219,26 @@ class XenstoreService:
                 try:
                     messages = parser.feed(view[off:off + PARSE_STEP])
                 except ProtocolError as e:
-                    await box.flush(stream, self.committer)  # answer what came before
+                    await box.flush(stream)  # answer what came before
                     log.warning("%s: protocol error, closing: %s", conn, e)
                     return
                 for msg in messages:
                     if box.full:
                         box.backpressured = True
                     if box.full or (limit is not None and handled >= limit):
-                        await box.flush(stream, self.committer)
+                        await box.flush(stream)
                         handled = 0
                     out = self.core.handle(conn, msg)
                     handled += 1
-                    self._deliver(conn, out, self._stage())
+                    self._stage()
+                    self._deliver(conn, out)
                 del messages
                 if parser.error is not None:  # good requests before it are answered
-                    await box.flush(stream, self.committer)
+                    await box.flush(stream)
                     log.warning("%s: protocol error, closing: %s", conn, parser.error)
                     return
             del view, data
-            await box.flush(stream, self.committer)
+            await box.flush(stream)
             handled = 0
 
 
@@ -344,7 +341,7 @@ class UnixServer:
             conn = self.service.core.connect(0, privileged=True)
             log.debug("%s: connected", conn)
             try:
-                await self.service.serve(conn, stream)
+                await self.service.serve(conn, UnixStream(stream))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 log.debug("%s: connection lost: %s", conn, e)
             except Exception:  # serve() guards itself; this is the last resort
