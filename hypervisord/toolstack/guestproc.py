@@ -28,8 +28,10 @@ import resource
 import signal
 import sys
 import traceback
+from pathlib import Path
 
 from frontends import runtime
+from hypervisord.toolstack.confine import Confinement
 
 #: Guest uids/gids: one per domain, above the range distributions hand out.
 GUEST_UID_BASE = 0x30000
@@ -83,7 +85,9 @@ def drop_privileges(domid: int) -> None:
 
 
 def child(domid: int, name: str, program: str, source: str, args: list[str],
-          start_info_gfn: int, fds: dict[str, int], log_fd: int) -> None:
+          start_info_gfn: int, fds: dict[str, int], log_fd: int,
+          confinement: Confinement | None = None, cgroup: Path | None = None,
+          maxmem_bytes: int = 0) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -99,7 +103,12 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
+        if confinement is not None:  # as root: cgroup, namespaces, new root, limits
+            confinement.enter(cgroup, guest_uid(domid) if os.geteuid() == 0 else None,
+                              maxmem_bytes)
         drop_privileges(domid)
+        if confinement is not None:
+            confinement.lock()  # seccomp, last: it forbids what the steps above did
         spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
                                  HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
         code = runtime.run(spec)

@@ -22,11 +22,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from frontends import runtime
 from hypervisord.libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.toolstack import guestproc
+from hypervisord.toolstack import confine, guestproc
 from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack, \
     create_domain, destroy_domain, ensure_dom0
 from hypervisord.toolstack.domconfig import DomainConfig
@@ -105,6 +106,7 @@ class Guest:
     config: DomainConfig
     start_info_gfn: int
     restarts: list[float] = field(default_factory=list)  # when it was restarted
+    cgroup: Path | None = None  # its own cgroup v2 (confine.py), killed when it ends
 
 
 def action_for(config: DomainConfig, reason: int) -> str:
@@ -123,6 +125,8 @@ class Launcher:
         self._ts: Toolstack | None = None
         for missing in preload():
             log.debug("not preloaded: %s", missing)
+        #: what the host lets us confine guests with (logged once: what it refused)
+        self.confinement = confine.prepare(xl_dir(rundir) / "guest-root")
 
     # -- launching --------------------------------------------------------------------------
     def log_path(self, name: str) -> str:
@@ -145,13 +149,22 @@ class Launcher:
         except OSError as e:
             raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
         try:
-            pid = os.fork()
+            cgroup = self.confinement.new_cgroup(domid)
+            try:
+                pid = self.confinement.fork()  # a PID namespace of its own, when allowed
+            except BaseException:
+                if cgroup is not None:
+                    cgroup.rmdir()
+                raise
             if pid == 0:
                 guestproc.child(domid, cfg.name, cfg.kernel, source, cfg.args,
-                                start_info_gfn, fds, log_fd)
+                                start_info_gfn, fds, log_fd, self.confinement, cgroup,
+                                cfg.maxmem_kb * 1024)
+        except OSError as e:
+            raise LaunchError(f"cannot start the guest process: {e.strerror}") from None
         finally:
             os.close(log_fd)
-        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn)
+        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn, cgroup=cgroup)
         log.info("d%d (%s): guest process %d", domid, cfg.name, pid)
         return pid
 
@@ -180,6 +193,8 @@ class Launcher:
         return ended
 
     def _ended(self, guest: Guest, reason: int, status: int) -> None:
+        if guest.cgroup is not None:  # whatever it forked dies with it, before cleanup
+            confine.kill_cgroup(guest.cgroup)
         destroyed = guest.domid in self._destroying
         self._destroying.discard(guest.domid)
         action = "destroy" if destroyed else action_for(guest.config, reason)
@@ -236,7 +251,9 @@ class Launcher:
 
     def kill_all(self, sig: int = 9) -> None:
         """Tests and benchmarks: end every guest process (hypervisord then destroys)."""
-        for pid in list(self.guests):
+        for pid, guest in list(self.guests.items()):
+            if sig == 9 and guest.cgroup is not None:
+                confine.kill_cgroup(guest.cgroup, timeout=0)
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
