@@ -113,6 +113,9 @@ def _cgroup_base() -> Path:
         raise OSError(errno.ENOSYS, "no cgroup.kill (Linux < 5.14)")
     base = mnt / GUEST_CGROUP_DIR
     base.mkdir(mode=0o755, exist_ok=True)
+    trial = base / f"probe-{os.getpid()}"  # that it exists is not that we may use it
+    trial.mkdir()
+    trial.rmdir()
     for stale in base.iterdir():  # left by a launcher that died: empty ones go
         if stale.is_dir():
             try:
@@ -160,7 +163,7 @@ class Confinement:
 
     def describe(self) -> str:
         on = ", ".join(p for p in PARTS if p in self.parts) or "none"
-        off = "; ".join(f"{p} ({why})" for p, why in self.refused.items())
+        off = "; ".join(f"{p} ({self.refused[p]})" for p in PARTS if p in self.refused)
         return f"guest confinement: {on}" + (f"; refused: {off}" if off else "")
 
     # -- per guest, in the template -------------------------------------------------------
@@ -201,6 +204,9 @@ class Confinement:
             outer_uid, outer_gid = os.getuid(), os.getgid()
             unshare(flags)
             if flags & CLONE_NEWUSER:  # keep our identity inside (as bwrap does)
+                # /proc/self/*_map belong to root while we are not dumpable (after
+                # a setuid); drop_privileges makes us undumpable again
+                _check(_libc.prctl(4, 1, 0, 0, 0), "PR_SET_DUMPABLE")
                 Path("/proc/self/setgroups").write_text("deny")
                 Path("/proc/self/uid_map").write_text(f"{outer_uid} {outer_uid} 1")
                 Path("/proc/self/gid_map").write_text(f"{outer_gid} {outer_gid} 1")
@@ -307,8 +313,14 @@ def build_root(stage: Path, binds: list[str], uid: int | None, proc_private: boo
         os.symlink(f"/proc/self/fd/{fd}", f"{root}/dev/{name}")
     os.symlink("/proc/self/fd", f"{root}/dev/fd")
     os.makedirs(f"{root}/proc", mode=0o555)
-    mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          None if proc_private else "hidepid=invisible")
+    try:
+        mount("proc", f"{root}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              None if proc_private else "hidepid=invisible")
+    except PermissionError:
+        # in a user namespace a proc needs a PID namespace it owns: none, then
+        # (a user namespace is only used when not root): the guest has no /proc
+        if uid is not None or os.geteuid() == 0:
+            raise
     os.chdir(root)
     # pivot_root(".", "."): the old root ends up on top of the new one, and is
     # detached at once (pivot_root(2), NOTES): no put_old directory is needed
@@ -345,10 +357,14 @@ def prepare(stage: Path) -> Confinement:
             c.refused["seccomp"] = e.strerror or str(e)
     if "rlimits" not in off:
         c.parts.add("rlimits")
-    if "mountns" not in off:
-        stage.mkdir(mode=0o700, parents=True, exist_ok=True)
-        c.binds = runtime_paths(stage)
     c.parts |= {"pidns", "netns", "mountns"} - off
+    if "mountns" not in off:
+        try:
+            stage.mkdir(mode=0o700, parents=True, exist_ok=True)
+            c.binds = runtime_paths(stage)
+        except OSError as e:
+            c.parts.discard("mountns")
+            c.refused["mountns"] = f"{stage}: {e.strerror}"
     _probe(c)
     log.info("%s", c.describe())
     return c
