@@ -127,9 +127,10 @@ def attempt(fn):
         return "MemoryError"
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e.errno))
-def tcp():
-    with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2):
-        pass
+def tcp():  # bytes: a str address needs the idna codec
+    with socket.socket() as s:
+        s.settimeout(2)
+        s.connect((b"127.0.0.1", int(sys.argv[1])))
 def write_tmp():
     with open(sys.argv[2], "w") as f:
         f.write("from the guest")
