@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import uuid
 
 import pytest
 
+from hypervisord.libxen import ctrl
 from hypervisord.toolstack import confine
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
@@ -31,7 +33,7 @@ async def main(domain):
     if os.fork() == 0:  # double fork: a new session, reparented away from the guest
         os.setsid()
         if os.fork() == 0:
-            ctypes.CDLL(None).prctl(15, b"pvxen-orphan", 0, 0, 0)
+            ctypes.CDLL(None).prctl(15, domain.args[0].encode(), 0, 0, 0)
             os.write(w, b"x")
             while True:  # holds the domain's fds (3, 4, 5) as it sleeps
                 time.sleep(1)
@@ -42,14 +44,14 @@ async def main(domain):
 '''
 
 
-def orphans() -> list[int]:
-    """Live (not zombie: a zombie holds nothing) processes named pvxen-orphan."""
+def orphans(tag: str) -> list[int]:
+    """Live (not zombie: a zombie holds nothing) processes named ``tag``."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/stat") as f:
                 name, state = f.read().split(" (", 1)[1].rsplit(") ", 1)
-            if name == "pvxen-orphan" and not state.startswith(("Z", "X")):
+            if name == tag and not state.startswith(("Z", "X")):
                 found.append(int(pid))
         except (OSError, IndexError, ValueError):
             pass
@@ -89,32 +91,67 @@ def memfd_of(pid: int, domid: int) -> tuple[int, int]:
 def test_double_forked_child_dies_with_xl_destroy(stack, tmp_path, monkeypatch, off,
                                                   hypervisord, xenstored):
     monkeypatch.setenv(confine.OFF_ENV, off)
-    cfg = write_guest(tmp_path, "forker", ORPHAN)
+    tag = f"orphan-{uuid.uuid4().hex[:8]}"
+    cfg = write_guest(tmp_path, "forker", ORPHAN, f"cmdline = '{tag}'\n")
     stack.xl_ok("create", str(cfg))
     domid = stack.domid_of("forker")
     stack.wait(lambda: "ORPHANED" in stack.guest_log("forker"), "the orphan")
-    orphan = orphans()
+    orphan = orphans(tag)
     assert len(orphan) == 1
     daemons = {hypervisord.proc.pid, xenstored.proc.pid}
     memfd = memfd_of(orphan[0], domid)
     assert holders(memfd, daemons) == sorted([orphan[0], stack.launcher_guests()[domid]])
     stack.xl_ok("destroy", "forker")
     deadline = time.monotonic() + 1.0
-    while orphans() and time.monotonic() < deadline:
+    while orphans(tag) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert orphans() == [], "a guest's process outlived xl destroy"
+    assert orphans(tag) == [], "a guest's process outlived xl destroy"
     assert holders(memfd, daemons) == []
     stack.wait(lambda: domid not in stack.domids(), "the domain to go")
+
+
+@pytest.mark.parametrize("off", ["pidns", "cgroup"], ids=["cgroup-alone", "pidns-alone"])
+def test_orphan_dies_with_its_guest_when_the_launcher_is_gone(stack, tmp_path, monkeypatch,
+                                                             off):
+    """No launcher to reap: hypervisord's destroy kills the cgroup (or the kernel the
+    PID namespace, as its init dies)."""
+    monkeypatch.setenv(confine.OFF_ENV, off)
+    tag = f"orphan-{uuid.uuid4().hex[:8]}"
+    cfg = write_guest(tmp_path, "forker", ORPHAN, f"cmdline = '{tag}'\n")
+    stack.xl_ok("create", str(cfg))
+    domid = stack.domid_of("forker")
+    stack.wait(lambda: "ORPHANED" in stack.guest_log("forker"), "the orphan")
+    launcher = int((stack.xl_dir / "launcher.pid").read_text())
+    os.kill(launcher, signal.SIGKILL)
+    stack.wait(lambda: not os.path.exists(f"/proc/{launcher}/fd"), "the launcher to die")
+    ctrl.domain_destroy(stack.ts.xc, domid)  # what xl destroy asks of hypervisord
+    stack.wait(lambda: not orphans(tag), "the orphan to die", 1.0)
+
+
+def test_orphan_dies_when_the_guest_process_is_killed(stack, tmp_path):
+    """hypervisord notices the death only once every descriptor of the connection is
+    closed: the launcher's reaping kills the orphan that holds one."""
+    tag = f"orphan-{uuid.uuid4().hex[:8]}"
+    cfg = write_guest(tmp_path, "victim", ORPHAN, f"cmdline = '{tag}'\n")
+    stack.xl_ok("create", str(cfg))
+    domid = stack.domid_of("victim")
+    stack.wait(lambda: "ORPHANED" in stack.guest_log("victim"), "the orphan")
+    os.kill(stack.launcher_guests()[domid], signal.SIGKILL)
+    stack.wait(lambda: not orphans(tag), "the orphan to die", 1.0)
+    stack.wait(lambda: domid not in stack.domids(), "hypervisord to destroy the domain")
 
 
 def test_orphan_dies_when_the_guest_exits(stack, tmp_path):
     """Guest exit (not destroy): the launcher kills its cgroup as it reaps it."""
     body = ORPHAN.replace("await trio.sleep_forever()", "await trio.sleep(0.2)")
-    cfg = write_guest(tmp_path, "quitter", body)
+    tag = f"orphan-{uuid.uuid4().hex[:8]}"
+    cfg = write_guest(tmp_path, "quitter", body, f"cmdline = '{tag}'\n")
     stack.xl_ok("create", str(cfg))
     domid = stack.domid_of("quitter")
+    stack.wait(lambda: "ORPHANED" in stack.guest_log("quitter"), "the orphan")
+    assert len(orphans(tag)) == 1
     stack.wait(lambda: domid not in stack.domids(), "the domain to end", 10)
-    stack.wait(lambda: not orphans(), "the orphan to die", 1.0)
+    stack.wait(lambda: not orphans(tag), "the orphan to die", 1.0)
 
 
 JAIL = r'''
