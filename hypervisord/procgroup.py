@@ -4,7 +4,7 @@ Destroying a Xen domain stops every vCPU it has; destroying a pvxen domain
 must end every process its guest made, a double-forked one in a session of
 its own included (issue 6 finding 3). The launcher
 (``hypervisord/toolstack/confine.py``) puts each guest process in a cgroup v2
-of its own, ``<cgroup2>/pvxen/d<domid>-<hex>``; :func:`kill_domain_processes`
+of its own, ``<cgroup2>/pvxen/guest-<8 hex digits>``; :func:`kill_domain_processes`
 writes ``cgroup.kill`` there (Linux 5.14, ``Documentation/admin-guide/
 cgroup-v2.rst``), which SIGKILLs every process in it at once, even while new
 ones fork. Only a cgroup that has that exact shape is touched: never
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 
 GUEST_CGROUP_DIR = "pvxen"
-_GUEST_CGROUP = re.compile(rf"/{GUEST_CGROUP_DIR}/d[0-9]+-[0-9a-f]+")
+_GUEST_CGROUP = re.compile(rf"/{GUEST_CGROUP_DIR}/guest-[0-9a-f]{{8}}")
 
 
 def cgroup2_mount() -> Path | None:

@@ -4,7 +4,7 @@ A domU reaches the world only through its devices, and everything it runs
 dies with it. A program guest is a Linux process, so the launcher gives it
 (Firecracker's jailer is the model; issue 6 findings 3 and 7):
 
-* **cgroup** (v2): a cgroup of its own, ``<cgroup2>/pvxen/d<domid>-<tag>``;
+* **cgroup** (v2): a cgroup of its own, ``<cgroup2>/pvxen/guest-<hex>``;
   whoever ends the domain writes ``cgroup.kill`` (Linux 5.14), so a
   double-forked child cannot outlive it (:func:`kill_cgroup`; hypervisord
   does the same from ``destroy``: ``hypervisord/procgroup.py``);
@@ -167,10 +167,10 @@ class Confinement:
         return f"guest confinement: {on}" + (f"; refused: {off}" if off else "")
 
     # -- per guest, in the template -------------------------------------------------------
-    def new_cgroup(self, domid: int) -> Path | None:
+    def new_cgroup(self) -> Path | None:
         if self.cgroup_base is None:
             return None
-        path = self.cgroup_base / f"d{domid}-{secrets.token_hex(4)}"
+        path = self.cgroup_base / f"guest-{secrets.token_hex(4)}"  # procgroup.py's pattern
         path.mkdir(mode=0o755)
         return path
 
@@ -191,6 +191,11 @@ class Confinement:
     # -- per guest, in the child, as root --------------------------------------------------
     def enter(self, cgroup: Path | None, uid: int | None, maxmem_bytes: int) -> None:
         """Confine the calling (just forked) process; OSError if a part fails."""
+        self.enter_early(cgroup)
+        self.enter_late(uid, maxmem_bytes)
+
+    def enter_early(self, cgroup: Path | None) -> None:
+        """What needs no domain: cgroup, namespaces, the new root (a spare does it ahead)."""
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text("0")
         flags = 0
@@ -213,7 +218,12 @@ class Confinement:
         if "netns" in self.parts:
             loopback_up()
         if "mountns" in self.parts:
-            build_root(self.stage, self.binds, uid, proc_private="pidns" in self.parts)  # type: ignore[arg-type]
+            build_root(self.stage, self.binds, proc_private="pidns" in self.parts)  # type: ignore[arg-type]
+
+    def enter_late(self, uid: int | None, maxmem_bytes: int) -> None:
+        """What depends on the domain: its uid owns /tmp; limits from its maxmem."""
+        if "mountns" in self.parts and uid is not None:
+            os.chown("/tmp", uid, uid)
         if "rlimits" in self.parts:
             limits(address_space() + maxmem_bytes + AS_HEADROOM, uid is not None)
 
@@ -277,12 +287,12 @@ def runtime_paths(stage: Path) -> list[str]:
     return out
 
 
-def _bind_ro(src: str, dst: str, flags: int = 0) -> None:
+def _bind_ro(src: str, dst: str, nodev: bool = True) -> None:
     mount(src, dst, None, MS_BIND | MS_REC)
-    mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | flags)
+    mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | (MS_NODEV if nodev else 0))
 
 
-def build_root(stage: Path, binds: list[str], uid: int | None, proc_private: bool) -> None:
+def build_root(stage: Path, binds: list[str], proc_private: bool) -> None:
     """Make a read-only root of ``binds`` + /dev, /proc, /tmp and pivot into it."""
     if SYS_PIVOT_ROOT is None:
         raise OSError(errno.ENOSYS, f"pivot_root number unknown on {platform.machine()}")
@@ -290,9 +300,8 @@ def build_root(stage: Path, binds: list[str], uid: int | None, proc_private: boo
     root = str(stage)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     os.makedirs(f"{root}/tmp", mode=0o700)
-    owner = f",uid={uid},gid={uid}" if uid is not None else ""
     mount("tmpfs", f"{root}/tmp", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-          f"size={TMP_SIZE},mode=0700{owner}")
+          f"size={TMP_SIZE},mode=0700")  # its owner: the domain's uid (enter_late)
     for src in binds:  # after /tmp: a project under the host's /tmp stays visible
 
         dst = root + src
@@ -308,7 +317,7 @@ def build_root(stage: Path, binds: list[str], uid: int | None, proc_private: boo
             host = os.path.realpath(f"/{sub}/{name}")
             if os.path.exists(host):
                 open(f"{root}/{sub}/{name}", "w").close()
-                _bind_ro(host, f"{root}/{sub}/{name}", 0)
+                _bind_ro(host, f"{root}/{sub}/{name}", nodev=sub != "dev")
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         os.symlink(f"/proc/self/fd/{fd}", f"{root}/dev/{name}")
     os.symlink("/proc/self/fd", f"{root}/dev/fd")
@@ -319,7 +328,7 @@ def build_root(stage: Path, binds: list[str], uid: int | None, proc_private: boo
     except PermissionError:
         # in a user namespace a proc needs a PID namespace it owns: none, then
         # (a user namespace is only used when not root): the guest has no /proc
-        if uid is not None or os.geteuid() == 0:
+        if os.geteuid() == 0 and os.getuid() == 0:
             raise
     os.chdir(root)
     # pivot_root(".", "."): the old root ends up on top of the new one, and is

@@ -28,7 +28,6 @@ import resource
 import signal
 import sys
 import traceback
-from pathlib import Path
 
 from frontends import runtime
 from hypervisord.toolstack.confine import Confinement
@@ -84,10 +83,26 @@ def drop_privileges(domid: int) -> None:
     os.chdir("/")
 
 
+def from_spare(conf: Confinement, req: dict, fds: list[int]) -> None:
+    """A spare (:mod:`.spare`) was given its domain: the request :func:`spare_request` made."""
+    names = list(req["fds"])
+    if len(names) != len(fds) or "log" not in names:
+        os._exit(runtime.EXIT_BROKEN)
+    by_name = dict(zip(names, fds))
+    child(int(req["domid"]), req["name"], req["program"], req["source"], list(req["args"]),
+          int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]))
+
+
+def spare_request(domid: int, name: str, program: str, source: str, args: list[str],
+                  start_info_gfn: int, maxmem_bytes: int, fd_names: list[str]) -> dict:
+    return {"domid": domid, "name": name, "program": program, "source": source,
+            "args": list(args), "start_info_gfn": start_info_gfn, "maxmem": maxmem_bytes,
+            "fds": list(fd_names)}
+
+
 def child(domid: int, name: str, program: str, source: str, args: list[str],
           start_info_gfn: int, fds: dict[str, int], log_fd: int,
-          confinement: Confinement | None = None, cgroup: Path | None = None,
-          maxmem_bytes: int = 0) -> None:
+          confinement: Confinement | None = None, maxmem_bytes: int = 0) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -103,9 +118,9 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
-        if confinement is not None:  # as root: cgroup, namespaces, new root, limits
-            confinement.enter(cgroup, guest_uid(domid) if os.geteuid() == 0 else None,
-                              maxmem_bytes)
+        if confinement is not None:  # as root; the spare did cgroup, namespaces, root
+            confinement.enter_late(guest_uid(domid) if os.geteuid() == 0 else None,
+                                   maxmem_bytes)
         drop_privileges(domid)
         if confinement is not None:
             confinement.lock()  # seccomp, last: it forbids what the steps above did

@@ -27,7 +27,7 @@ from pathlib import Path
 from frontends import runtime
 from hypervisord.libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.toolstack import confine, guestproc
+from hypervisord.toolstack import confine, guestproc, spare
 from hypervisord.toolstack.builder import BuildError, ConnectError, Toolstack, \
     create_domain, destroy_domain, ensure_dom0
 from hypervisord.toolstack.domconfig import DomainConfig
@@ -127,6 +127,7 @@ class Launcher:
             log.debug("not preloaded: %s", missing)
         #: what the host lets us confine guests with (logged once: what it refused)
         self.confinement = confine.prepare(xl_dir(rundir) / "guest-root")
+        self.spares = spare.Spares(self.confinement, self._run_in_spare(self.confinement))
 
     # -- launching --------------------------------------------------------------------------
     def log_path(self, name: str) -> str:
@@ -148,25 +149,41 @@ class Launcher:
                              os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
+        req = guestproc.spare_request(domid, cfg.name, cfg.kernel, source, cfg.args,
+                                      start_info_gfn, cfg.maxmem_kb * 1024,
+                                      ["hypercall", "evtchn", "memory", "log"])
+        passed = [fds["hypercall"], fds["evtchn"], fds["memory"], log_fd]
         try:
-            cgroup = self.confinement.new_cgroup(domid)
-            try:
-                pid = self.confinement.fork()  # a PID namespace of its own, when allowed
-            except BaseException:
-                if cgroup is not None:
-                    cgroup.rmdir()
-                raise
-            if pid == 0:
-                guestproc.child(domid, cfg.name, cfg.kernel, source, cfg.args,
-                                start_info_gfn, fds, log_fd, self.confinement, cgroup,
-                                cfg.maxmem_kb * 1024)
+            for attempt in range(2):  # a spare that died waiting: once more, with a new one
+                s = self.spares.take()
+                try:
+                    spare.assign(s, req, passed)
+                    break
+                except spare.SpareGone as e:
+                    log.warning("d%d: %s", domid, e)
+                    if s.cgroup is not None:
+                        confine.kill_cgroup(s.cgroup)
+                    if attempt:
+                        raise LaunchError(f"cannot start the guest process: {e}") from None
         except OSError as e:
             raise LaunchError(f"cannot start the guest process: {e.strerror}") from None
         finally:
             os.close(log_fd)
-        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn, cgroup=cgroup)
+        pid = s.pid
+        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn, cgroup=s.cgroup)
         log.info("d%d (%s): guest process %d", domid, cfg.name, pid)
         return pid
+
+    @staticmethod
+    def _run_in_spare(conf: confine.Confinement) -> spare.GuestRunner:
+        return lambda req, fds: guestproc.from_spare(conf, req, fds)  # type: ignore[return-value]
+
+    def refill(self) -> None:
+        """Have the next guest's spare ready (after a reply: off the launch's path)."""
+        try:
+            self.spares.refill()
+        except OSError as e:
+            log.error("cannot fork a spare guest process: %s", e)
 
     def destroying(self, domid: int) -> None:
         """``xl destroy`` is taking ``domid`` down: no on_* action for it."""
@@ -186,6 +203,7 @@ class Launcher:
                 break
             guest = self.guests.pop(pid, None)
             if guest is None:
+                self.spares.lost(pid)
                 continue
             reason = runtime.reason_from_status(status)
             ended.append((guest, reason))
@@ -260,4 +278,5 @@ class Launcher:
                 pass
 
     def close(self) -> None:
+        self.spares.close()
         self._drop_toolstack()
