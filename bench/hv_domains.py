@@ -88,8 +88,25 @@ async def _bare(tag: int, ready: socket.socket) -> None:
     ready.send(READY.pack(tag, os.getpid()))
 
 
+def _spare_guest(conf: Any, req: dict, fds: list[int]) -> None:
+    """A confined spare was given its domain (``toolstack/spare.py``)."""
+    code = 1
+    try:
+        named = dict(zip(req["fds"], fds))
+        conf.enter_late(None, MAX_MEM_KB * 1024)
+        _no_new_privs()
+        conf.lock()
+        import trio
+        trio.run(_guest, int(req["tag"]), named, socket.socket(fileno=fds[-1]))
+        code = 0
+    except BaseException:  # noqa: BLE001 - the child must reach os._exit
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def _child(template_pid: int, kind: str, tag: int, fds: dict[str, int],
-           ready_fd: int, close: list[int], conf: Any = None, cgroup: Any = None) -> None:
+           ready_fd: int, close: list[int]) -> None:
     """The forked child: never returns into the template."""
     code = 1
     try:
@@ -100,10 +117,6 @@ def _child(template_pid: int, kind: str, tag: int, fds: dict[str, int],
             signal.signal(sig, signal.SIG_DFL)
         for fd in close:
             os.close(fd)
-        if conf is not None:  # as the launcher does (guestproc.child)
-            conf.enter(cgroup, None, MAX_MEM_KB * 1024)
-            _no_new_privs()
-            conf.lock()
         import trio
         ready = socket.socket(fileno=ready_fd)
         if kind == "guest":
@@ -130,7 +143,7 @@ class Template:
     conns: list[socket.socket] = field(default_factory=list)
     children: set[int] = field(default_factory=set)
     ready_fd: int | None = None
-    conf: Any = None  # toolstack.confine.Confinement for guest children
+    spares: Any = None  # toolstack.spare.Spares: guest children, confined ahead
     cgroups: dict[int, Any] = field(default_factory=dict)  # pid -> its cgroup
 
     def reap(self) -> None:
@@ -143,6 +156,8 @@ class Template:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.spares is not None:
+                self.spares.lost(pid)
             cgroup = self.cgroups.pop(pid, None)
             if cgroup is not None:
                 from hypervisord.toolstack.confine import kill_cgroup
@@ -156,14 +171,20 @@ class Template:
             raise ValueError("launch needs the ready socket first, and a guest its 3 fds")
         close = [self.listener.fileno()] + [c.fileno() for c in self.conns]
         me = os.getpid()
-        conf = self.conf if kind == "guest" else None
-        cgroup = conf.new_cgroup(tag) if conf is not None else None
-        pid = conf.fork() if conf is not None else os.fork()
+        if kind == "guest" and self.spares is not None:  # as the launcher: a spare
+            from hypervisord.toolstack.spare import assign
+
+            s = self.spares.take()
+            assign(s, {"tag": tag, "fds": list(FD_NAMES)},
+                   [named[n] for n in FD_NAMES] + [self.ready_fd])
+            self.children.add(s.pid)
+            if s.cgroup is not None:
+                self.cgroups[s.pid] = s.cgroup
+            return {"pid": s.pid}
+        pid = os.fork()
         if pid == 0:
-            _child(me, kind, tag, named, self.ready_fd, close, conf, cgroup)
+            _child(me, kind, tag, named, self.ready_fd, close)
         self.children.add(pid)
-        if cgroup is not None:
-            self.cgroups[pid] = cgroup
         return {"pid": pid}
 
     def handle(self, conn: socket.socket) -> bool:
@@ -221,7 +242,10 @@ def template_main(path: str) -> int:
 
     conf = confine.prepare(Path(path).parent / "guest-root")
     print(f"bench template: {conf.describe()}", file=sys.stderr, flush=True)
-    tpl = Template(listener, conf=conf)
+    from hypervisord.toolstack.spare import Spares
+
+    tpl = Template(listener, spares=Spares(conf, lambda req, fds: _spare_guest(conf, req, fds)))
+    tpl.spares.refill()
     sd_notify("READY=1")
     try:
         while True:
@@ -233,7 +257,9 @@ def template_main(path: str) -> int:
                 elif not tpl.handle(s):
                     tpl.conns.remove(s)
                     s.close()
+            tpl.spares.refill()  # after the reply, as the launcher does
     finally:
+        tpl.spares.close()
         tpl.kill_children()
     return 0
 
