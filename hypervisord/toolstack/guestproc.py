@@ -1,8 +1,10 @@
 """The first moments of a guest process, between fork and the runtime.
 
-Runs in the child the launcher just forked, as root when the launcher is,
-and leaves it as a process that can reach nothing but its own domain
-(Firecracker's jailer is the model; issue 3 requirement 3):
+Runs in a spare the launcher forked and confined ahead of time (its own
+cgroup, PID, network and mount namespaces: :mod:`.spare`, :mod:`.confine`)
+once it is given its domain, as root when the launcher is, and leaves it as
+a process that can reach nothing but its own domain (Firecracker's jailer
+is the model; issue 3 requirement 3, issue 6 findings 3 and 7):
 
 * stdout/stderr go to the guest's log file (opened by the launcher), stdin
   is ``/dev/null``;
@@ -13,7 +15,9 @@ and leaves it as a process that can reach nothing but its own domain
   each microVM its own uid), so the 0700 runtime directory (privcmd,
   xenstored's socket) is out of reach and no guest can signal or trace
   another; in every case ``PR_SET_NO_NEW_PRIVS``, not dumpable, no core
-  files, umask 077, cwd ``/``, a session of its own.
+  files, umask 077, cwd ``/``, a session of its own;
+* its ``/tmp`` owned by that uid, ``RLIMIT_AS``/``FSIZE``/``NPROC`` set
+  (``Confinement.enter_late``), and, last, the seccomp filter.
 
 Then :func:`frontends.runtime.run` runs the program; the process ends with
 ``os._exit`` and never returns into the launcher's code.

@@ -113,7 +113,8 @@ class Spares:
 
     def _make(self) -> Spare:
         cgroup = self.conf.new_cgroup()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         parent = os.getpid()
         try:
             pid = self.conf.fork()

@@ -227,7 +227,8 @@ async def main(domain):
            "home": attempt(lambda: os.listdir("/home")), "big": attempt(big),
            "efbig": attempt(efbig), "nproc": attempt(nproc), "traceme": attempt(traceme),
            "unshare": attempt(unshare_user),
-           "seccomp": [l.split()[1] for l in open("/proc/self/status") if l.startswith("Seccomp:")]}
+           "seccomp": [l.split()[1] for l in open("/proc/self/status")
+                       if l.startswith("Seccomp:")]}
     home = f"/local/domain/{domain.domid}"
     xs = await domain.open_xenbus()
     await xs.write(f"{home}/data/jail", "still works")
