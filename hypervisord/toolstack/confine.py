@@ -79,6 +79,7 @@ AS_HEADROOM = 256 << 20
 FSIZE_LIMIT = 64 << 20
 NPROC_LIMIT = 64  # tasks (threads count) of the guest's own uid
 TMP_SIZE = 16 << 20
+STALE_AFTER = 60.0  # seconds an empty guest cgroup must have existed to be swept
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -129,12 +130,12 @@ def _cgroup_base() -> Path:
     trial = base / f"probe-{os.getpid()}"  # that it exists is not that we may use it
     trial.mkdir()
     trial.rmdir()
-    for stale in base.iterdir():  # left by a launcher that died: empty ones go
-        if stale.is_dir():
-            try:
+    for stale in base.iterdir():  # left by a launcher that died: empty old ones go
+        try:  # (a young empty one may be another launcher's spare, joining it now)
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_AFTER:
                 stale.rmdir()
-            except OSError:
-                pass  # populated: a live guest (of this or another launcher)
+        except OSError:
+            pass  # populated: a live guest (of this or another launcher)
     return base
 
 
