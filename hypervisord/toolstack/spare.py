@@ -109,7 +109,7 @@ class Spares:
             spare, self.spare = self.spare, None
             spare.sock.close()  # it reads end-of-file and exits
             if spare.cgroup is not None:
-                kill_cgroup(spare.cgroup, timeout=0)
+                kill_cgroup(spare.cgroup)  # and its cgroup goes once it has
 
     def _make(self) -> Spare:
         cgroup = self.conf.new_cgroup()
