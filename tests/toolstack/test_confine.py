@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 
+from hypervisord import procgroup
 from hypervisord.libxen import ctrl
 from hypervisord.toolstack import confine
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
@@ -99,6 +100,8 @@ def test_double_forked_child_dies_with_xl_destroy(stack, tmp_path, monkeypatch, 
     orphan = orphans(tag)
     assert len(orphan) == 1
     daemons = {hypervisord.proc.pid, xenstored.proc.pid}
+    cgroup = procgroup.guest_cgroup(orphan[0])
+    assert (cgroup is not None) == (off != "cgroup")
     memfd = memfd_of(orphan[0], domid)
     assert holders(memfd, daemons) == sorted([orphan[0], stack.launcher_guests()[domid]])
     stack.xl_ok("destroy", "forker")
@@ -108,6 +111,8 @@ def test_double_forked_child_dies_with_xl_destroy(stack, tmp_path, monkeypatch, 
     assert orphans(tag) == [], "a guest's process outlived xl destroy"
     assert holders(memfd, daemons) == []
     stack.wait(lambda: domid not in stack.domids(), "the domain to go")
+    if cgroup is not None:
+        stack.wait(lambda: not cgroup.exists(), "the launcher to remove the guest's cgroup")
 
 
 @pytest.mark.parametrize("off", ["pidns", "cgroup"], ids=["cgroup-alone", "pidns-alone"])
