@@ -222,6 +222,12 @@ class Template:
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.005)
+        if self.cgroups:  # guests reaped without us (ChildProcessError): their cgroups
+            from hypervisord.toolstack.confine import kill_cgroup
+
+            for cgroup in self.cgroups.values():
+                kill_cgroup(cgroup, timeout=0.2)
+            self.cgroups.clear()
 
 
 def template_main(path: str) -> int:
