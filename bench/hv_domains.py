@@ -13,7 +13,10 @@ a datagram "ready" to the driver, then it idles in trio until hypervisord
 kills it (``destroydomain``). A ``bare`` child is the yardstick: the same
 fork and ``trio.run``, no domain, ready at once, then it exits. Children
 die with the template (``PR_SET_PDEATHSIG``) and the template kills them
-on SIGTERM. (The toolstack's own launcher, ``toolstack/monitor.py``, runs
+on SIGTERM. A guest child is confined as the launcher confines program
+guests (``toolstack/confine.py``: its own cgroup, PID, network and mount
+namespaces, rlimits, seccomp), so creation is timed with that cost;
+``PVXEN_GUEST_CONFINE_OFF=all`` times it without (the bare child never is). (The toolstack's own launcher, ``toolstack/monitor.py``, runs
 guests through ``frontends.runtime``, which needs xenstored and a
 start_info; this benchmark measures hypervisord alone.)
 
@@ -85,13 +88,30 @@ async def _bare(tag: int, ready: socket.socket) -> None:
     ready.send(READY.pack(tag, os.getpid()))
 
 
+def _spare_guest(conf: Any, req: dict, fds: list[int]) -> None:
+    """A confined spare was given its domain (``toolstack/spare.py``)."""
+    code = 1
+    try:
+        named = dict(zip(req["fds"], fds))
+        conf.enter_late(None, MAX_MEM_KB * 1024)
+        _no_new_privs()
+        conf.lock()
+        import trio
+        trio.run(_guest, int(req["tag"]), named, socket.socket(fileno=fds[-1]))
+        code = 0
+    except BaseException:  # noqa: BLE001 - the child must reach os._exit
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
 def _child(template_pid: int, kind: str, tag: int, fds: dict[str, int],
            ready_fd: int, close: list[int]) -> None:
     """The forked child: never returns into the template."""
     code = 1
     try:
         _die_with_parent()
-        if os.getppid() != template_pid:
+        if os.getppid() not in (template_pid, 0):  # 0: our parent is outside our PID ns
             os._exit(0)  # the template died between fork and prctl
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -110,12 +130,21 @@ def _child(template_pid: int, kind: str, tag: int, fds: dict[str, int],
         os._exit(code)
 
 
+def _no_new_privs() -> None:
+    import ctypes
+
+    if ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError("PR_SET_NO_NEW_PRIVS failed")
+
+
 @dataclass
 class Template:
     listener: socket.socket
     conns: list[socket.socket] = field(default_factory=list)
     children: set[int] = field(default_factory=set)
     ready_fd: int | None = None
+    spares: Any = None  # toolstack.spare.Spares: guest children, confined ahead
+    cgroups: dict[int, Any] = field(default_factory=dict)  # pid -> its cgroup
 
     def reap(self) -> None:
         while self.children:
@@ -127,6 +156,13 @@ class Template:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.spares is not None:
+                self.spares.lost(pid)
+            cgroup = self.cgroups.pop(pid, None)
+            if cgroup is not None:
+                from toolstack.confine import kill_cgroup
+
+                kill_cgroup(cgroup)
 
     def launch(self, req: dict, fds: list[int]) -> dict:
         kind, tag = req["kind"], int(req["tag"])
@@ -135,6 +171,16 @@ class Template:
             raise ValueError("launch needs the ready socket first, and a guest its 3 fds")
         close = [self.listener.fileno()] + [c.fileno() for c in self.conns]
         me = os.getpid()
+        if kind == "guest" and self.spares is not None:  # as the launcher: a spare
+            from toolstack.spare import assign
+
+            s = self.spares.take()
+            assign(s, {"tag": tag, "fds": list(FD_NAMES)},
+                   [named[n] for n in FD_NAMES] + [self.ready_fd])
+            self.children.add(s.pid)
+            if s.cgroup is not None:
+                self.cgroups[s.pid] = s.cgroup
+            return {"pid": s.pid}
         pid = os.fork()
         if pid == 0:
             _child(me, kind, tag, named, self.ready_fd, close)
@@ -176,6 +222,12 @@ class Template:
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.005)
+        if self.cgroups:  # guests reaped without us (ChildProcessError): their cgroups
+            from toolstack.confine import kill_cgroup
+
+            for cgroup in self.cgroups.values():
+                kill_cgroup(cgroup, timeout=0.2)
+            self.cgroups.clear()
 
 
 def template_main(path: str) -> int:
@@ -190,7 +242,16 @@ def template_main(path: str) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(16)
-    tpl = Template(listener)
+    from pathlib import Path
+
+    from toolstack import confine
+
+    conf = confine.prepare(Path(path).parent / "guest-root")
+    print(f"bench template: {conf.describe()}", file=sys.stderr, flush=True)
+    from toolstack.spare import Spares
+
+    tpl = Template(listener, spares=Spares(conf, lambda req, fds: _spare_guest(conf, req, fds)))
+    tpl.spares.refill()
     sd_notify("READY=1")
     try:
         while True:
@@ -202,7 +263,9 @@ def template_main(path: str) -> int:
                 elif not tpl.handle(s):
                     tpl.conns.remove(s)
                     s.close()
+            tpl.spares.refill()  # after the reply, as the launcher does
     finally:
+        tpl.spares.close()
         tpl.kill_children()
     return 0
 
@@ -255,9 +318,9 @@ class Driver:
         if process:
             fds = ctrl.connect_domain(xc, domid)[1]["fds"]
             marks.append(time.perf_counter())
-            try:
-                self._request({"op": "launch", "kind": "guest", "tag": domid,
-                               "fds": list(fds)}, list(fds.values()))
+            try:  # the pid as we see it (the guest may be pid 1 of its own namespace)
+                host_pid = self._request({"op": "launch", "kind": "guest", "tag": domid,
+                                          "fds": list(fds)}, list(fds.values()))["pid"]
             finally:
                 for fd in fds.values():
                     os.close(fd)
@@ -265,7 +328,8 @@ class Driver:
         ctrl.domain_unpause(xc, domid)
         marks.append(time.perf_counter())
         if process:
-            pid = self._wait_ready(domid)
+            self._wait_ready(domid)
+            pid = host_pid
             marks.append(time.perf_counter())
         return domid, pid, [t - t0 for t in marks]
 

@@ -3,7 +3,10 @@
 The launcher (``toolstack/launcher.py``) forks this process
 from its pre-loaded template with exactly three descriptors (hypercall
 connection, event-channel stream, the domain's own memory file), privileges
-dropped, and calls :func:`run`. The runtime:
+dropped, confined as a domU (``toolstack/confine.py``: pid 1 of
+its own PID namespace, no network but its own loopback, a read-only root
+with a private ``/tmp``, memory/file/process limits, seccomp), and calls
+:func:`run`. The runtime:
 
 1. makes a first hypercall, so that hypervisord learns the process's pid
    from the kernel (and holds it stopped while the domain is paused);

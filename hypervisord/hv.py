@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from daemonkit import procgroup
 from hypervisord.domain import Domain
 from hypervisord.errors import E, fail
 from hypervisord.machmem import MachineMemory
@@ -158,6 +159,7 @@ class Hypervisor:
             hook(dom)
         if dom.pid is not None:
             self._signal(dom, signal.SIGCONT)
+            procgroup.kill_cgroup_of(dom.pid)  # its forked processes too
             self._signal(dom, signal.SIGKILL)
         dom.close()
         self.mem.destroy(dom.domid)

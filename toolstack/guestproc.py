@@ -1,8 +1,10 @@
 """The first moments of a guest process, between fork and the runtime.
 
-Runs in the child the launcher just forked, as root when the launcher is,
-and leaves it as a process that can reach nothing but its own domain
-(Firecracker's jailer is the model):
+Runs in a spare the launcher forked and confined ahead of time (its own
+cgroup, PID, network and mount namespaces: :mod:`.spare`, :mod:`.confine`)
+once it is given its domain, as root when the launcher is, and leaves it as
+a process that can reach nothing but its own domain (Firecracker's jailer
+is the model):
 
 * stdout/stderr go to the guest's log file (opened by the launcher), stdin
   is ``/dev/null``;
@@ -13,7 +15,9 @@ and leaves it as a process that can reach nothing but its own domain
   each microVM its own uid), so the 0700 runtime directory (privcmd,
   xenstored's socket) is out of reach and no guest can signal or trace
   another; in every case ``PR_SET_NO_NEW_PRIVS``, not dumpable, no core
-  files, umask 077, cwd ``/``, a session of its own.
+  files, umask 077, cwd ``/``, a session of its own;
+* its ``/tmp`` owned by that uid, ``RLIMIT_AS``/``FSIZE``/``NPROC`` set
+  (``Confinement.enter_late``), and, last, the seccomp filter.
 
 Then :func:`frontends.runtime.run` runs the program; the process ends with
 ``os._exit`` and never returns into the launcher's code.
@@ -30,6 +34,7 @@ import sys
 import traceback
 
 from frontends import runtime
+from toolstack.confine import Confinement
 
 #: Guest uids/gids: one per domain, above the range distributions hand out.
 GUEST_UID_BASE = 0x30000
@@ -82,8 +87,26 @@ def drop_privileges(domid: int) -> None:
     os.chdir("/")
 
 
+def from_spare(conf: Confinement, req: dict, fds: list[int]) -> None:
+    """A spare (:mod:`.spare`) was given its domain: the request :func:`spare_request` made."""
+    names = list(req["fds"])
+    if len(names) != len(fds) or "log" not in names:
+        os._exit(runtime.EXIT_BROKEN)
+    by_name = dict(zip(names, fds))
+    child(int(req["domid"]), req["name"], req["program"], req["source"], list(req["args"]),
+          int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]))
+
+
+def spare_request(domid: int, name: str, program: str, source: str, args: list[str],
+                  start_info_gfn: int, maxmem_bytes: int, fd_names: list[str]) -> dict:
+    return {"domid": domid, "name": name, "program": program, "source": source,
+            "args": list(args), "start_info_gfn": start_info_gfn, "maxmem": maxmem_bytes,
+            "fds": list(fd_names)}
+
+
 def child(domid: int, name: str, program: str, source: str, args: list[str],
-          start_info_gfn: int, fds: dict[str, int], log_fd: int) -> None:
+          start_info_gfn: int, fds: dict[str, int], log_fd: int,
+          confinement: Confinement | None = None, maxmem_bytes: int = 0) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -99,7 +122,12 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         sys.stderr = sys.__stderr__ = open(2, "w", buffering=1, closefd=False)
         sys.stdin = sys.__stdin__ = open(0, "r", closefd=False)
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
+        if confinement is not None:  # as root; the spare did cgroup, namespaces, root
+            confinement.enter_late(guest_uid(domid) if os.geteuid() == 0 else None,
+                                   maxmem_bytes)
         drop_privileges(domid)
+        if confinement is not None:
+            confinement.lock()  # seccomp, last: it forbids what the steps above did
         spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
                                  HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
         code = runtime.run(spec)

@@ -86,6 +86,7 @@ class LauncherServer:
         signal.set_wakeup_fd(self._wake_w)
         self.sel.register(listener, selectors.EVENT_READ, "listen")
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.launcher.refill()
         log.info("launcher ready on %s", self.path)
         try:
             while not self.stopping:
@@ -135,6 +136,8 @@ class LauncherServer:
             conn.send(msgpack.packb(reply, use_bin_type=True))
         except OSError:
             return False
+        finally:
+            self.launcher.refill()  # the next guest's spare, confined while nobody waits
         return True
 
     def handle(self, data: bytes, fds: list[int]) -> dict:
@@ -165,7 +168,8 @@ class LauncherServer:
             self.launcher.destroying(int(req["domid"]))
             return {"ok": True}
         if op == "ping":
-            return {"ok": True, "pid": os.getpid(), "guests": len(self.launcher.guests)}
+            return {"ok": True, "pid": os.getpid(), "guests": len(self.launcher.guests),
+                    "confinement": self.launcher.confinement.describe()}
         if op == "list":
             return {"ok": True, "guests": [[g.domid, g.pid] for g in self.launcher.guests.values()]}
         raise LaunchError(f"unknown op {op!r}")

@@ -22,11 +22,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from frontends import runtime
 from libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from toolstack import guestproc
+from toolstack import confine, guestproc, spare
 from toolstack.builder import BuildError, ConnectError, Toolstack, \
     create_domain, destroy_domain, ensure_dom0
 from toolstack.domconfig import DomainConfig
@@ -105,6 +106,7 @@ class Guest:
     config: DomainConfig
     start_info_gfn: int
     restarts: list[float] = field(default_factory=list)  # when it was restarted
+    cgroup: Path | None = None  # its own cgroup v2 (confine.py), killed when it ends
 
 
 def action_for(config: DomainConfig, reason: int) -> str:
@@ -123,6 +125,9 @@ class Launcher:
         self._ts: Toolstack | None = None
         for missing in preload():
             log.debug("not preloaded: %s", missing)
+        #: what the host lets us confine guests with (logged once: what it refused)
+        self.confinement = confine.prepare(xl_dir(rundir) / "guest-root")
+        self.spares = spare.Spares(self.confinement, self._run_in_spare(self.confinement))
 
     # -- launching --------------------------------------------------------------------------
     def log_path(self, name: str) -> str:
@@ -144,16 +149,41 @@ class Launcher:
                              os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
+        req = guestproc.spare_request(domid, cfg.name, cfg.kernel, source, cfg.args,
+                                      start_info_gfn, cfg.maxmem_kb * 1024,
+                                      ["hypercall", "evtchn", "memory", "log"])
+        passed = [fds["hypercall"], fds["evtchn"], fds["memory"], log_fd]
         try:
-            pid = os.fork()
-            if pid == 0:
-                guestproc.child(domid, cfg.name, cfg.kernel, source, cfg.args,
-                                start_info_gfn, fds, log_fd)
+            for attempt in range(2):  # a spare that died waiting: once more, with a new one
+                s = self.spares.take()
+                try:
+                    spare.assign(s, req, passed)
+                    break
+                except spare.SpareGone as e:
+                    log.warning("d%d: %s", domid, e)
+                    if s.cgroup is not None:
+                        confine.kill_cgroup(s.cgroup)
+                    if attempt:
+                        raise LaunchError(f"cannot start the guest process: {e}") from None
+        except OSError as e:
+            raise LaunchError(f"cannot start the guest process: {e.strerror}") from None
         finally:
             os.close(log_fd)
-        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn)
+        pid = s.pid
+        self.guests[pid] = Guest(domid, pid, cfg, start_info_gfn, cgroup=s.cgroup)
         log.info("d%d (%s): guest process %d", domid, cfg.name, pid)
         return pid
+
+    @staticmethod
+    def _run_in_spare(conf: confine.Confinement) -> spare.GuestRunner:
+        return lambda req, fds: guestproc.from_spare(conf, req, fds)  # type: ignore[return-value]
+
+    def refill(self) -> None:
+        """Have the next guest's spare ready (after a reply: off the launch's path)."""
+        try:
+            self.spares.refill()
+        except OSError as e:
+            log.error("cannot fork a spare guest process: %s", e)
 
     def destroying(self, domid: int) -> None:
         """``xl destroy`` is taking ``domid`` down: no on_* action for it."""
@@ -173,6 +203,7 @@ class Launcher:
                 break
             guest = self.guests.pop(pid, None)
             if guest is None:
+                self.spares.lost(pid)
                 continue
             reason = runtime.reason_from_status(status)
             ended.append((guest, reason))
@@ -180,6 +211,8 @@ class Launcher:
         return ended
 
     def _ended(self, guest: Guest, reason: int, status: int) -> None:
+        if guest.cgroup is not None:  # whatever it forked dies with it, before cleanup
+            confine.kill_cgroup(guest.cgroup)
         destroyed = guest.domid in self._destroying
         self._destroying.discard(guest.domid)
         action = "destroy" if destroyed else action_for(guest.config, reason)
@@ -236,11 +269,14 @@ class Launcher:
 
     def kill_all(self, sig: int = 9) -> None:
         """Tests and benchmarks: end every guest process (hypervisord then destroys)."""
-        for pid in list(self.guests):
+        for pid, guest in list(self.guests.items()):
+            if sig == 9 and guest.cgroup is not None:
+                confine.kill_cgroup(guest.cgroup, timeout=0)
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
 
     def close(self) -> None:
+        self.spares.close()
         self._drop_toolstack()

@@ -149,7 +149,8 @@ def test_guest_process_is_confined(stack, tmp_path):
         (uid, uid, uid, [])
     assert report["no_new_privs"] == "1" and report["dumpable"] == 0
     assert report["cwd"] == "/"
-    assert report["privcmd"] == "PermissionError" and report["rundir"] == "PermissionError"
+    # not merely unreadable: outside the guest's mount namespace altogether
+    assert report["privcmd"] == "FileNotFoundError" and report["rundir"] == "FileNotFoundError"
     fds = report["fds"]
     assert fds["0"] == "/dev/null"
     assert fds["1"] == fds["2"] == str(stack.xl_dir / "log" / "guest-probe.log")
