@@ -2,7 +2,7 @@
 
 Destroying a Xen domain stops every vCPU it has; destroying a pvxen domain
 must end every process its guest made, a double-forked one in a session of
-its own included (issue 6 finding 3). The launcher
+its own included. The launcher
 (``toolstack/confine.py``) puts each guest process in a cgroup v2
 of its own, ``<cgroup2>/pvxen/guest-<8 hex digits>``; :func:`kill_domain_processes`
 writes ``cgroup.kill`` there (Linux 5.14, ``Documentation/admin-guide/

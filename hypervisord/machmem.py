@@ -14,7 +14,7 @@ a domain's gfn to its MFN, and ``frames[mfn]`` names the owner and gfn.
 Files are sparse: a slot costs memory only once written. Releasing a frame
 punches a hole, so ballooned-out memory is really returned to the host.
 
-A file's size is hypervisord's alone (issue 6): before any other process
+A file's size is hypervisord's alone: before any other process
 gets a descriptor of it (:meth:`MachineMemory.hand_out`) it is sealed with
 ``F_SEAL_SHRINK|F_SEAL_GROW|F_SEAL_SEAL`` (``memfd_create(2)``,
 ``fcntl(2)``). A guest's ``ftruncate``, ``fallocate`` or ``write`` that

@@ -12,7 +12,7 @@ Two kinds of connection reach the dispatcher:
   to notice its death).
 
 A connection belongs to one domain *instance* (the :class:`Domain` record
-it was made for), never to a domid number (issue 6 finding 3): when that
+it was made for), never to a domid number: when that
 domain is destroyed hypervisord shuts every connection of it down, and a
 request still queued on one is refused, not answered as whatever domain
 holds the number by then. So a process that outlives its domain (a

@@ -2,7 +2,7 @@
 
 A domU reaches the world only through its devices, and everything it runs
 dies with it. A program guest is a Linux process, so the launcher gives it
-(Firecracker's jailer is the model; issue 6 findings 3 and 7):
+(Firecracker's jailer is the model):
 
 * **cgroup** (v2): a cgroup of its own, ``<cgroup2>/pvxen/guest-<hex>``;
   whoever ends the domain writes ``cgroup.kill`` (Linux 5.14), so a

@@ -9,8 +9,7 @@ false for ``priv_domid``), they never apply to privileged connections.
 dom0's socket clients are trusted in cxenstored: it reads them whatever
 their output queue holds, counts no transactions for them, and accepts any
 number of them (``accept_connection`` in ``tools/xenstored/posix.c``). A
-runaway dom0 tool could thus grow the daemon without bound (issue 6,
-finding 6), so ours sets the bounds below; the README's "xenstored limits"
+runaway dom0 tool could thus grow the daemon without bound, so ours sets the bounds below; the README's "xenstored limits"
 table says where and why they differ from cxenstored.
 """
 

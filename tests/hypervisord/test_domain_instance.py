@@ -1,5 +1,5 @@
 """A domU connection belongs to one domain instance, never to a domid number
-(issue 6 finding 3, hypervisord's half).
+(hypervisord's half of guest containment).
 
 The scenario of the issue with real processes: a domain's process and a
 second process holding the same hypercall connection (as a double-forked

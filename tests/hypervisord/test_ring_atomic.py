@@ -1,6 +1,6 @@
 """Ring indices are single atomic accesses: two processes never see a torn one.
 
-Issue 6, finding 2: ``struct.pack_into`` zeroes a field before it packs it,
+``struct.pack_into`` zeroes a field before it packs it,
 so a process reading a ring index while the other end wrote it now and then
 read 0, and took the ring for corrupted. These run each kind of shared ring
 from two processes over one memfd page (see :mod:`tests.hypervisord.ring_stress`

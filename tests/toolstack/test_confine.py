@@ -1,4 +1,4 @@
-"""A program guest is confined like a domU (issue 6, findings 3 and 7), with real processes.
+"""A program guest is confined like a domU with real processes.
 
 Every process a guest makes dies with its domain (a cgroup v2 each and a
 PID namespace, each also alone); a guest reaches no host network, files or

@@ -1,6 +1,6 @@
 """Running guests across a restart of xenstored, and dom0 across one of hypervisord.
 
-Issue 6, findings 4 and 5, as a user meets them: real daemons, guests made
+Daemon restarts as a user meets them: real daemons, guests made
 with ``xl create``, a daemon killed with SIGKILL and started again.
 
 * xenstored restarts: the new daemon re-attaches every live domain's ring

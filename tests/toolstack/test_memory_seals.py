@@ -1,4 +1,4 @@
-"""A guest cannot change the size of its own memory file (issue 6 finding 1).
+"""A guest cannot change the size of its own memory file.
 
 Each test runs the whole stack as processes (hypervisord, xenstored, the
 launcher ``xl create`` starts), a well-behaved ``peer`` guest, and an

@@ -1,6 +1,6 @@
 """A program guest's ordinary XenStore read/write loop keeps its connection.
 
-The guest of issue 6 (finding 2): a few tasks writing and reading their own
+A guest of a few tasks writing and reading their own
 nodes back as fast as the ring goes, for several seconds. When the ring
 indices were written with ``struct.pack_into`` (which zeroes the field
 before packing it), xenstored or the guest now and then read an index of 0,

@@ -1,4 +1,4 @@
-"""Bounds on what one dom0 connection can make xenstored hold (issue 6, finding 6).
+"""Bounds on what one dom0 connection can make xenstored hold.
 
 cxenstored limits domains only (``domain_is_unprivileged`` in
 ``tools/xenstored/domain.c`` exempts dom0 from every quota, and its socket

@@ -55,7 +55,7 @@ ROWS = [
     ("MKDIR, no nul", XS_MKDIR, b"/m", "EINVAL", "ENOMEM"),
     ("RM, two strings", XS_RM, b"/m\0x\0", "EINVAL", "ENOMEM"),
     # cxenstored reads past the payload: the answer depends on what its buffer
-    # held before (ENOENT and EINVAL seen here), and issue 9 saw 4.17 exit
+    # held before (ENOENT and EINVAL seen here; 4.17 has been seen to exit)
     ("READ, no nul at all", XS_READ, b"/tool", "EINVAL", ("ENOENT", "EINVAL")),
     ("domid not a number", XS_GET_DOMAIN_PATH, b"abc\0", "EINVAL", b"/local/domain/0\0"),
     ("domid over 0xFFFF", XS_GET_DOMAIN_PATH, b"70000\0", "EINVAL", b"/local/domain/70000\0"),

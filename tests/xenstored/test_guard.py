@@ -1,4 +1,4 @@
-"""A bug costs one connection, whatever carries it (issue 9, part 3.1).
+"""A bug costs one connection, whatever carries it.
 
 The daemon under test is the real xenstored started through
 ``tests.xenstored.faulty_xenstored``, which makes one handler raise for a

@@ -1,4 +1,4 @@
-"""The xenstored server modules import one another one way (issue 9, 1.4).
+"""The xenstored server modules import one another one way.
 
 The core is given its handler table; handlers and control parse their
 arguments with ``xenstored.protocol.args``. Every import is counted, also
@@ -62,7 +62,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-#: the client side (issue 9 part 2 rewrites it) is not the server's concern here
+#: the client side (libxen) is not the server's concern here
 CLIENT = {"libxen.xenstore.aio", "libxen.xenstore.aio_ops", "libxen.xenstore.sync",
           "xenstored.cli", "xenstored.cli_format"}
 

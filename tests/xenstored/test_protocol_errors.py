@@ -110,7 +110,7 @@ def test_path_length_limits(c):
 @pytest.mark.parametrize("msg_type", [XS_WRITE, XS_MKDIR, XS_SET_PERMS, XS_WATCH])
 @pytest.mark.parametrize("in_tx", [False, True])
 def test_paths_of_2049_to_3072_bytes_are_einval(c, msg_type, in_tx):
-    """The paths cxenstored refuses and ours took (issue 9, 4.3): nothing is
+    """The paths cxenstored refuses and ours took: nothing is
     created, and no watch (nor its initial event) is set."""
     tx = c.start() if in_tx else 0
     for n in (2049, 2500, 3072):
