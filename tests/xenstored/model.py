@@ -25,7 +25,7 @@ watches, transactions) and ``docs/misc/xenstore-paths.pandoc``; where those are 
   nothing it touched changed later (which a whole-store snapshot taken at
   start, what docs/misc/xenstore.txt describes, could not express). Once a
   seen path has changed the transaction is *doomed* (it must end in
-  EAGAIN); its view mixes old and new nodes, so of its replies the model
+  EAGAIN; see ``Model.doomed`` for a path it perhaps touched); its view mixes old and new nodes, so of its replies the model
   checks only READ, GET_PERMS and DIRECTORY of an existing node it has
   already touched, which the snapshot rule decides alone.
   A touched node's child list is its own (``kids``): the names it had at
@@ -455,7 +455,13 @@ class Model:
         return [p for p, v in marks.items() if self.version_of(p) != v]
 
     def doomed(self, tx: MTx) -> bool:
-        return tx.lost or bool(self.conflicts(tx.seen))
+        """The model no longer knows the transaction's whole view: a node it
+        touched changed since (it must end in EAGAIN), or one it *perhaps*
+        touched did (``maybe``: a request stopped by the transaction-nodes
+        quota touched some of its nodes first, as cxenstored ``access_node``
+        does; if that node was one of them, the transaction sees it as then
+        and may end in EAGAIN)."""
+        return tx.lost or bool(self.conflicts(tx.seen)) or bool(self.conflicts(tx.maybe))
 
     def _mark(self, marks: dict[str, int | None], paths) -> None:
         for p in paths:

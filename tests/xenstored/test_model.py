@@ -540,6 +540,27 @@ def test_machine_doomed_child_list_is_the_copy_of_first_access():
     ])
 
 
+def test_machine_perhaps_touched_node_changed_outside():
+    """d1's transaction has touched 9 of its 10 nodes; WRITE w/f0 in it
+    touches f0 (the 10th) and stops at the existing w with ENOSPC, f0
+    staying in the transaction as absent (cxenstored ``access_node`` refuses
+    only the node past the quota). d1 then creates w/f0 outside (its home,
+    which the transaction did touch, is unchanged): the transaction may see
+    f0 absent and must then end in EAGAIN. The model, not knowing which of
+    w and f0 were touched, used to compare that view with the live f0."""
+    _replay([
+        ("setup", dict(perms=[["n0"]] * 3, home_letter="b", watches=[])),
+        ("write", dict(c="dom0", p="/local/domain/1/w", value=b"", txsel=0, how="abs")),
+        ("transaction_start", dict(c="d1")),
+        ("fill_transaction", dict(pick=0, short=1)),
+        ("fill_nodes", dict(c="d1", short=2, txsel=1)),  # the ENOSPC inside
+        ("fill_nodes", dict(c="d1", short=2, txsel=0)),  # creates w/f0 outside
+        ("look", dict(c="d1", p="/local/domain/1/w/f0", txsel=1, how="abs",
+                      which=(T.XS_READ, m.op_read))),
+        ("transaction_end", dict(pick=0, commit=True)),
+    ])
+
+
 class Wire:
     """dom0 and introduced domains talking to one core through wire bytes."""
 
