@@ -71,3 +71,12 @@ def cxenstored(tmp_path_factory):
         yield d / "socket"
     finally:
         os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(params=["ours", pytest.param("cxenstored", marks=pytest.mark.interop)])
+def daemon(request):
+    """The socket of our xenstored, or of Debian's cxenstored 4.17 (one per
+    module: each test uses its own paths): a test using it runs on both."""
+    if request.param == "ours":
+        return request.getfixturevalue("xenstored").socket
+    return request.getfixturevalue("cxenstored")

@@ -231,15 +231,6 @@ def test_untouched_node_changed_outside_commits(connect):
 # transaction's own creations and removals (core.c construct_node -> add_child,
 # rm_node -> delete_child on the transaction's copy). Both daemons, same answers.
 # ======================================================================================
-@pytest.fixture(params=["ours", pytest.param("cxenstored", marks=pytest.mark.interop)])
-def daemon(request):
-    """The socket of our xenstored, or of Debian's cxenstored 4.17 (shared by
-    this module's tests: each test uses its own paths)."""
-    if request.param == "ours":
-        return request.getfixturevalue("xenstored").socket
-    return request.getfixturevalue("cxenstored")
-
-
 @pytest.fixture
 def pair(daemon):
     with RawClient(daemon) as a, RawClient(daemon) as b:
