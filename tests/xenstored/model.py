@@ -309,15 +309,18 @@ def op_rm(ctx: Ctx, p: str) -> bytes:
         return b"OK\0"  # not an error if the node is missing but its parent is not
     if not bits(ctx.caller, node.perms) & WRITE:
         raise MErr("EACCES")
+    par = ctx.get(parent(p))
+    if par is None:
+        # only in a doomed transaction's view: the node was copied, its parent
+        # removed by others before the transaction first touched it
+        raise MErr("EINVAL", "parent missing")  # cxenstored rm_node
     desc = {q: ctx.view[q].perms for q in descendants(ctx.view, p)}
     for q in desc:
         ctx.get(q)
-    par = ctx.get(parent(p))
     for q in [*desc, p]:
         ctx.delete(q)
     ctx.removed.append(p)
-    if par is not None:  # (only a doomed transaction's view lacks it)
-        ctx.put(parent(p), par)  # loses a child
+    ctx.put(parent(p), par)  # loses a child
     ctx.fires.append(Fire(p, "rm", node.perms, None, desc))
     return b"OK\0"
 

@@ -639,6 +639,19 @@ def test_rm_hitting_transaction_nodes_has_no_effect():
     assert w.req(0, T.XS_READ, b"/local/domain/1/x/y\0") == ("OK", b"")
 
 
+def test_rm_of_copied_node_whose_parent_was_removed_outside_replies():
+    """cxenstored rm_node: EINVAL when the parent is missing (the core used to
+    crash here; tests/xenstored/test_protocol_tx.py has it on both daemons)."""
+    w = Wire()
+    assert w.req(0, T.XS_MKDIR, b"/a/c\0") == OK
+    tx = w.start(0)
+    assert w.req(0, T.XS_WRITE, b"/a/c/d\0v", tx) == OK  # copies /a/c
+    assert w.req(0, T.XS_RM, b"/a\0") == OK  # outside
+    assert w.req(0, T.XS_RM, b"/a/c\0", tx) == ("ERROR", b"EINVAL\0")
+    assert w.req(0, T.XS_TRANSACTION_END, b"T\0", tx) == ("ERROR", b"EAGAIN\0")
+    assert w.core.store.check() == []
+
+
 def test_rm_under_parent_removed_in_transaction_replies():
     w = Wire()
     assert w.req(0, T.XS_MKDIR, b"/a\0") == OK

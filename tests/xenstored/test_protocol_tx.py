@@ -10,6 +10,7 @@ from tests.xenstored.rawclient import (
     XS_DIRECTORY_PART,
     XS_GET_PERMS,
     XS_READ,
+    XS_RM,
     RawClient,
     nul,
 )
@@ -310,6 +311,23 @@ def test_own_creation_and_outside_changes_of_a_copied_directory(pair):
     assert _children(a, "/kids-c", tx) == ([b"old"], [b"old"])
     assert a.end(tx) == "EAGAIN"
     assert b.directory("/kids-c") == [b"other"]
+
+
+def test_rm_of_a_copied_node_whose_parent_was_removed_outside(pair):
+    """The transaction copied /rmp/c; others then remove /rmp. RM /rmp/c in the
+    transaction finds its copy but no parent (first touched now): cxenstored
+    rm_node answers EINVAL, and so do we (this crashed the connection, found by
+    the state machine)."""
+    a, b = pair
+    b.mkdir("/rmp/c")
+    tx = a.start()
+    a.write("/rmp/c/d", "1", tx=tx)
+    b.rm("/rmp")
+    assert a.err(XS_RM, nul("/rmp/c"), tx) == "EINVAL"
+    assert a.read("/rmp/c/d", tx=tx) == b"1"  # nothing changed in the transaction
+    assert a.end(tx) == "EAGAIN"
+    assert a.alive()
+    assert b.err(XS_READ, nul("/rmp")) == "ENOENT"
 
 
 # ======================================================================================
