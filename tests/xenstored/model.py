@@ -585,7 +585,9 @@ class Model:
         if low > tx.limit:
             return [stopped]
         if high > tx.limit:
-            return [normal, stopped]
+            # the same ENOSPC either way (e.g. the nodes quota): the model
+            # cannot tell whether the request touched all its nodes first
+            return [stopped] if reply == stopped.reply else [normal, stopped]
         return [normal]
 
     # -- transaction start/end ---------------------------------------------------------------

@@ -540,6 +540,26 @@ def test_machine_doomed_child_list_is_the_copy_of_first_access():
     ])
 
 
+def test_machine_same_enospc_for_two_reasons():
+    """d3 owns its 8 nodes and its transaction has touched 10 nodes, perhaps 13
+    (a request stopped part-way). MKDIR /a/c/d in it: the model's answer is
+    ENOSPC (nodes quota, after touching /a/c/d and /a/c), the core's ENOSPC
+    comes from the transaction-nodes quota before it touches them. The model
+    used to take the first and record both as touched."""
+    _replay([
+        ("setup", dict(perms=[["n0"], ["b3", "n0", "n0", "n0"], ["r3"]], home_letter="b",
+                       watches=[])),
+        ("fill_nodes", dict(c="d3", short=2, txsel=0)),
+        ("transaction_start", dict(c="d3")),
+        ("look", dict(c="d3", p="/local/domain/3/w/v", txsel=1, how="abs",
+                      which=(T.XS_READ, m.op_read))),
+        ("fill_nodes", dict(c="d3", short=0, txsel=1)),
+        ("look", dict(c="d3", p="/", txsel=1, how="abs", which=(T.XS_READ, m.op_read))),
+        ("write", dict(c="d3", p="/local/domain/3/x/y", value=b"", txsel=1, how="abs")),
+        ("mkdir", dict(c="d3", p="/a/c/d", txsel=1, how="abs")),
+    ])
+
+
 def test_machine_perhaps_touched_node_changed_outside():
     """d1's transaction has touched 9 of its 10 nodes; WRITE w/f0 in it
     touches f0 (the 10th) and stops at the existing w with ENOSPC, f0
