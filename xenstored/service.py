@@ -36,6 +36,7 @@ from typing import Protocol
 
 import trio
 
+from hypervisord.public.io.xs_wire import XsdSockmsgType
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from libxen.xenstore.wire import FrameParser, ProtocolError
@@ -54,7 +55,7 @@ class Committer(Protocol):
 
 
 #: The first four header bytes of an XS_WATCH_EVENT (type, little-endian).
-_EVENT_TYPE = (15).to_bytes(4, "little")
+_EVENT_TYPE = int(XsdSockmsgType.XS_WATCH_EVENT).to_bytes(4, "little")
 
 
 class Outbox:
