@@ -186,7 +186,11 @@ def rm(layer: Layer, caller: Caller, path: str) -> list[Fire]:
     perms = node.perms
     # Touch the parent before changing anything: in a transaction that may
     # hit the transaction-nodes quota, and an rm must fail whole or not at all.
-    layer.get(xpath.parent(path))
+    if layer.get(xpath.parent(path)) is None:
+        # Only in a doomed transaction: it copied the node, and the parent,
+        # first touched now, was removed by others since. cxenstored rm_node
+        # (tools/xenstored/core.c) answers EINVAL when the parent is missing.
+        raise XsError("EINVAL", f"{path}: parent missing in the transaction")
     removed = remove_subtree(layer, path)
     return [Fire(path, True, perms, removed)]
 

@@ -36,6 +36,7 @@ from typing import Protocol
 
 import trio
 
+from hypervisord.public.io.xs_wire import XsdSockmsgType
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from libxen.xenstore.wire import FrameParser, ProtocolError
@@ -53,12 +54,24 @@ class Committer(Protocol):
     def stage(self, changes: list, generation: int) -> object: ...
 
 
+#: The first four header bytes of an XS_WATCH_EVENT (type, little-endian).
+_EVENT_TYPE = int(XsdSockmsgType.XS_WATCH_EVENT).to_bytes(4, "little")
+
+
 class Outbox:
     """Messages waiting for one connection, in order.
 
     Bounded in messages and in bytes: a connection that lets either grow
     past its limit is not reading, and is closed. ``full`` is the
     backpressure mark: its reader waits for the peer before going on.
+
+    A watch event identical to one still waiting here is dropped, as
+    cxenstored's ``send_event`` (tools/xenstored/core.c) drops one identical
+    to an event still on the connection's output list, whichever request
+    queued it; special (``@...``) events are exempt, as there. Whoever sends
+    takes bytes from the front of ``buf`` (a flush takes all of it, a
+    non-blocking writer part of it), so an event is still waiting while its
+    last byte lies beyond what has left: ``pushed - len(buf)``.
     """
 
     def __init__(self, limit: int, byte_limit: int) -> None:
@@ -74,6 +87,9 @@ class Outbox:
         self.overflowed = False
         self.backpressured = False  # its reader once waited for the peer
         self.cancel: trio.CancelScope | None = None
+        self.pushed = 0  # bytes ever queued here
+        #: watch event -> its end in the ``pushed`` count (stale once sent)
+        self.events: dict[bytes, int] = {}
 
     @property
     def bytes(self) -> int:
@@ -84,7 +100,10 @@ class Outbox:
         return len(self.buf) >= OUTPUT_HIGH_WATER
 
     def push(self, data: bytes, wake: bool) -> None:
+        if data[:4] == _EVENT_TYPE and data[16:17] != b"@" and self._duplicate(data):
+            return
         self.buf += data
+        self.pushed += len(data)
         self.count += 1
         if self.count > self.limit or len(self.buf) > self.byte_limit:
             self.overflowed = True
@@ -92,6 +111,18 @@ class Outbox:
                 self.cancel.cancel()
         if wake:
             self.wakeup.set()
+
+    def _duplicate(self, event: bytes) -> bool:
+        """Is ``event`` still waiting here? If not, it is noted as waiting."""
+        sent = self.pushed - len(self.buf)
+        if self.events and (not self.buf or len(self.events) > 2 * self.count + 64):
+            # forget the events that have left (all of them when nothing waits)
+            self.events = {e: end for e, end in self.events.items() if end > sent}
+        end = self.events.get(event)
+        if end is not None and end > sent:
+            return True
+        self.events[event] = self.pushed + len(event)
+        return False
 
     async def flush(self, stream) -> None:
         """Send everything queued, in order; one flusher at a time."""

@@ -25,9 +25,18 @@ watches, transactions) and ``docs/misc/xenstore-paths.pandoc``; where those are 
   nothing it touched changed later (which a whole-store snapshot taken at
   start, what docs/misc/xenstore.txt describes, could not express). Once a
   seen path has changed the transaction is *doomed* (it must end in
-  EAGAIN); its view mixes old and new nodes, so of its replies the model
+  EAGAIN; see ``Model.doomed`` for a path it perhaps touched); its view mixes old and new nodes, so of its replies the model
   checks only READ, GET_PERMS and DIRECTORY of an existing node it has
   already touched, which the snapshot rule decides alone.
+  A touched node's child list is its own (``kids``): the names it had at
+  first touch, changed only when the transaction itself creates a child
+  below it or removes one (cxenstored ``construct_node`` -> ``add_child``
+  and ``rm_node`` -> ``delete_child`` on the transaction's copy of the
+  parent). So in a doomed view a node need not list a child that exists
+  for the transaction: one first touched after an outside creation, as
+  ``/a/w`` in "T: DIRECTORY /a; outside: WRITE /a/w/f; T: MKDIR /a/w/v"
+  (cxenstored 4.17 then lists nothing under ``/a`` in T, and ``f v`` under
+  ``/a/w``).
 * Permissions: privileged or owner get everything; else the first later
   entry naming the domain; else entry 0's letter. A missing node gives
   ENOENT, or EACCES when the nearest existing ancestor is unreadable.
@@ -189,6 +198,8 @@ class Ctx:
         self.touched: dict[str, None] = {}
         self.modified: dict[str, None] = {}
         self.fires: list[Fire] = []
+        self.created: list[str] = []  # new nodes, parents first
+        self.removed: list[str] = []  # root of a removed subtree
 
     def get(self, p: str) -> MNode | None:
         self.touched[p] = None
@@ -261,6 +272,7 @@ def _create(ctx: Ctx, p: str, value: bytes) -> None:
     ctx.put(a, anc)  # gains a child: a change of the node (its version)
     for q in reversed(missing):
         ctx.put(q, MNode(value if q == p else b"", perms))
+        ctx.created.append(q)
     ctx.fires.append(Fire(p, "node", None, perms))
 
 
@@ -297,14 +309,18 @@ def op_rm(ctx: Ctx, p: str) -> bytes:
         return b"OK\0"  # not an error if the node is missing but its parent is not
     if not bits(ctx.caller, node.perms) & WRITE:
         raise MErr("EACCES")
+    par = ctx.get(parent(p))
+    if par is None:
+        # only in a doomed transaction's view: the node was copied, its parent
+        # removed by others before the transaction first touched it
+        raise MErr("EINVAL", "parent missing")  # cxenstored rm_node
     desc = {q: ctx.view[q].perms for q in descendants(ctx.view, p)}
     for q in desc:
         ctx.get(q)
-    par = ctx.get(parent(p))
     for q in [*desc, p]:
         ctx.delete(q)
-    if par is not None:  # (only a doomed transaction's view lacks it)
-        ctx.put(parent(p), par)  # loses a child
+    ctx.removed.append(p)
+    ctx.put(parent(p), par)  # loses a child
     ctx.fires.append(Fire(p, "rm", node.perms, None, desc))
     return b"OK\0"
 
@@ -355,6 +371,9 @@ class MTx:
     maybe: dict[str, int | None] = field(default_factory=dict)  # perhaps touched
     #: first touch of each seen path: (the node then, its child names then)
     snap: dict[str, tuple[MNode | None, frozenset[str]]] = field(default_factory=dict)
+    #: child names of each snapped node as the transaction sees them now:
+    #: those at first touch, plus its own creations below it, less its own removals
+    kids: dict[str, frozenset[str]] = field(default_factory=dict)
     fires: list[Fire] = field(default_factory=list)
     lost: bool = False  # the model could not follow a doomed transaction
 
@@ -439,7 +458,13 @@ class Model:
         return [p for p, v in marks.items() if self.version_of(p) != v]
 
     def doomed(self, tx: MTx) -> bool:
-        return tx.lost or bool(self.conflicts(tx.seen))
+        """The model no longer knows the transaction's whole view: a node it
+        touched changed since (it must end in EAGAIN), or one it *perhaps*
+        touched did (``maybe``: a request stopped by the transaction-nodes
+        quota touched some of its nodes first, as cxenstored ``access_node``
+        does; if that node was one of them, the transaction sees it as then
+        and may end in EAGAIN)."""
+        return tx.lost or bool(self.conflicts(tx.seen)) or bool(self.conflicts(tx.maybe))
 
     def _mark(self, marks: dict[str, int | None], paths) -> None:
         for p in paths:
@@ -457,21 +482,31 @@ class Model:
                 tx.snap[p] = (None, frozenset())
             else:
                 tx.snap[p] = (self.main.get(p), frozenset(children(self.main, p)))
+            tx.kids[p] = tx.snap[p][1]
+
+    @staticmethod
+    def _relink(tx: MTx, ctx: Ctx) -> None:
+        """The child lists a successful request changed: only the parent of
+        each node it created or of the subtree it removed (a new node starts
+        with none)."""
+        for q in ctx.created:
+            if q in tx.kids:
+                tx.kids[q] = frozenset()
+            if parent(q) in tx.kids:
+                tx.kids[parent(q)] |= {basename(q)}
+        for q in ctx.removed:
+            if parent(q) in tx.kids:
+                tx.kids[parent(q)] -= {basename(q)}
 
     def snapshot_node(self, tx: MTx, p: str) -> tuple[MNode, frozenset[str]] | None:
         """The node at ``p`` as ``tx`` sees it by the snapshot rule (None: not
         decided by it: never touched, perhaps touched, or absent)."""
         if p not in tx.snap:
             return None
-        node, kids = tx.snap[p]
-        if p in tx.writes:
-            node = tx.writes[p]
+        node = tx.writes[p] if p in tx.writes else tx.snap[p][0]
         if node is None:
             return None
-        for q, n in tx.writes.items():
-            if q != "/" and parent(q) == p:
-                kids = kids | {basename(q)} if n is not None else kids - {basename(q)}
-        return node, kids
+        return node, tx.kids[p]
 
     def _snapshot_reply(self, tx: MTx, caller: Caller, fn, p: str) -> Reply | None:
         got = self.snapshot_node(tx, p)
@@ -527,6 +562,7 @@ class Model:
                     return
                 tx.writes.update(changes)
                 tx.fires.extend(ctx.fires)
+                self._relink(tx, ctx)
 
         def quota_stop(actual: Reply) -> None:
             self._mark(tx.maybe, touched)  # some of them, we cannot tell which
@@ -549,7 +585,9 @@ class Model:
         if low > tx.limit:
             return [stopped]
         if high > tx.limit:
-            return [normal, stopped]
+            # the same ENOSPC either way (e.g. the nodes quota): the model
+            # cannot tell whether the request touched all its nodes first
+            return [stopped] if reply == stopped.reply else [normal, stopped]
         return [normal]
 
     # -- transaction start/end ---------------------------------------------------------------

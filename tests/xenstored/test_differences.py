@@ -4,17 +4,11 @@ Each row is one request with what our daemon answers and what Debian's
 cxenstored 4.17 (xen-utils-4.17) answers. ``test_ours`` checks our column
 against our daemon; ``test_cxenstored`` (interop) checks the other column
 against the real C daemon, started with ../shared/tools/cxenstored, and
-skips when it is not installed. Rows where we follow cxenstored are here
+skips when it is not installed (fixture in tests/xenstored/conftest.py). Rows where we follow cxenstored are here
 too, with the same answer in both columns.
 """
 
 from __future__ import annotations
-
-import os
-import shutil
-import signal
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -106,31 +100,6 @@ def _check(client: RawClient, mtype: int, payload: bytes, want) -> None:
 def test_ours(c, row, mtype, payload, ours, theirs):
     _check(c, mtype, payload, ours)
     assert c.alive()  # and it keeps serving
-
-
-CXENSTORED = Path("/usr/lib/xen-4.17/bin/xenstored")
-REPO = Path(__file__).resolve().parents[2]
-#: ../shared/tools/cxenstored beside the clone (or beside a worktree's parent)
-STARTS = [base / "shared" / "tools" / "cxenstored" / "start-cxenstored"
-          for base in (REPO.parent, REPO.parent.parent)]
-
-
-@pytest.fixture(scope="module")
-def cxenstored(tmp_path_factory):
-    start = next((p for p in STARTS if p.exists()), None)
-    if not CXENSTORED.exists() or shutil.which("gcc") is None or start is None:
-        if os.environ.get("CI") == "true":  # .ci/run installs them: their absence is a bug
-            pytest.fail("CI must have Debian's cxenstored (xen-utils-4.17), gcc and "
-                        "../shared/tools/cxenstored")
-        pytest.skip("Debian's cxenstored (xen-utils-4.17), gcc or ../shared/tools/cxenstored "
-                    "missing; apt-get install xen-utils-4.17 gcc")
-    d = tmp_path_factory.mktemp("cx")
-    pid = int(subprocess.run([str(start), str(d)], check=True, capture_output=True,
-                             text=True, timeout=20).stdout.strip())
-    try:
-        yield d / "socket"
-    finally:
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.interop

@@ -18,7 +18,10 @@ gets include every event the spec requires and only events it allows
 events the model predicts, i.e. the core is exact there, its one kind of
 spurious event being documented in ``model.judge``; nothing fires inside
 a transaction. After every step: ``store.check() == []``, the store equals
-the model, and so does the view of every open (not doomed) transaction.
+the model, and so does the view of every open (not doomed) transaction;
+in every open transaction, doomed or not, each node it has touched has the
+value, permissions and child list the snapshot rule gives (cxenstored
+``access_node``; see ``model.MTx.kids``).
 
 Paths come from a small alphabet (``/a/...``, ``/local/domain/N/...``) and
 the quotas are tiny, so permission failures, quota failures, transaction
@@ -467,21 +470,23 @@ class XenstoreMachine(RuleBasedStateMachine):
                     return tx.view[p] if p in tx.view else self.core.store.get(p)
 
                 paths = set(self.core.store.nodes) | set(tx.view)
-                if self.model.doomed(mtx):
-                    if mtx.lost:
-                        continue
-                    # the snapshot rule: every node touched before reads as it
-                    # was then, plus the transaction's own changes
-                    for p in mtx.snap:
-                        want = self.model.snapshot_node(mtx, p)
-                        if want is None:
-                            continue
-                        node, kids = want
-                        got = tx.view.get(p)
-                        seen = None if got is None else (got.value, got.perms.strings())
-                        assert seen == (node.value, m.perm_strings(node.perms)), \
-                            f"{name} transaction {tx_id}: snapshot of {p}: {seen}"
+                if mtx.lost:
                     continue
+                # The snapshot rule, doomed or not: every node touched before
+                # reads as it was then plus the transaction's own changes:
+                # value, perms and child list (model.MTx.kids).
+                for p in mtx.snap:
+                    want = self.model.snapshot_node(mtx, p)
+                    if want is None:
+                        continue
+                    node, kids = want
+                    got = tx.view.get(p)
+                    seen = None if got is None else (
+                        got.value, got.perms.strings(), sorted(got.children))
+                    assert seen == (node.value, m.perm_strings(node.perms), sorted(kids)), \
+                        f"{name} transaction {tx_id}: snapshot of {p}: {seen}"
+                if self.model.doomed(mtx):
+                    continue  # its view mixes old and new nodes: only the above holds
                 assert self._core_tree(view, paths) == self._model_tree(self.model.view(mtx)), \
                     f"{name} transaction {tx_id}"
 
@@ -495,6 +500,85 @@ def test_core_matches_model():
 
 # -- standalone examples of what the machine found ----------------------------------------------
 OK = ("OK", b"OK\0")
+
+
+def _replay(steps) -> XenstoreMachine:
+    """Run the machine through fixed steps, every invariant after each."""
+    machine = XenstoreMachine()
+    try:
+        for rule_name, kwargs in steps:
+            getattr(machine, rule_name)(**kwargs)
+            machine.store_is_sound()
+            machine.store_equals_model()
+            machine.transactions_and_watches_agree()
+    finally:
+        machine.teardown()
+    return machine
+
+
+def test_machine_doomed_child_list_is_the_copy_of_first_access():
+    """The shrunk case behind MTx.kids: dom0's transaction copies
+    /local/domain/2 (no children), d2 then creates w outside, and the
+    transaction creates w/v below w (first touched after that creation, so
+    as it is live). The transaction's copy of /local/domain/2 still lists
+    nothing: construct_node stops at the existing w and only w gains a child
+    (cxenstored 4.17 agrees: tests/xenstored/test_protocol_tx.py). The model
+    used to list w there because the transaction wrote it."""
+    home2 = "/local/domain/2"
+    _replay([
+        ("setup", dict(perms=[["n0"]] * 3, home_letter="b", watches=[])),
+        ("transaction_start", dict(c="dom0")),
+        ("look", dict(c="dom0", p=home2, txsel=1, how="abs",
+                      which=(T.XS_DIRECTORY, m.op_directory))),
+        ("write", dict(c="d2", p=f"{home2}/w", value=b"", txsel=0, how="abs")),
+        ("mkdir", dict(c="dom0", p=f"{home2}/w/v", txsel=1, how="abs")),
+        ("look", dict(c="dom0", p=home2, txsel=1, how="abs",
+                      which=(T.XS_DIRECTORY, m.op_directory))),
+        ("look", dict(c="dom0", p=f"{home2}/w", txsel=1, how="abs",
+                      which=(T.XS_DIRECTORY, m.op_directory))),
+        ("transaction_end", dict(pick=0, commit=True)),
+    ])
+
+
+def test_machine_same_enospc_for_two_reasons():
+    """d3 owns its 8 nodes and its transaction has touched 10 nodes, perhaps 13
+    (a request stopped part-way). MKDIR /a/c/d in it: the model's answer is
+    ENOSPC (nodes quota, after touching /a/c/d and /a/c), the core's ENOSPC
+    comes from the transaction-nodes quota before it touches them. The model
+    used to take the first and record both as touched."""
+    _replay([
+        ("setup", dict(perms=[["n0"], ["b3", "n0", "n0", "n0"], ["r3"]], home_letter="b",
+                       watches=[])),
+        ("fill_nodes", dict(c="d3", short=2, txsel=0)),
+        ("transaction_start", dict(c="d3")),
+        ("look", dict(c="d3", p="/local/domain/3/w/v", txsel=1, how="abs",
+                      which=(T.XS_READ, m.op_read))),
+        ("fill_nodes", dict(c="d3", short=0, txsel=1)),
+        ("look", dict(c="d3", p="/", txsel=1, how="abs", which=(T.XS_READ, m.op_read))),
+        ("write", dict(c="d3", p="/local/domain/3/x/y", value=b"", txsel=1, how="abs")),
+        ("mkdir", dict(c="d3", p="/a/c/d", txsel=1, how="abs")),
+    ])
+
+
+def test_machine_perhaps_touched_node_changed_outside():
+    """d1's transaction has touched 9 of its 10 nodes; WRITE w/f0 in it
+    touches f0 (the 10th) and stops at the existing w with ENOSPC, f0
+    staying in the transaction as absent (cxenstored ``access_node`` refuses
+    only the node past the quota). d1 then creates w/f0 outside (its home,
+    which the transaction did touch, is unchanged): the transaction may see
+    f0 absent and must then end in EAGAIN. The model, not knowing which of
+    w and f0 were touched, used to compare that view with the live f0."""
+    _replay([
+        ("setup", dict(perms=[["n0"]] * 3, home_letter="b", watches=[])),
+        ("write", dict(c="dom0", p="/local/domain/1/w", value=b"", txsel=0, how="abs")),
+        ("transaction_start", dict(c="d1")),
+        ("fill_transaction", dict(pick=0, short=1)),
+        ("fill_nodes", dict(c="d1", short=2, txsel=1)),  # the ENOSPC inside
+        ("fill_nodes", dict(c="d1", short=2, txsel=0)),  # creates w/f0 outside
+        ("look", dict(c="d1", p="/local/domain/1/w/f0", txsel=1, how="abs",
+                      which=(T.XS_READ, m.op_read))),
+        ("transaction_end", dict(pick=0, commit=True)),
+    ])
 
 
 class Wire:
@@ -573,6 +657,19 @@ def test_rm_hitting_transaction_nodes_has_no_effect():
     # ... so, whatever the commit says, it removed nothing and the store is sound.
     assert w.core.store.check() == []
     assert w.req(0, T.XS_READ, b"/local/domain/1/x/y\0") == ("OK", b"")
+
+
+def test_rm_of_copied_node_whose_parent_was_removed_outside_replies():
+    """cxenstored rm_node: EINVAL when the parent is missing (the core used to
+    crash here; tests/xenstored/test_protocol_tx.py has it on both daemons)."""
+    w = Wire()
+    assert w.req(0, T.XS_MKDIR, b"/a/c\0") == OK
+    tx = w.start(0)
+    assert w.req(0, T.XS_WRITE, b"/a/c/d\0v", tx) == OK  # copies /a/c
+    assert w.req(0, T.XS_RM, b"/a\0") == OK  # outside
+    assert w.req(0, T.XS_RM, b"/a/c\0", tx) == ("ERROR", b"EINVAL\0")
+    assert w.req(0, T.XS_TRANSACTION_END, b"T\0", tx) == ("ERROR", b"EAGAIN\0")
+    assert w.core.store.check() == []
 
 
 def test_rm_under_parent_removed_in_transaction_replies():

@@ -10,6 +10,8 @@ from tests.xenstored.rawclient import (
     XS_DIRECTORY_PART,
     XS_GET_PERMS,
     XS_READ,
+    XS_RM,
+    RawClient,
     nul,
 )
 
@@ -223,6 +225,109 @@ def test_untouched_node_changed_outside_commits(connect):
     assert a.read("/snapu/x", tx=tx) == b"new"
     a.write("/snapu/y", "1", tx=tx)
     assert a.end(tx) == "OK"
+
+
+# ======================================================================================
+# Child lists in a transaction: the copy of first access, changed only by the
+# transaction's own creations and removals (core.c construct_node -> add_child,
+# rm_node -> delete_child on the transaction's copy). Both daemons, same answers.
+# ======================================================================================
+@pytest.fixture
+def pair(daemon):
+    with RawClient(daemon) as a, RawClient(daemon) as b:
+        yield a, b
+
+
+def _children(client, path: str, tx: int) -> tuple[list[bytes], list[bytes]]:
+    """DIRECTORY and the names of DIRECTORY_PART from offset 0 (after its <gencnt>)."""
+    part = client.ok(XS_DIRECTORY_PART, nul(path, "0"), tx)
+    return client.directory(path, tx=tx), part.split(b"\0")[1:-2]
+
+
+def test_child_created_below_a_node_first_touched_after_an_outside_creation(pair):
+    """The state machine's shrunk case (tests/xenstored/test_model.py
+    test_machine_doomed_child_list_is_the_copy_of_first_access): the
+    transaction copies /kids-a with no children; another connection then
+    creates /kids-a/w/f; MKDIR /kids-a/w/v in the transaction finds w live
+    (first touched now), so only w gains a child, and the copy of /kids-a
+    still lists nothing."""
+    a, b = pair
+    b.mkdir("/kids-a")
+    tx = a.start()
+    assert a.directory("/kids-a", tx=tx) == []
+    b.write("/kids-a/w/f", "1")
+    a.mkdir("/kids-a/w/v", tx=tx)
+    assert _children(a, "/kids-a", tx) == ([], [])
+    assert _children(a, "/kids-a/w", tx) == ([b"f", b"v"], [b"f", b"v"])
+    assert a.end(tx) == "EAGAIN"
+    assert b.directory("/kids-a") == [b"w"]
+    assert b.directory("/kids-a/w") == [b"f"]
+
+
+def test_child_created_below_a_node_first_seen_absent(pair):
+    """/kids-b/x is absent at first access and created outside since: for the
+    transaction it stays absent, so WRITE /kids-b/x/y creates x again in its
+    copy of /kids-b (first touched now, with x listed once) and y below it."""
+    a, b = pair
+    b.mkdir("/kids-b")
+    tx = a.start()
+    assert a.err(XS_READ, nul("/kids-b/x"), tx) == "ENOENT"
+    b.write("/kids-b/x", "outside")
+    a.write("/kids-b/x/y", "inside", tx=tx)
+    assert _children(a, "/kids-b", tx) == ([b"x"], [b"x"])
+    assert _children(a, "/kids-b/x", tx) == ([b"y"], [b"y"])
+    assert a.read("/kids-b/x", tx=tx) == b""
+    assert a.end(tx) == "EAGAIN"
+    assert b.directory("/kids-b/x") == []
+
+
+def test_child_created_below_a_copied_node_removed_outside(pair):
+    """The transaction copied /kids-e/p/q, then q is removed outside: /kids-e/p,
+    first touched now, lists nothing, while the copy of q still exists and
+    takes a new child."""
+    a, b = pair
+    b.write("/kids-e/p/q", "1")
+    tx = a.start()
+    assert a.read("/kids-e/p/q", tx=tx) == b"1"
+    b.rm("/kids-e/p/q")
+    assert _children(a, "/kids-e/p", tx) == ([], [])
+    a.write("/kids-e/p/q/r", "x", tx=tx)
+    assert _children(a, "/kids-e/p", tx) == ([], [])
+    assert _children(a, "/kids-e/p/q", tx) == ([b"r"], [b"r"])
+    assert a.end(tx) == "EAGAIN"
+    assert b.directory("/kids-e/p") == []
+
+
+def test_own_creation_and_outside_changes_of_a_copied_directory(pair):
+    a, b = pair
+    b.write("/kids-c/old", "1")
+    tx = a.start()
+    assert a.directory("/kids-c", tx=tx) == [b"old"]
+    a.write("/kids-c/new", "1", tx=tx)
+    b.rm("/kids-c/old")
+    b.write("/kids-c/other", "2")
+    assert _children(a, "/kids-c", tx) == ([b"old", b"new"], [b"old", b"new"])
+    a.rm("/kids-c/new", tx=tx)
+    assert _children(a, "/kids-c", tx) == ([b"old"], [b"old"])
+    assert a.end(tx) == "EAGAIN"
+    assert b.directory("/kids-c") == [b"other"]
+
+
+def test_rm_of_a_copied_node_whose_parent_was_removed_outside(pair):
+    """The transaction copied /rmp/c; others then remove /rmp. RM /rmp/c in the
+    transaction finds its copy but no parent (first touched now): cxenstored
+    rm_node answers EINVAL, and so do we (this crashed the connection, found by
+    the state machine)."""
+    a, b = pair
+    b.mkdir("/rmp/c")
+    tx = a.start()
+    a.write("/rmp/c/d", "1", tx=tx)
+    b.rm("/rmp")
+    assert a.err(XS_RM, nul("/rmp/c"), tx) == "EINVAL"
+    assert a.read("/rmp/c/d", tx=tx) == b"1"  # nothing changed in the transaction
+    assert a.end(tx) == "EAGAIN"
+    assert a.alive()
+    assert b.err(XS_READ, nul("/rmp")) == "ENOENT"
 
 
 # ======================================================================================

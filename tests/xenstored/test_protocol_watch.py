@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import struct
+import termios
+import time
+
 import pytest
 
 from tests.xenstored.rawclient import (
@@ -24,6 +29,7 @@ from tests.xenstored.rawclient import (
     XS_WATCH,
     XS_WATCH_EVENT,
     XS_WRITE,
+    RawClient,
     nul,
     pack,
 )
@@ -492,3 +498,86 @@ def test_release_fires_for_every_removed_node(connect):
     no_events(w)
     assert dom0.directory("/local/domain/5") == [b"kept"]
     assert dom0.directory("/backend/vif/5/0") == []
+
+
+def _queued_to(client: RawClient) -> int:
+    """Bytes waiting in ``client``'s socket receive queue (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(client.sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
+def _stalled(client: RawClient, at_least: int, timeout: float = 10.0) -> None:
+    """Wait until the daemon can write no more to ``client`` (which does not
+    read): its receive queue holds ``at_least`` bytes and stops growing."""
+    deadline = time.monotonic() + timeout
+    last, steady = -1, 0
+    while steady < 3:
+        assert time.monotonic() < deadline, f"queue to the client never settled ({last} bytes)"
+        time.sleep(0.05)
+        now = _queued_to(client)
+        steady = steady + 1 if now == last and now >= at_least else 0
+        last = now
+
+
+def test_identical_event_still_unsent_from_an_earlier_request_goes_once(daemon):
+    """cxenstored ``send_event`` (tools/xenstored/core.c) drops a watch event
+    identical to one still on the connection's output list, whichever request
+    queued it. The watcher stops reading behind replies more than its socket
+    holds; two WRITEs by another connection then each fire ``/dq t`` for it,
+    and a third fires a different event: it gets ``/dq t`` once, then that one."""
+    with RawClient(daemon) as w, RawClient(daemon) as c:
+        c.write("/dq-big", b"x" * 4000)
+        w.watch("/dq", "t")
+        assert ev(w) == (b"/dq", b"t")
+        n = 600  # 2.4 MB of replies: far more than any socket buffer holds
+        w.send(b"".join(pack(XS_READ, nul("/dq-big"), req_id=i + 1) for i in range(n)))
+        _stalled(w, at_least=1)
+        c.write("/dq", "1")
+        c.write("/dq", "2")
+        c.write("/dq/x", "3")
+        replies, events = 0, []
+        while replies < n:
+            m = w.recv_msg()
+            if m.type == XS_WATCH_EVENT:
+                events.append(tuple(m.strings))
+            else:
+                assert (m.type, m.req_id, len(m.payload)) == (XS_READ, replies + 1, 4000)
+                replies += 1
+        assert w.alive()  # a round trip: any event still due arrives first
+        while w.events:
+            events.append(tuple(w.events.popleft().strings))
+        assert events == [(b"/dq", b"t"), (b"/dq/x", b"t")]
+        # once sent, the same event is sent again
+        c.write("/dq", "4")
+        assert ev(w) == (b"/dq", b"t")
+        no_events(w)
+
+
+def test_outbox_drops_an_event_until_its_last_byte_has_left():
+    """Pure logic of :class:`xenstored.service.Outbox`: a sender may take part
+    of ``buf`` (a non-blocking write); an event is waiting while any of it is
+    there (cxenstored keeps a half-written message on its output list)."""
+    from xenstored.service import Outbox
+
+    def event(path: bytes) -> bytes:
+        body = path + b"\0t\0"
+        return pack(XS_WATCH_EVENT, body)
+
+    box = Outbox(100, 1 << 20)
+    reply = pack(XS_READ, b"v")
+    box.push(reply, wake=False)
+    box.push(event(b"/a"), wake=False)
+    box.push(reply, wake=False)  # replies are never dropped
+    box.push(event(b"/a"), wake=False)  # identical, still waiting: dropped
+    box.push(event(b"@releaseDomain"), wake=False)
+    box.push(event(b"@releaseDomain"), wake=False)  # special: exempt, as in cxenstored
+    assert bytes(box.buf) == (reply + event(b"/a") + reply + event(b"@releaseDomain") * 2)
+    del box.buf[:len(reply) + len(event(b"/a")) - 1]  # all of /a but its last byte left
+    rest = bytes(box.buf)
+    box.push(event(b"/a"), wake=False)
+    assert bytes(box.buf) == rest  # still waiting: dropped
+    del box.buf[:1]  # now all of it has
+    box.push(event(b"/a"), wake=False)
+    assert bytes(box.buf) == rest[1:] + event(b"/a")
+    box.buf = bytearray()  # a flush took everything
+    box.push(event(b"/a"), wake=False)
+    assert bytes(box.buf) == event(b"/a")
