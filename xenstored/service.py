@@ -1,9 +1,11 @@
 """The trio shell around :class:`~xenstored.core.XenstoreCore`.
 
 Serves one connection over any byte stream with trio's ``Stream`` methods
-(``receive_some``/``send_all``): the Unix socket today, a domain's shared
-ring through the same code once a ring stream exists. So a ring connection
-differs from a socket connection only in its transport.
+(``receive_some``/``send_all``), a task per connection: a domain's shared
+ring (``xenstored.transport.ring``). dom0's socket clients are served by one
+task for all of them (``xenstored.transport.unix``) under the same rules,
+with the same :class:`Outbox`, :meth:`XenstoreService.stage` and
+:meth:`XenstoreService.deliver`.
 
 Per connection: the reader parses requests and hands each to the core;
 replies and watch events go into the target connection's :class:`Outbox`.
