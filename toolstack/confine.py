@@ -23,7 +23,7 @@ dies with it. A program guest is a Linux process, so the launcher gives it
   the runtime directory and every other host path are not there;
 * **rlimits**: ``RLIMIT_AS`` = the template's address space + ``maxmem`` +
   :data:`AS_HEADROOM` (beyond it ``mmap`` fails with ENOMEM, Python raises
-  MemoryError), ``RLIMIT_FSIZE`` (:data:`FSIZE_LIMIT`; stdout is
+  MemoryError), ``RLIMIT_FSIZE`` (its memory file's size + :data:`FSIZE_LIMIT`; stdout is
   a file too), ``RLIMIT_NPROC`` (:data:`NPROC_LIMIT`, only with a uid of
   the domain's own: the count is per uid);
 * **seccomp**: a filter compiled once by libseccomp (:mod:`.seccomp`) that
@@ -63,6 +63,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemonkit.procgroup import GUEST_CGROUP_DIR, cgroup2_mount
+from hypervisord.public.memfile import file_size
+from hypervisord.public.xen import PAGE_SIZE
 from toolstack import seccomp
 
 log = logging.getLogger("xl-launcher")
@@ -240,7 +242,8 @@ class Confinement:
         if "mountns" in self.parts and uid is not None:
             os.chown("/tmp", uid, uid)
         if "rlimits" in self.parts:
-            limits(address_space() + maxmem_bytes + AS_HEADROOM, uid is not None)
+            limits(address_space() + maxmem_bytes + AS_HEADROOM, uid is not None,
+                   maxmem_bytes)
 
     def lock(self) -> None:
         """The last step, after privileges are dropped: the seccomp filter."""
@@ -258,9 +261,14 @@ def loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
 
 
-def limits(as_bytes: int, own_uid: bool) -> None:
+def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+    # RLIMIT_FSIZE counts offsets, in every file: the guest must still
+    # pwrite() the top of its own memory file (maxmem plus the reserved
+    # slots), so the limit is that size plus FSIZE_LIMIT; growing the sealed
+    # file is refused by its seals whatever this limit is.
+    fsize = file_size(-(-maxmem_bytes // PAGE_SIZE)) + FSIZE_LIMIT
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     if own_uid:
         resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT, NPROC_LIMIT))
 

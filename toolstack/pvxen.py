@@ -12,7 +12,7 @@ Layout of the runtime directory (``--rundir``, else ``$PVXEN_RUNDIR``, as
 every daemon): ``<daemon>.pid`` (written once the daemon is ready),
 ``log/<daemon>.log`` (its stdout and stderr), ``pvxen.notify`` (the notify
 socket, only while pvxen waits), ``pvxen.lock``; the daemons' own
-directories (``hypervisord/privcmd``, ``xenstored/socket``) as usual.
+directories (``hypervisord/privcmd``, ``xenstored/socket``, ``backendd/socket``) as usual.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ DAEMONS: tuple[DaemonSpec, ...] = (
                socket.SOCK_SEQPACKET, "HYPERVISORD_ARGS"),
     DaemonSpec("xenstored", "xenstored", "xenstored/socket",
                socket.SOCK_STREAM, "XENSTORED_ARGS"),
+    DaemonSpec("backendd", "backendd", "backendd/socket",
+               socket.SOCK_STREAM, "BACKENDD_ARGS"),
 )
 
 

@@ -141,3 +141,30 @@ class Hypervisord(DaemonProcess):
     @property
     def privcmd(self) -> Path:
         return self.rundir / "hypervisord" / "privcmd"
+
+
+class Backendd(DaemonProcess):
+    """backendd in ``<workdir>/run`` (beside xenstored and hypervisord there)."""
+
+    def __init__(self, workdir: Path, extra: list[str] | None = None) -> None:
+        self.rundir = workdir / "run"
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        super().__init__(
+            name="backendd",
+            argv=["backendd", "--rundir", str(self.rundir), *(extra or [])],
+            workdir=workdir,
+        )
+
+    @property
+    def socket(self) -> Path:
+        return self.rundir / "backendd" / "socket"
+
+    def status(self) -> list[list[str]]:
+        """The devices backendd runs: ``[type, domid, devid, state]`` each."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+        return [line.split() for line in data.decode().splitlines()]

@@ -12,13 +12,7 @@ from hypervisord.public.domctl import DomctlCmd, ShadowOp
 from hypervisord.public.event_channel import EvtchnOp, EvtchnStat
 from hypervisord.public.grant_table import GnttabOp, GntSt
 from hypervisord.public.io import blkif, netif, protocols
-from hypervisord.public.io.xenbus import (
-    XenbusState,
-    XenbusTransitionError,
-    parse_xenbus_state,
-    xenbus_transition,
-    xenbus_transition_allowed,
-)
+from hypervisord.public.io.xenbus import XenbusState, parse_xenbus_state
 from hypervisord.public.xen import Hypercall, Virq
 
 S = XenbusState
@@ -154,26 +148,6 @@ def test_blkif_netif_protocols():
         blkif.blkif_request_segments(raw, 12)
     assert netif.NetifRsp.NETIF_RSP_NULL == 1 and netif.XEN_NETIF_NR_SLOTS_MIN == 18
     assert protocols.XEN_IO_PROTO_ABI_NATIVE == "x86_64-abi"
-
-
-def test_xenbus_handshake_and_teardown_are_allowed():
-    path = [S.XenbusStateInitialising, S.XenbusStateInitWait, S.XenbusStateInitialised,
-            S.XenbusStateConnected, S.XenbusStateClosing, S.XenbusStateClosed]  # fmt: skip
-    for old, new in zip(path, path[1:]):
-        assert xenbus_transition(old, new) is new
-    assert xenbus_transition_allowed(S.XenbusStateConnected, S.XenbusStateConnected)
-    assert xenbus_transition_allowed(S.XenbusStateInitialising, S.XenbusStateInitialised)  # skip
-    assert [int(s) for s in S] == list(range(9))
-
-
-@pytest.mark.parametrize(
-    "old,new",
-    [(S.XenbusStateClosed, S.XenbusStateConnected), (S.XenbusStateClosing, S.XenbusStateConnected),
-     (S.XenbusStateConnected, S.XenbusStateInitWait), (S.XenbusStateUnknown, S.XenbusStateConnected)],
-)  # fmt: skip
-def test_xenbus_refuses_illegal_edges(old: XenbusState, new: XenbusState):
-    with pytest.raises(XenbusTransitionError):
-        xenbus_transition(old, new)
 
 
 @pytest.mark.parametrize("junk", ["", "x", "9", "-1", "4\x00", "004", b"\xff", "1 2"])

@@ -221,6 +221,23 @@ def test_each_request_is_read_once_and_the_copy_is_private():
     assert got[2] == SEQ.pack(2) + b"segments"
 
 
+def test_each_response_is_read_once_and_the_copy_is_private():
+    sring = TracingRing(bytearray(4096), ENTRY)
+    front, back = FrontRing.init(sring), BackRing.init(sring)
+    for i in range(4):
+        front.put_request(SEQ.pack(i))
+    front.push_requests()
+    for r in back.take_requests():
+        back.put_response(r[:8] + b"answered")
+    back.push_responses()
+    sring.accesses, sring.copies = 0, []
+    got = front.take_responses()
+    assert sring.accesses == 1  # rsp_prod read exactly once per batch
+    assert sring.copies == [0, 1, 2, 3]
+    sring.slot(1)[:] = b"\xff" * ENTRY  # the back end rewrites after the copy
+    assert got[1] == SEQ.pack(1) + b"answered"
+
+
 def test_put_zero_fills_the_slot():
     sring, front, back = new_ring(entry=112)
     sring.slot(0)[:] = b"\xee" * 112  # stale bytes from an earlier request

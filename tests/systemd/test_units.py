@@ -30,7 +30,7 @@ from tests.framework.daemons import REPO
 UNITS = REPO / "systemd"
 SYSTEMD = Path("/usr/lib/systemd/systemd")
 MOUNT = "/run/systemd/pvxen-test"  # the test directory, inside the namespace
-HV, XS = DAEMONS
+HV, XS, BE = DAEMONS
 
 
 def in_ci() -> bool:
@@ -284,19 +284,21 @@ def test_units_under_a_real_user_manager(tmp_path):
     main_pids: list[int] = []
     try:
         manager.start()
-        # returns only once both sent READY=1 (Type=notify), hypervisord first
-        start = manager.systemctl("start", XS.unit)
+        # returns only once all sent READY=1 (Type=notify), hypervisord first
+        start = manager.systemctl("start", BE.unit)
         assert start.returncode == 0, start.stderr + manager.diagnostics()
-        active = manager.systemctl("is-active", HV.unit, XS.unit)
-        assert active.stdout.split() == ["active", "active"], manager.diagnostics()
+        active = manager.systemctl("is-active", HV.unit, XS.unit, BE.unit)
+        assert active.stdout.split() == ["active"] * 3, manager.diagnostics()
         props = ("MainPID", "StatusText", "ActiveEnterTimestampMonotonic",
                  "ExecMainStartTimestampMonotonic", "InactiveEnterTimestampMonotonic",
                  "ActiveExitTimestampMonotonic", "Result", "ExecMainStatus", "ActiveState")
-        hv, xs = (manager.show(s.unit, *props) for s in DAEMONS)
-        main_pids += [int(hv["MainPID"]), int(xs["MainPID"])]
+        hv, xs, be = (manager.show(s.unit, *props) for s in DAEMONS)
+        main_pids += [int(hv["MainPID"]), int(xs["MainPID"]), int(be["MainPID"])]
         assert int(xs["ExecMainStartTimestampMonotonic"]) >= int(
             hv["ActiveEnterTimestampMonotonic"]), "xenstored started before hypervisord's READY"
-        assert hv["StatusText"] == xs["StatusText"] == "running"
+        assert int(be["ExecMainStartTimestampMonotonic"]) >= int(
+            xs["ActiveEnterTimestampMonotonic"]), "backendd started before xenstored's READY"
+        assert hv["StatusText"] == xs["StatusText"] == be["StatusText"] == "running"
         rundir = tmp_path / "xdg" / "pvxen"  # RuntimeDirectory=pvxen under %t
         for spec, pid in zip(DAEMONS, main_pids):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
@@ -304,15 +306,17 @@ def test_units_under_a_real_user_manager(tmp_path):
             assert (rundir / spec.socket).is_socket()
         talk_to_both(rundir)
 
-        stop = manager.systemctl("stop", XS.unit, HV.unit)
+        stop = manager.systemctl("stop", BE.unit, XS.unit, HV.unit)
         assert stop.returncode == 0, stop.stderr + manager.diagnostics()
-        hv, xs = (manager.show(s.unit, *props) for s in DAEMONS)
-        for name, p in (("hypervisord", hv), ("xenstored", xs)):
+        hv, xs, be = (manager.show(s.unit, *props) for s in DAEMONS)
+        for name, p in (("hypervisord", hv), ("xenstored", xs), ("backendd", be)):
             assert (p["ActiveState"], p["Result"], p["ExecMainStatus"]) == (
                 "inactive", "success", "0"), (name, p, manager.diagnostics())
         # stopped in reverse order: hypervisord only once xenstored is gone
         assert int(hv["ActiveExitTimestampMonotonic"]) >= int(
             xs["InactiveEnterTimestampMonotonic"])
+        assert int(xs["ActiveExitTimestampMonotonic"]) >= int(
+            be["InactiveEnterTimestampMonotonic"])
         for spec in DAEMONS:
             log = (tmp_path / "logs" / f"{spec.name}.log").read_text()
             assert "received SIGTERM" in log and f"{spec.name} stopped" in log, log

@@ -21,6 +21,7 @@ import pytest
 
 from daemonkit import procgroup
 from libxen import ctrl
+from hypervisord.public.memfile import file_size
 from toolstack import confine
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
@@ -244,6 +245,12 @@ async def main(domain):
 '''
 
 
+def fsize_limit(memory_mib: int) -> int:
+    """The guest's RLIMIT_FSIZE: its memory file (maxmem = memory here, plus
+    the reserved slots) and FSIZE_LIMIT more."""
+    return file_size(memory_mib << 8) + confine.FSIZE_LIMIT
+
+
 def test_guest_reaches_nothing_of_the_host_and_has_limits(stack, tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setblocking(False)
@@ -256,7 +263,7 @@ def test_guest_reaches_nothing_of_the_host_and_has_limits(stack, tmp_path):
     os.chmod(secret, 0o644)
     try:
         cfg = write_guest(tmp_path, "jail", JAIL, f"cmdline = '{port} {host_tmp} {secret} "
-                          f"{confine.FSIZE_LIMIT} {confine.NPROC_LIMIT}'\n")
+                          f"{fsize_limit(4)} {confine.NPROC_LIMIT}'\n")
         stack.xl_ok("create", str(cfg))
         line = stack.wait(lambda: [x for x in stack.guest_log("jail").splitlines()
                                    if x.startswith("REPORT ")], "the jail's report", 30)

@@ -22,7 +22,7 @@ from toolstack import pvxen
 from toolstack.pvxen import DAEMONS
 from tests.framework.daemons import REPO, Xenstored
 
-HV, XS = DAEMONS
+HV, XS, BE = DAEMONS
 
 
 def run_pvxen(*args: str, env: dict[str, str] | None = None,
@@ -58,8 +58,9 @@ def rundir(tmp_path):
 # -- pure -----------------------------------------------------------------
 @pytest.mark.timeout(10)
 def test_daemons_in_start_order():
-    assert [s.name for s in DAEMONS] == ["hypervisord", "xenstored"]
+    assert [s.name for s in DAEMONS] == ["hypervisord", "xenstored", "backendd"]
     assert HV.socket == "hypervisord/privcmd" and XS.socket == "xenstored/socket"
+    assert BE.socket == "backendd/socket"
     assert len({s.name for s in DAEMONS}) == len(DAEMONS)
 
 
@@ -106,7 +107,7 @@ def test_up_status_down(rundir):
     assert up.returncode == 0, up.stderr
     lines = up.stdout.splitlines()
     started = [ln.split(":")[0] for ln in lines if ": started (pid" in ln]
-    assert started == ["hypervisord", "xenstored"], up.stdout  # in order, each once ready
+    assert started == ["hypervisord", "xenstored", "backendd"], up.stdout  # in order, each once ready
     assert f"socket {rundir}/xenstored/socket" in up.stdout
     assert f"log    {rundir}/log/hypervisord.log" in up.stdout
     assert lines[-1] == f"clients: export PVXEN_RUNDIR={rundir}"
@@ -139,6 +140,7 @@ def test_up_status_down(rundir):
     down = run_pvxen("down", "--rundir", str(rundir))
     assert down.returncode == 0, down.stdout + down.stderr
     assert down.stdout.splitlines() == [
+        f"backendd: stopped cleanly (pid {first['backendd']})",
         f"xenstored: stopped cleanly (pid {first['xenstored']})",
         f"hypervisord: stopped cleanly (pid {first['hypervisord']})"]
     for name, pid in first.items():
@@ -151,9 +153,10 @@ def test_up_status_down(rundir):
 
     stopped = run_pvxen("status", "--rundir", str(rundir))
     assert stopped.returncode == pvxen.NOT_RUNNING
-    assert stopped.stdout.split() == ["hypervisord", "stopped", "xenstored", "stopped"]
+    assert stopped.stdout.split() == ["hypervisord", "stopped", "xenstored", "stopped",
+                                      "backendd", "stopped"]
     twice = run_pvxen("down", "--rundir", str(rundir))
-    assert (twice.returncode, twice.stdout.split("\n")[0]) == (0, "xenstored: not running")
+    assert (twice.returncode, twice.stdout.split("\n")[0]) == (0, "backendd: not running")
 
 
 @pytest.mark.timeout(60)
@@ -204,7 +207,7 @@ def test_down_kills_a_daemon_that_ignores_sigterm(rundir, tmp_path):
         down = run_pvxen("down", "--rundir", str(rundir), "--timeout", "0.5")
         assert down.returncode == 1
         assert down.stdout.splitlines() == [
-            "xenstored: not running",
+            "backendd: not running", "xenstored: not running",
             f"hypervisord: killed with SIGKILL after 0.5 s (pid {proc.pid})"]
         assert proc.wait(5) == -signal.SIGKILL and time.monotonic() - t0 < 10
         assert not pvxen.pidfile(rundir, HV).exists()
@@ -224,7 +227,8 @@ def test_up_leaves_a_foreign_daemon_alone(tmp_path):
         assert "xenstored: already served by a process pvxen did not start" in up.stdout
         assert "(not started by pvxen)" in run_pvxen("status", "--rundir", str(rundir)).stdout
         down = run_pvxen("down", "--rundir", str(rundir))
-        assert down.stdout.splitlines()[0] == "xenstored: not started by pvxen, left running"
+        assert down.stdout.splitlines()[0].startswith("backendd: stopped cleanly")
+        assert down.stdout.splitlines()[1] == "xenstored: not started by pvxen, left running"
         assert "hypervisord: stopped cleanly" in down.stdout
         assert xs.alive
     finally:

@@ -11,35 +11,22 @@ does with a misbehaving domain (``ignore_connection`` in
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing
 import os
-import struct
 import time
 
 import pytest
 
 from libxen.core import SyncXenCall
-from hypervisord.public import memfile
-from hypervisord.public.io.xs_wire import (
-    XENSTORE_RING_SIZE,
-    XS_RING_REQ_OFF,
-    XS_RING_REQ_PROD_OFF,
-    XS_RING_RSP_CONS_OFF,
-    XS_RING_RSP_OFF,
-    XS_RING_RSP_PROD_OFF,
-)
-from hypervisord.public.xen import PAGE_SIZE
 from tests.framework.daemons import Xenstored
 from tests.xenstored.conftest import ev
 from tests.xenstored.faulty_xenstored import TRIGGER
 from tests.xenstored.rawclient import XS_READ, RawClient, nul
+from tests.xenstored.rawring import HEADER, RawRing
 from tests.xenstored.test_domain_ring import STORE_GFN, start_domain
 from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
-HEADER = struct.Struct("<IIII")
-U32 = struct.Struct("<I")
 XS_WRITE = 11
 XS_IS_DOMAIN_INTRODUCED = 17
 
@@ -91,34 +78,15 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
     from libxen.core import XenCall
     from libxen.evtchn import XenEvtchn
 
-    page = mmap.mmap(fds["memory"], PAGE_SIZE, offset=memfile.gfn_offset(STORE_GFN))
-
-    def get(off: int) -> int:
-        return U32.unpack_from(page, off)[0]
-
-    def put_request(data: bytes) -> None:
-        prod = get(XS_RING_REQ_PROD_OFF)
-        for i, b in enumerate(data):
-            page[XS_RING_REQ_OFF + (prod + i) % XENSTORE_RING_SIZE] = b
-        U32.pack_into(page, XS_RING_REQ_PROD_OFF, prod + len(data))
-
-    def take_response() -> bytes:
-        cons, prod = get(XS_RING_RSP_CONS_OFF), get(XS_RING_RSP_PROD_OFF)
-        avail = (prod - cons) & 0xFFFFFFFF
-        if not 0 < avail <= XENSTORE_RING_SIZE:
-            return b""
-        data = bytes(page[XS_RING_RSP_OFF + (cons + i) % XENSTORE_RING_SIZE]
-                     for i in range(avail))
-        U32.pack_into(page, XS_RING_RSP_CONS_OFF, prod)
-        return data
+    ring = RawRing(fds["memory"], STORE_GFN)
 
     async def call(xe, data: bytes, seconds: float) -> bytes:
-        put_request(data)
+        ring.put_request(data)
         await xe.notify(port)
         got = b""
         with trio.move_on_after(seconds):
             while len(got) < HEADER.size or len(got) < HEADER.size + HEADER.unpack_from(got)[3]:
-                got += take_response()
+                got += ring.take_response()
                 await trio.sleep(0.01)
         return got
 

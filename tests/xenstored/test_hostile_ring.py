@@ -11,31 +11,20 @@ and the domain's nodes, never crash.
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing
 import os
-import struct
 import time
 
 import pytest
 
-from hypervisord.public import memfile
 from libxen.core import SyncXenCall
-from hypervisord.public.io.xs_wire import (
-    XENSTORE_RING_SIZE,
-    XS_RING_REQ_OFF,
-    XS_RING_REQ_PROD_OFF,
-    XS_RING_RSP_CONS_OFF,
-    XS_RING_RSP_OFF,
-    XS_RING_RSP_PROD_OFF,
-)
-from hypervisord.public.xen import PAGE_SIZE
+from hypervisord.public.io.xs_wire import XS_RING_REQ_PROD_OFF, XS_RING_RSP_CONS_OFF, \
+    XS_RING_RSP_PROD_OFF
+from tests.xenstored.rawring import HEADER, RawRing
 from tests.xenstored.test_domain_ring import STORE_GFN, start_domain
 from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
-HEADER = struct.Struct("<IIII")
-U32 = struct.Struct("<I")
 XS_READ = 2
 
 
@@ -45,31 +34,13 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
     from libxen.core import XenCall
     from libxen.evtchn import XenEvtchn
 
-    page = mmap.mmap(fds["memory"], PAGE_SIZE, offset=memfile.gfn_offset(STORE_GFN))
-
-    def get(off: int) -> int:
-        return U32.unpack_from(page, off)[0]
-
-    def put_request(data: bytes) -> None:
-        prod = get(XS_RING_REQ_PROD_OFF)
-        for i, b in enumerate(data):
-            page[XS_RING_REQ_OFF + (prod + i) % XENSTORE_RING_SIZE] = b
-        U32.pack_into(page, XS_RING_REQ_PROD_OFF, prod + len(data))
-
-    def take_response() -> bytes:
-        cons, prod = get(XS_RING_RSP_CONS_OFF), get(XS_RING_RSP_PROD_OFF)
-        avail = (prod - cons) & 0xFFFFFFFF
-        if not 0 < avail <= XENSTORE_RING_SIZE:
-            return b""  # nothing, or our own corruption: leave it in place
-        data = bytes(page[XS_RING_RSP_OFF + (cons + i) % XENSTORE_RING_SIZE]
-                     for i in range(avail))
-        U32.pack_into(page, XS_RING_RSP_CONS_OFF, prod)
-        return data
+    ring = RawRing(fds["memory"], STORE_GFN)
+    get, put, put_request = ring.get, ring.put, ring.put_request
 
     async def reply_within(xe, seconds: float) -> bytes:
         with trio.move_on_after(seconds):
             while True:
-                data = take_response()
+                data = ring.take_response()
                 if len(data) >= HEADER.size:
                     return data
                 await trio.sleep(0.01)
@@ -79,13 +50,13 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
         async with XenCall.from_fd(fds["hypercall"]) as xc, \
                 XenEvtchn.open(xc, fds["evtchn"], memory_fd=fds["memory"]) as xe:
             if mode == "indices":  # claims 5000 bytes in a 1024-byte ring
-                U32.pack_into(page, XS_RING_REQ_PROD_OFF, get(XS_RING_REQ_PROD_OFF) + 5000)
+                put(XS_RING_REQ_PROD_OFF, get(XS_RING_REQ_PROD_OFF) + 5000)
             elif mode == "oversized":
                 put_request(HEADER.pack(XS_READ, 1, 0, 5000))
             elif mode == "unknown-type":
                 put_request(HEADER.pack(999, 7, 0, 0))
             elif mode == "response-indices":  # "I consumed 5000 bytes you never wrote"
-                U32.pack_into(page, XS_RING_RSP_CONS_OFF, get(XS_RING_RSP_PROD_OFF) + 5000)
+                put(XS_RING_RSP_CONS_OFF, get(XS_RING_RSP_PROD_OFF) + 5000)
                 put_request(HEADER.pack(XS_READ, 7, 0, 5) + b"data\0")
             await xe.notify(port)
             first = await reply_within(xe, 2.0)

@@ -1,0 +1,5 @@
+import sys
+
+from backendd.main import main
+
+sys.exit(main())
