@@ -32,9 +32,14 @@ def do_read(core, conn, msg, tx, out) -> bytes:
     return ops.read(_layer(core, tx), core.caller(conn), _one_path(core, conn, msg))
 
 
+def _listing(children) -> bytes:
+    """Child names, each nul-terminated: one join and one encode, not one per child."""
+    return ("\0".join(children) + "\0").encode() if children else b""
+
+
 def do_directory(core, conn, msg, tx, out) -> bytes:
     node = ops.directory(_layer(core, tx), core.caller(conn), _one_path(core, conn, msg))
-    reply = b"".join(c.encode() + b"\0" for c in node.children)
+    reply = _listing(node.children)
     if len(reply) > XENSTORE_PAYLOAD_MAX:
         raise XsError("E2BIG", "directory too large, use XS_DIRECTORY_PART")
     return reply
@@ -47,7 +52,7 @@ def do_directory_part(core, conn, msg, tx, out) -> bytes:
     # cxenstored send_directory_part: the offset is atoi()'d, never refused,
     # and one at or past the end answers "<gencnt>\0\0" (an empty last chunk)
     offset = c_atoi_unsigned(raw_off)
-    listing = b"".join(c.encode() + b"\0" for c in node.children)
+    listing = _listing(node.children)
     gen = str(node.generation).encode() + b"\0"
     if offset >= len(listing):
         return gen + b"\0"

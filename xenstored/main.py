@@ -22,7 +22,8 @@ import trio
 from daemonkit import daemon
 from xenstored.handlers import new_core
 from xenstored.quota import Quotas
-from xenstored.service import UnixServer, XenstoreService
+from xenstored.service import XenstoreService
+from xenstored.transport.unix import UnixServer
 from xenstored.store import Store
 
 log = logging.getLogger("xenstored")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                                 else rundir / "hypervisord" / "privcmd", state_dir, log)
         listener = await open_unix_listener(sock_path)
         server = UnixServer(service, args.max_connections)
-        await nursery.start(trio.serve_listeners, server.handle, [listener])
+        await nursery.start(server.serve, [listener])
         log.info("listening on %s", sock_path)
 
     return daemon.run("xenstored", body, verbose=args.verbose, stop_deadline=args.stop_deadline)

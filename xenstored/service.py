@@ -1,9 +1,11 @@
 """The trio shell around :class:`~xenstored.core.XenstoreCore`.
 
 Serves one connection over any byte stream with trio's ``Stream`` methods
-(``receive_some``/``send_all``): the Unix socket today, a domain's shared
-ring through the same code once a ring stream exists. So a ring connection
-differs from a socket connection only in its transport.
+(``receive_some``/``send_all``), a task per connection: a domain's shared
+ring (``xenstored.transport.ring``). dom0's socket clients are served by one
+task for all of them (``xenstored.transport.unix``) under the same rules,
+with the same :class:`Outbox`, :meth:`XenstoreService.stage` and
+:meth:`XenstoreService.deliver`.
 
 Per connection: the reader parses requests and hands each to the core;
 replies and watch events go into the target connection's :class:`Outbox`.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 import trio
@@ -40,8 +43,7 @@ from hypervisord.public.io.xs_wire import XsdSockmsgType
 from xenstored.connection import Connection
 from xenstored.core import XenstoreCore
 from libxen.xenstore.wire import FrameParser, ProtocolError
-from xenstored.quota import EVENT_BACKLOG, OUTPUT_HIGH_WATER, default_max_connections
-from xenstored.transport.unix import UnixStream
+from xenstored.quota import EVENT_BACKLOG, OUTPUT_HIGH_WATER
 
 log = logging.getLogger("xenstored")
 
@@ -90,6 +92,9 @@ class Outbox:
         self.pushed = 0  # bytes ever queued here
         #: watch event -> its end in the ``pushed`` count (stale once sent)
         self.events: dict[bytes, int] = {}
+        #: set by a transport that sends without a writer task (the socket
+        #: loop): called once a request has queued events for this box
+        self.kick: Callable[[], None] | None = None
 
     @property
     def bytes(self) -> int:
@@ -155,21 +160,35 @@ class XenstoreService:
         self.outboxes: dict[int, Outbox] = {}
         self.limits = (outbox_limit_dom0, outbox_limit_domu)
 
-    def _deliver(self, conn: Connection | None, out) -> None:
-        """Queue messages; the requester's own replies are flushed by its reader."""
+    def deliver(self, conn: Connection | None, out) -> None:
+        """Queue messages; the requester's own replies are flushed by its reader.
+
+        Events for others are handed to their writer task, or sent at once
+        by their transport (:attr:`Outbox.kick`) once all are queued.
+        """
+        kicks: list[Outbox] = []
         for target, data in out:
             box = self.outboxes.get(target.conn_id)
-            if box is not None:
+            if box is None:
+                continue
+            if box.kick is None:
                 box.push(data, wake=target is not conn)
+            else:
+                box.push(data, wake=False)
+                if target is not conn and box not in kicks:
+                    kicks.append(box)
+        for box in kicks:
+            assert box.kick is not None
+            box.kick()
 
     def apply(self, change) -> None:
         """Run ``change(out)`` on the core outside any request (domain events)."""
         out: list = []
         change(out)
-        self._stage()
-        self._deliver(None, out)
+        self.stage()
+        self.deliver(None, out)
 
-    def _stage(self) -> None:
+    def stage(self) -> None:
         """Journal what the last request changed, before its messages are queued."""
         changes = self.core.store.take_changes()
         if changes and self.committer is not None:
@@ -261,8 +280,8 @@ class XenstoreService:
                         handled = 0
                     out = self.core.handle(conn, msg)
                     handled += 1
-                    self._stage()
-                    self._deliver(conn, out)
+                    self.stage()
+                    self.deliver(conn, out)
                 del messages
                 if parser.error is not None:  # good requests before it are answered
                     await box.flush(stream)
@@ -342,54 +361,3 @@ def _log_broken(conn: Connection, e: BaseException) -> None:
         log.debug("%s: connection broken: %s", conn, e)
     else:
         log.warning("%s: closing its connection: %s", conn, e or type(e).__name__)
-
-
-class UnixServer:
-    """Accepts socket clients; each is dom0 (privileged), as in cxenstored.
-
-    At most ``max_connections`` are served at once (cxenstored has no such
-    limit); one more is closed at once, with a warning logged at most every
-    ``REFUSAL_LOG_INTERVAL`` seconds.
-    """
-
-    REFUSAL_LOG_INTERVAL = 10.0
-
-    def __init__(self, service: XenstoreService, max_connections: int | None = None) -> None:
-        self.service = service
-        self.max_connections = (default_max_connections() if max_connections is None
-                                else max_connections)
-        self.open = 0
-        self.refused = 0  # since the last warning
-        self.refusal_logged = -float("inf")
-
-    async def handle(self, stream: trio.SocketStream) -> None:
-        if self.max_connections and self.open >= self.max_connections:
-            self._refuse()
-            await trio.aclose_forcefully(stream)
-            return
-        self.open += 1
-        try:
-            conn = self.service.core.connect(0, privileged=True)
-            log.debug("%s: connected", conn)
-            try:
-                await self.service.serve(conn, UnixStream(stream))
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as e:
-                log.debug("%s: connection lost: %s", conn, e)
-            except Exception:  # serve() guards itself; this is the last resort
-                log.exception("%s: internal error, connection closed", conn)
-            finally:
-                await trio.aclose_forcefully(stream)
-                log.debug("%s: closed", conn)
-        finally:
-            self.open -= 1
-
-    def _refuse(self) -> None:
-        self.refused += 1
-        now = trio.current_time()
-        if now - self.refusal_logged < self.REFUSAL_LOG_INTERVAL:
-            return
-        more = f" ({self.refused - 1} more since the last warning)" if self.refused > 1 else ""
-        log.warning("refusing a socket connection: %d are open (--max-connections %d)%s",
-                    self.open, self.max_connections, more)
-        self.refusal_logged = now
-        self.refused = 0

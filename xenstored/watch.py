@@ -61,13 +61,18 @@ class WatchRegistry:
 
     def match(self, event_path: str, recursive: bool) -> list[tuple[Watch, str]]:
         out: list[tuple[Watch, str]] = []
+        by_path = self._by_path
+        if not by_path:  # nobody watches anything: the common case for a write
+            return out
         if xpath.is_special(event_path):
-            out.extend((w, event_path) for w in self._by_path.get(event_path, {}).values())
+            out.extend((w, event_path) for w in by_path.get(event_path, {}).values())
             return out
         for p in (*xpath.ancestors(event_path), event_path):
-            for w in self._by_path.get(p, {}).values():
-                if w.accepts(event_path):
-                    out.append((w, event_path))
+            slot = by_path.get(p)
+            if slot:
+                for w in slot.values():
+                    if w.accepts(event_path):
+                        out.append((w, event_path))
         if recursive:
             for p, slot in self._by_path.items():
                 if p != event_path and not xpath.is_special(p) and xpath.is_child(p, event_path):

@@ -74,9 +74,16 @@ class FrameParser:
     def feed(self, data: bytes) -> list[Message]:
         if self._broken:
             raise self.error or ProtocolError("stream already broken")
-        self._buf += data
-        out: list[Message] = []
         buf = self._buf
+        if len(buf) == HEADER_SIZE:
+            # A header alone, then its payload: how libxenstore writes every
+            # request (two write()s), so the common case takes no copy.
+            mtype, req_id, tx_id, length = XSD_SOCKMSG.unpack_from(buf)
+            if len(data) == length:  # length was checked when the header came
+                buf.clear()
+                return [Message(mtype, req_id, tx_id, bytes(data))]
+        buf += data
+        out: list[Message] = []
         pos = 0
         while len(buf) - pos >= HEADER_SIZE:
             mtype, req_id, tx_id, length = XSD_SOCKMSG.unpack_from(buf, pos)
