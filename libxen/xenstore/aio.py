@@ -49,7 +49,7 @@ import trio
 from libxen.xenstore import protocol as ops
 from libxen.xenstore.aio_ops import Pathish, WatchEvents, XsTransaction, StoreOps, shielded, text
 from libxen.xenstore.errors import XsConnectionLost, XsError
-from libxen.xenstore.protocol import Op, Protocol, check_reply, step
+from libxen.xenstore.protocol import Batch, Op, Protocol, check_reply
 from libxen.xenstore.sync import connect_socket
 from libxen.xenstore.wire import Message
 
@@ -210,30 +210,13 @@ class XsClient(StoreOps):
         conn = await self._current()
         if generation is not None and generation != conn.generation:
             raise XsError("EAGAIN", "transaction lost with its connection")
-        running = list(batch)
-        results: list[Any] = [None] * len(running)
-        todo: dict[int, tuple[int, bytes]] = {}
-
-        def advance(i: int, reply: Any) -> None:
-            try:
-                request, result = step(running[i], reply)
-            except XsError as exc:
-                results[i] = exc
-                return
-            if request is None:
-                results[i] = result
-            else:
-                todo[i] = request
-
-        for i in range(len(running)):
-            advance(i, None)
-        while todo:
-            round_ = list(todo.items())
-            todo.clear()
+        run = Batch(batch)
+        while not run.done:
+            round_ = run.round()
             replies = await self._call(conn, [r for _, r in round_], tx_id)
             for (i, _), reply in zip(round_, replies):
-                advance(i, reply)
-        return results, conn.generation
+                run.answer(i, reply)
+        return run.results, conn.generation
 
     async def batch(self, batch: Iterable[Op[Any]], tx_id: int = 0,
                     generation: int | None = None) -> list[Any]:

@@ -145,6 +145,44 @@ def step(op: Op[R], reply: bytes | BaseException | None) -> tuple[Request | None
         return None, done.value
 
 
+class Batch:
+    """Many operations run together, pipelined (the faces' ``batch()``).
+
+    Each round is every operation's next request; an operation that needs
+    another round trip (a long listing) is in the next round. An operation's
+    :class:`XsError` becomes its result; a broken connection propagates.
+    """
+
+    def __init__(self, ops: Iterable[Op[Any]]) -> None:
+        self._ops = list(ops)
+        self.results: list[Any] = [None] * len(self._ops)
+        self._todo: dict[int, Request] = {}
+        for i in range(len(self._ops)):
+            self.answer(i, None)
+
+    @property
+    def done(self) -> bool:
+        return not self._todo
+
+    def round(self) -> list[tuple[int, Request]]:
+        """The requests to send now: ``(operation index, request)``."""
+        requests = list(self._todo.items())
+        self._todo.clear()
+        return requests
+
+    def answer(self, i: int, reply: bytes | BaseException | None) -> None:
+        """Operation ``i``'s reply (payload, or the XsError to throw in)."""
+        try:
+            request, result = step(self._ops[i], reply)
+        except XsError as exc:
+            self.results[i] = exc
+            return
+        if request is None:
+            self.results[i] = result
+        else:
+            self._todo[i] = request
+
+
 # -- operations ---------------------------------------------------------
 # Paths and values are bytes or str; results are bytes (the faces decode).
 

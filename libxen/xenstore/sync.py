@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from libxen.paths import default_runtime_dir
 from libxen.xenstore import protocol as ops
 from libxen.xenstore.errors import XsConnectionLost, XsError
-from libxen.xenstore.protocol import Op, Pathish, Protocol, check_reply, step
+from libxen.xenstore.protocol import Batch, Op, Pathish, Protocol, check_reply
 
 __all__ = ["XsSyncClient", "XsError", "XsConnectionLost", "connect_socket", "socket_candidates"]
 
@@ -175,26 +175,24 @@ class XsSyncClient:
         round trips (a long directory listing) continues in the next round.
         """
         self._check()
-        running = list(batch)
-        results: list[Any] = [None] * len(running)
-        todo: dict[int, Any] = {}  # index -> its next request
-        for i, op in enumerate(running):
-            self._advance(running, results, todo, i, None)
-        while todo:
+        run = Batch(batch)
+        while not run.done:
             sent = []
-            for i, (msg_type, payload) in todo.items():
+            for i, (msg_type, payload) in run.round():
                 try:
                     req_id, data = self._proto.request(msg_type, payload, tx_id)
                 except XsError as exc:  # refused before sending
                     sent.append((i, msg_type, None, exc))
                     continue
                 sent.append((i, msg_type, req_id, data))
-            todo = {}
             self._send(b"".join(d for _, _, rid, d in sent if rid is not None))
             for i, msg_type, req_id, data in sent:
                 reply = data if req_id is None else self._answer(msg_type, req_id)
-                self._advance(running, results, todo, i, reply)
-        return results
+                try:
+                    run.answer(i, reply)
+                except XsConnectionLost as exc:
+                    raise self._fail(exc.reason) from None
+        return run.results
 
     def _answer(self, msg_type: int, req_id: int) -> bytes | XsError:
         msg = self._reply(req_id)
@@ -204,19 +202,6 @@ class XsSyncClient:
             return exc
         except XsConnectionLost as exc:
             raise self._fail(exc.reason) from None
-
-    def _advance(self, running: list, results: list, todo: dict, i: int, reply: Any) -> None:
-        try:
-            request, result = step(running[i], reply)
-        except XsError as exc:
-            results[i] = exc
-            return
-        except XsConnectionLost as exc:
-            raise self._fail(exc.reason) from None
-        if request is None:
-            results[i] = result
-        else:
-            todo[i] = request
 
     def run(self, op: Op[R], tx_id: int = 0) -> R:
         """One operation, its requests one at a time; raises its XsError."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from libxen.xenstore.sync import XsSyncClient
-from tests.conftest import _running
+from tests.conftest import _daemon
 from tests.framework.daemons import Backendd
 
 VTEST = ["--device-type", "vtest=tests.backendd.vtest:VTest"]
@@ -12,13 +12,7 @@ VTEST = ["--device-type", "vtest=tests.backendd.vtest:VTest"]
 @pytest.fixture
 def backendd(xenstored, tmp_path):
     """backendd (with the test-only ``vtest`` driver) on a fresh xenstored."""
-    d = Backendd(tmp_path, VTEST).start()
-    _running.append(d)
-    try:
-        yield d
-    finally:
-        _running.remove(d)
-        d.kill()
+    yield from _daemon(lambda workdir: Backendd(workdir, VTEST), tmp_path)
 
 
 @pytest.fixture
