@@ -12,6 +12,7 @@ envelope itself is always well formed here (malformed envelopes are
 from __future__ import annotations
 
 import os
+import signal
 import socket
 
 import pytest
@@ -94,8 +95,29 @@ def domu(hypervisord):
     sock = socket.socket(fileno=fds.pop("hypercall"))
     for fd in fds.values():
         os.close(fd)
-    yield domid, RawCall(sock)
-    sock.close()
+    raw = RawCall(sock)
+    # hypervisord takes the sender of a domain's first hypercall for the
+    # domain's process and SIGKILLs it when the domain goes: that must be a
+    # child standing in for the guest, never the test process itself.
+    ready_r, ready_w = os.pipe()
+    holder = os.fork()
+    if holder == 0:
+        try:
+            raw.call_args(Hypercall.xen_version, 0, {})
+            os.write(ready_w, b"!")
+            while True:
+                signal.pause()
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    assert os.read(ready_r, 1) == b"!"
+    os.close(ready_r)
+    try:
+        yield domid, raw
+    finally:
+        sock.close()
+        os.kill(holder, signal.SIGKILL)
+        os.waitpid(holder, 0)
 
 
 @SETTINGS
