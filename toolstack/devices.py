@@ -149,8 +149,6 @@ def parse_disk(spec: str, source: str, line: int | None, warn: Warn) -> DiskSpec
             fields["target"] = rest.partition("=")[2].strip()
             break
         rest = after if sep else ""
-        if not token:
-            continue
         if eq:
             _disk_key(key, value.strip(), fields, err)
             continue
@@ -182,17 +180,21 @@ def parse_disk(spec: str, source: str, line: int | None, warn: Warn) -> DiskSpec
 
 def _positional(token: str, positional: list[str], fields: dict, depr: bool,
                 err: Callable[[str], ConfigError]) -> None:
-    """libxlu's order: target, format (unless a prefix gave it), vdev, access."""
+    """libxlu's order: target, format (unless a prefix gave it), vdev, access.
+    ``positional`` holds the slots used so far; an empty parameter uses its
+    slot and sets nothing; a slot a ``key=`` already set is passed over."""
     slots = ["target"] + ([] if depr else ["format"]) + ["vdev", "access"]
-    for slot in slots:
-        if slot not in fields and not (slot == "access" and "readwrite" in fields):
-            break
-    else:
+    done = {"access": "readwrite"}
+    free = [s for s in slots if s not in positional and done.get(s, s) not in fields]
+    if not free:
         raise err("too many positional parameters")
+    slot = free[0]
     if slot == "format" and _is_vdev(token):
+        positional.append(slot)
         slot = "vdev"  # libxlu: a vdev where the format would be means no format
-    positional.append(token)
-    _disk_key(slot, token, fields, err)
+    positional.append(slot)
+    if token:
+        _disk_key(slot, token, fields, err)
 
 
 def _is_vdev(token: str) -> bool:

@@ -137,6 +137,7 @@ def console(e: DomainEntries) -> list[Op]:
 
 XENBUS_INITIALISING = 1  # xen/include/public/io/xenbus.h
 DEVICE_KINDS = ("vbd", "vif")
+DEFAULT_MTU = 1500  # LIBXL_DEVICE_NIC_MTU_DEFAULT
 
 
 def frontend_path(kind: str, domid: int, devid: int) -> str:
@@ -148,12 +149,15 @@ def backend_path(kind: str, domid: int, devid: int, backend_domid: int = 0) -> s
 
 
 def device_add(kind: str, domid: int, devid: int, backend_domid: int,
-               fents: list[tuple[str, str]], bents: list[tuple[str, str]]) -> list[Op]:
+               fents: list[tuple[str, str]], bents: list[tuple[str, str]],
+               ro_fents: list[tuple[str, str]] = ()) -> list[Op]:
     """``libxl__device_generic_add``: the frontend directory owned by the
     guest and readable by the backend domain, each frontend key with those
-    permissions too (``libxl__xs_writev_perms``); the backend directory
-    owned by the backend domain and readable by the guest (its keys inherit
-    that); and the toolstack's private copy under ``/libxl/<domid>``."""
+    permissions too (``libxl__xs_writev_perms``), the read-only frontend
+    keys (a vif's ``mtu``) owned by the backend domain and readable by the
+    guest; the backend directory owned by the backend domain and readable
+    by the guest (its keys inherit that); and the toolstack's private copy
+    under ``/libxl/<domid>``."""
     fp = frontend_path(kind, domid, devid)
     bp = backend_path(kind, domid, devid, backend_domid)
     lp = f"{libxl_path(domid)}/device/{kind}/{devid}"
@@ -162,6 +166,8 @@ def device_add(kind: str, domid: int, devid: int, backend_domid: int,
     ops = [Op("rm", fp), *_mknod(fp, fperms), Op("write", f"{fp}/backend", bp)]
     for key, value in fents:
         ops += _mknod(f"{fp}/{key}", fperms, value)
+    for key, value in ro_fents:
+        ops += _mknod(f"{fp}/{key}", bperms, value)
     ops += [Op("rm", bp), *_mknod(bp, bperms), Op("write", f"{bp}/frontend", fp)]
     ops += [Op("write", f"{bp}/{key}", value) for key, value in bents]
     ops += [Op("rm", lp), *_mknod(lp, NOPERM), Op("write", f"{lp}/frontend", fp),
@@ -173,12 +179,12 @@ def device_add(kind: str, domid: int, devid: int, backend_domid: int,
 def vbd_ops(domid: int, disk, protocol: str = "x86_64-abi") -> list[Op]:
     """``device_disk_add`` (``libxl_disk.c``) for a :class:`DiskSpec`."""
     devtype = "cdrom" if disk.is_cdrom else "disk"
-    bents = [("frontend-id", str(domid)), ("online", "1"), ("removable", "0"),
+    bents = [("script", disk.script_path), ("params", disk.target),
+             ("frontend-id", str(domid)), ("online", "1"), ("removable", "0"),
              ("bootable", "1"), ("state", str(XENBUS_INITIALISING)), ("dev", disk.vdev),
              ("type", disk.backendtype), ("mode", "w" if disk.readwrite else "r"),
              ("device-type", devtype), ("discard-enable", "1" if disk.discard else "0"),
-             ("specification", disk.specification), ("params", disk.target),
-             ("script", disk.script_path)]
+             ("specification", disk.specification)]
     fents = [("backend-id", str(disk.backend_domid)),
              ("state", str(XENBUS_INITIALISING)), ("virtual-device", str(disk.devid)),
              ("device-type", devtype), ("trusted", "1" if disk.trusted else "0"),
@@ -187,21 +193,25 @@ def vbd_ops(domid: int, disk, protocol: str = "x86_64-abi") -> list[Op]:
 
 
 def vif_ops(domid: int, nic) -> list[Op]:
-    """``libxl__set_xenstore_nic`` (``libxl_nic.c``) for a :class:`NicSpec`;
-    ``hotplug-status`` empty so that the backend waits for the script."""
+    """``libxl__device_add_async`` + ``libxl__set_xenstore_nic``
+    (``libxl_nic.c``) for a :class:`NicSpec`: the backend's ``mtu`` only
+    when not the default, the frontend's read-only; ``hotplug-status``
+    empty so that the backend waits for the script."""
     bents = [("frontend-id", str(domid)), ("online", "1"),
-             ("state", str(XENBUS_INITIALISING)), ("script", nic.script_path),
-             ("mac", nic.mac)]
-    if nic.ip:
-        bents.append(("ip", nic.ip))
+             ("state", str(XENBUS_INITIALISING)), ("script", nic.script_path)]
     if nic.vifname:
         bents.append(("vifname", nic.vifname))
+    bents.append(("mac", nic.mac))
+    if nic.ip:
+        bents.append(("ip", nic.ip))
+    if nic.mtu != DEFAULT_MTU:
+        bents.append(("mtu", str(nic.mtu)))
     bents += [("bridge", nic.bridge), ("handle", str(nic.devid)), ("type", nic.type),
-              ("mtu", str(nic.mtu)), ("hotplug-status", "")]
+              ("hotplug-status", "")]
     fents = [("backend-id", str(nic.backend_domid)), ("state", str(XENBUS_INITIALISING)),
-             ("handle", str(nic.devid)), ("mac", nic.mac), ("mtu", str(nic.mtu)),
-             ("trusted", "1")]
-    return device_add("vif", domid, nic.devid, nic.backend_domid, fents, bents)
+             ("handle", str(nic.devid)), ("mac", nic.mac), ("trusted", "1")]
+    return device_add("vif", domid, nic.devid, nic.backend_domid, fents, bents,
+                      [("mtu", str(nic.mtu))])
 
 
 def devices_ops(domid: int, disks=(), nics=()) -> list[Op]:
