@@ -4,7 +4,8 @@ Disks follow ``docs/man/xl-disk-configuration.5.pod`` and libxlutil's
 scanner ``tools/libs/util/libxlu_disk_l.l``: comma-separated ``key=value``
 parameters (``target=`` last, it takes the rest of the string, commas
 included) mixed with positional ones, in the order target, format, vdev,
-access. The old ``file:``/``phy:``/... prefixes are accepted with a
+access. The old ``file:``/``phy:``/... prefixes (flex's ``file:/.*``, the
+``/`` a trailing context, so any path follows) are accepted with a
 warning naming the prefix; after one, the format positional is skipped
 (so ``file:/img,xvda,w`` is target, vdev, access), as libxlu does.
 
@@ -154,7 +155,7 @@ def parse_disk(spec: str, source: str, line: int | None, warn: Warn) -> DiskSpec
             continue
         prefix, colon, tail = token.partition(":")
         if (colon and not positional and "target" not in fields
-                and prefix in DEPRECATED_PREFIXES and tail.startswith("/")):
+                and prefix in DEPRECATED_PREFIXES):
             warn(f"{source}:{line}: warning: deprecated disk syntax: prefix `{prefix}:' "
                  f"in `{spec}' (use `target=...' with `format=', `script=' keys)")
             depr = True
