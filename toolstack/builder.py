@@ -281,7 +281,7 @@ def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: b
         kernel=cfg.kernel, cmdline=cfg.cmdline, start_time=time.time())
     check = (lambda tx: check_name(ts.xs, cfg.name, tx)) if unique_name else None
     with _step("writing the domain's XenStore entries"):
-        run_transaction(ts.xs, layout.create_ops(entries), check=check)
+        run_transaction(ts.xs, layout.create_ops(entries, cfg.disks, cfg.nics), check=check)
     with _step("XS_INTRODUCE"):
         ts.xs.run(xsops.introduce(domid, mem.store_gfn, built.store_port))
     save_config(ts.xl_dir, domid, cfg)

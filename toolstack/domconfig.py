@@ -19,9 +19,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
+from toolstack.devices import DiskSpec, NicSpec, parse_disk, parse_vif
 from toolstack.xlcfg import Config, ConfigError, ConfigErrors
 
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve", "coredump-destroy",
@@ -50,6 +53,8 @@ class DomainConfig:
     on_crash: str = "destroy"
     on_watchdog: str = "destroy"
     source: str = ""
+    disks: list[DiskSpec] = field(default_factory=list)
+    nics: list[NicSpec] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # keys we keep but do not act on
 
     @property
@@ -74,7 +79,10 @@ class DomainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "DomainConfig":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        fields = {k: v for k, v in d.items() if k in known}
+        fields["disks"] = [DiskSpec(**x) for x in fields.get("disks", [])]
+        fields["nics"] = [NicSpec(**x) for x in fields.get("nics", [])]
+        return cls(**fields)
 
 
 def _positive(cfg: Config, key: str, default: int, most: int | None = None) -> int:
@@ -161,8 +169,57 @@ def _action(cfg: Config, key: str) -> str:
     return action
 
 
-def domain_config(cfg: Config, cwd: str | None = None) -> DomainConfig:
-    """Check ``cfg`` and build the domain configuration; raises ConfigErrors."""
+def _entries(cfg: Config, key: str) -> list[tuple[str, int]]:
+    """The strings of list ``key`` with each one's line (xl: one device each)."""
+    s = cfg.settings.get(key)
+    if s is None:
+        return []
+    if s.value.kind != "list":
+        raise cfg.error(key, f"{key}: expected a list of strings")
+    out = []
+    for item in s.value.items:
+        if item.kind == "list":
+            raise ConfigError(s.source, item.line or s.line, f"{key}: a list inside the "
+                                                               "list: each entry is a string")
+        out.append((item.text, item.line or s.line))
+    return out
+
+
+def _disks(cfg: Config, warn: Callable[[str], None]) -> list[DiskSpec]:
+    disks = [parse_disk(text, cfg.source, line, warn) for text, line in _entries(cfg, "disk")]
+    seen: dict[int, str] = {}
+    for (_, line), d in zip(_entries(cfg, "disk"), disks):
+        if d.devid in seen:
+            raise ConfigError(cfg.source, line, f"disk: vdev {d.vdev} is the same device "
+                                                f"({d.devid}) as {seen[d.devid]}")
+        seen[d.devid] = d.vdev
+    return disks
+
+
+def _nics(cfg: Config) -> list[NicSpec]:
+    nics = [parse_vif(text, i, cfg.source, line)
+            for i, (text, line) in enumerate(_entries(cfg, "vif"))]
+    entries = _entries(cfg, "vif")
+    devids: set[int] = set()
+    macs: set[str] = set()
+    for (_, line), nic in zip(entries, nics):
+        if nic.devid in devids:
+            raise ConfigError(cfg.source, line, f"vif: devid {nic.devid} given twice")
+        if nic.mac in macs:
+            raise ConfigError(cfg.source, line, f"vif: mac {nic.mac} given twice")
+        devids.add(nic.devid)
+        macs.add(nic.mac)
+    return nics
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def domain_config(cfg: Config, cwd: str | None = None,
+                  warn: Callable[[str], None] = _stderr) -> DomainConfig:
+    """Check ``cfg`` and build the domain configuration; raises ConfigErrors.
+    ``warn`` gets each warning line (deprecated disk syntax)."""
     errors: list[ConfigError] = []
 
     def attempt(fn, *args):
@@ -190,15 +247,18 @@ def domain_config(cfg: Config, cwd: str | None = None) -> DomainConfig:
     kernel = attempt(resolve_kernel, cfg, cwd)
     uuid = attempt(_uuid, cfg)
     cmdline = attempt(_cmdline, cfg)
+    disks = attempt(_disks, cfg, warn)
+    nics = attempt(_nics, cfg)
     if errors:
         errors.sort(key=lambda e: (e.source != cfg.source, e.line or 0))
         raise ConfigErrors(errors)
     known = {"name", "uuid", "type", "builder", "memory", "maxmem", "vcpus", "maxvcpus",
-             "kernel", "cmdline", "root", "extra", *DEFAULT_ACTIONS}
+             "kernel", "cmdline", "root", "extra", "disk", "vif", *DEFAULT_ACTIONS}
     extra = {k: v for k, v in cfg.as_dict().items() if k not in known}
     return DomainConfig(name=name, uuid=uuid, kernel=kernel, memory=memory, maxmem=maxmem,
                         vcpus=vcpus, maxvcpus=maxvcpus, cmdline=cmdline or "",
-                        source=cfg.source, extra=extra, **actions)
+                        source=cfg.source, disks=disks or [], nics=nics or [],
+                        extra=extra, **actions)
 
 
 _MEM = re.compile(r"([0-9]+)([bBkKmMgGtT]?)")

@@ -133,16 +133,110 @@ def console(e: DomainEntries) -> list[Op]:
     return ops
 
 
-def create_ops(e: DomainEntries) -> list[Op]:
-    """Everything written at creation, in libxl's order."""
-    return domain_make(e) + build_post(e) + console(e)
+# -- devices (libxl_device.c, libxl_disk.c, libxl_nic.c) ------------------------
+
+XENBUS_INITIALISING = 1  # xen/include/public/io/xenbus.h
+DEVICE_KINDS = ("vbd", "vif")
+DEFAULT_MTU = 1500  # LIBXL_DEVICE_NIC_MTU_DEFAULT
 
 
-def destroy_ops(domid: int, uuid: str | None) -> list[Op]:
-    """What ``libxl__destroy_domid`` removes (``/vm`` only when known)."""
+def frontend_path(kind: str, domid: int, devid: int) -> str:
+    return f"{dom_path(domid)}/device/{kind}/{devid}"
+
+
+def backend_path(kind: str, domid: int, devid: int, backend_domid: int = 0) -> str:
+    return f"{dom_path(backend_domid)}/backend/{kind}/{domid}/{devid}"
+
+
+def device_add(kind: str, domid: int, devid: int, backend_domid: int,
+               fents: list[tuple[str, str]], bents: list[tuple[str, str]],
+               ro_fents: list[tuple[str, str]] = ()) -> list[Op]:
+    """``libxl__device_generic_add``: the frontend directory owned by the
+    guest and readable by the backend domain, each frontend key with those
+    permissions too (``libxl__xs_writev_perms``), the read-only frontend
+    keys (a vif's ``mtu``) owned by the backend domain and readable by the
+    guest; the backend directory owned by the backend domain and readable
+    by the guest (its keys inherit that); and the toolstack's private copy
+    under ``/libxl/<domid>``."""
+    fp = frontend_path(kind, domid, devid)
+    bp = backend_path(kind, domid, devid, backend_domid)
+    lp = f"{libxl_path(domid)}/device/{kind}/{devid}"
+    fperms = (f"n{domid}", f"r{backend_domid}")
+    bperms = (f"n{backend_domid}", f"r{domid}")
+    ops = [Op("rm", fp), *_mknod(fp, fperms), Op("write", f"{fp}/backend", bp)]
+    for key, value in fents:
+        ops += _mknod(f"{fp}/{key}", fperms, value)
+    for key, value in ro_fents:
+        ops += _mknod(f"{fp}/{key}", bperms, value)
+    ops += [Op("rm", bp), *_mknod(bp, bperms), Op("write", f"{bp}/frontend", fp)]
+    ops += [Op("write", f"{bp}/{key}", value) for key, value in bents]
+    ops += [Op("rm", lp), *_mknod(lp, NOPERM), Op("write", f"{lp}/frontend", fp),
+            Op("write", f"{lp}/backend", bp)]
+    ops += [Op("write", f"{lp}/{key}", value) for key, value in bents]
+    return ops
+
+
+def vbd_ops(domid: int, disk, protocol: str = "x86_64-abi") -> list[Op]:
+    """``device_disk_add`` (``libxl_disk.c``) for a :class:`DiskSpec`."""
+    devtype = "cdrom" if disk.is_cdrom else "disk"
+    bents = [("script", disk.script_path), ("params", disk.target),
+             ("frontend-id", str(domid)), ("online", "1"), ("removable", "0"),
+             ("bootable", "1"), ("state", str(XENBUS_INITIALISING)), ("dev", disk.vdev),
+             ("type", disk.backendtype), ("mode", "w" if disk.readwrite else "r"),
+             ("device-type", devtype), ("discard-enable", "1" if disk.discard else "0"),
+             ("specification", disk.specification)]
+    fents = [("backend-id", str(disk.backend_domid)),
+             ("state", str(XENBUS_INITIALISING)), ("virtual-device", str(disk.devid)),
+             ("device-type", devtype), ("trusted", "1" if disk.trusted else "0"),
+             ("protocol", protocol)]  # libxl pre-writes it for PV guests
+    return device_add("vbd", domid, disk.devid, disk.backend_domid, fents, bents)
+
+
+def vif_ops(domid: int, nic) -> list[Op]:
+    """``libxl__device_add_async`` + ``libxl__set_xenstore_nic``
+    (``libxl_nic.c``) for a :class:`NicSpec`: the backend's ``mtu`` only
+    when not the default, the frontend's read-only; ``hotplug-status``
+    empty so that the backend waits for the script."""
+    bents = [("frontend-id", str(domid)), ("online", "1"),
+             ("state", str(XENBUS_INITIALISING)), ("script", nic.script_path)]
+    if nic.vifname:
+        bents.append(("vifname", nic.vifname))
+    bents.append(("mac", nic.mac))
+    if nic.ip:
+        bents.append(("ip", nic.ip))
+    if nic.mtu != DEFAULT_MTU:
+        bents.append(("mtu", str(nic.mtu)))
+    bents += [("bridge", nic.bridge), ("handle", str(nic.devid)), ("type", nic.type),
+              ("hotplug-status", "")]
+    fents = [("backend-id", str(nic.backend_domid)), ("state", str(XENBUS_INITIALISING)),
+             ("handle", str(nic.devid)), ("mac", nic.mac), ("trusted", "1")]
+    return device_add("vif", domid, nic.devid, nic.backend_domid, fents, bents,
+                      [("mtu", str(nic.mtu))])
+
+
+def devices_ops(domid: int, disks=(), nics=()) -> list[Op]:
+    ops: list[Op] = []
+    for disk in disks:
+        ops += vbd_ops(domid, disk)
+    for nic in nics:
+        ops += vif_ops(domid, nic)
+    return ops
+
+
+def create_ops(e: DomainEntries, disks=(), nics=()) -> list[Op]:
+    """Everything written at creation, in libxl's order (devices last)."""
+    return domain_make(e) + build_post(e) + console(e) + devices_ops(e.domid, disks, nics)
+
+
+def destroy_ops(domid: int, uuid: str | None, backend_domids=(0,)) -> list[Op]:
+    """What ``libxl__destroy_domid`` removes (``/vm`` only when known), with
+    the device backends (``libxl__devices_destroy``: the frontends go with
+    the domain's home, the ``/libxl`` copies with ``/libxl/<domid>``)."""
     ops = [Op("rm", dom_path(domid)), Op("rm", libxl_path(domid))]
     if uuid:
         ops.insert(1, Op("rm", vm_path(uuid)))
+    for bd in backend_domids:
+        ops += [Op("rm", f"{dom_path(bd)}/backend/{kind}/{domid}") for kind in DEVICE_KINDS]
     return ops
 
 

@@ -59,7 +59,31 @@ def config_json(cfg: DomainConfig) -> dict:
                    "type.pv": {"kernel": cfg.kernel, "cmdline": cfg.cmdline}},
         "on_poweroff": cfg.on_poweroff, "on_reboot": cfg.on_reboot,
         "on_crash": cfg.on_crash, "on_watchdog": cfg.on_watchdog,
+        "disks": [disk_json(d) for d in cfg.disks],
+        "nics": [nic_json(n) for n in cfg.nics],
     }
+
+
+def disk_json(d) -> dict:
+    """One ``libxl_device_disk`` (``libxl_types.idl``'s field names; libxl
+    prints its booleans as ``True``/``False`` defbools, readwrite as 0/1)."""
+    out = {"backend_domid": d.backend_domid, "pdev_path": d.target, "vdev": d.vdev,
+           "backend": d.backendtype, "format": d.format, "script": d.script,
+           "removable": 0, "readwrite": int(d.readwrite), "is_cdrom": int(d.is_cdrom),
+           "discard_enable": "True" if d.discard else "False",
+           "trusted": "True" if d.trusted else "False", "specification": d.specification}
+    return out
+
+
+def nic_json(n) -> dict:
+    """One ``libxl_device_nic``: ``nictype`` is ``vif`` or ``vif_ioemu``."""
+    out = {"backend_domid": n.backend_domid, "devid": n.devid, "mtu": n.mtu,
+           "mac": n.mac, "bridge": n.bridge, "script": n.script,
+           "nictype": "vif" if n.type == "vif" else "vif_ioemu"}
+    for key, value in (("ip", n.ip), ("model", n.model), ("ifname", n.vifname)):
+        if value:
+            out[key] = value
+    return out
 
 
 def list_long_entry(info: ctrl.DomainInfo, name: str | None, cfg: DomainConfig | None) -> dict:

@@ -154,9 +154,12 @@ def test_libxl_layout_permissions():
 def test_layout_order_removes_before_creating_and_destroy_ops():
     ops = layout.create_ops(ENTRIES)
     assert ops[0] == layout.Op("rm", "/local/domain/7")
+    backends = ["/local/domain/0/backend/vbd/7", "/local/domain/0/backend/vif/7"]
     assert [o.path for o in layout.destroy_ops(7, ENTRIES.uuid)] == [
-        "/local/domain/7", "/vm/" + ENTRIES.uuid, "/libxl/7"]
-    assert [o.path for o in layout.destroy_ops(7, None)] == ["/local/domain/7", "/libxl/7"]
+        "/local/domain/7", "/vm/" + ENTRIES.uuid, "/libxl/7", *backends]
+    assert [o.path for o in layout.destroy_ops(7, None)] == [
+        "/local/domain/7", "/libxl/7", *backends]
+    assert {o.kind for o in layout.destroy_ops(7, None)} == {"rm"}
     assert _tree(layout.dom0_ops())[0] == {"/local/domain/0/name": "Domain-0",
                                            "/local/domain/0/domid": "0"}
 
