@@ -13,6 +13,7 @@ import pytest
 from toolstack import devices, domconfig, xl_format
 from toolstack import xenstore_layout as layout
 from toolstack.xlcfg import ConfigError, ConfigErrors, parse
+from tests.toolstack.test_toolstack_pure import _tree
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -152,16 +153,6 @@ def test_domain_config_device_errors_name_the_line(kernel, tmp_path):
 
 
 # -- layout ------------------------------------------------------------------------------
-
-def _tree(ops):
-    values, perms = {}, {}
-    for op in ops:
-        if op.kind == "write":
-            values[op.path] = op.value
-        elif op.kind == "perms":
-            perms[op.path] = op.perms
-    return values, perms
-
 
 def test_vbd_directories_as_libxl_writes_them():
     d = disk("format=raw, vdev=xvda, access=rw, target=/srv/g.img")

@@ -9,7 +9,10 @@ the guest side of the test writes these words while the daemon reads them.
 from __future__ import annotations
 
 import mmap
+import multiprocessing
+import os
 import struct
+from collections.abc import Callable
 
 from hypervisord.public import memfile
 from hypervisord.public.io.xs_wire import (
@@ -53,3 +56,27 @@ class RawRing:
                      for i in range(avail))
         self.put(XS_RING_RSP_CONS_OFF, prod)
         return data
+
+
+def run_ring_guest(xc, xs, guest: Callable[[dict, int, str, int], None], mode: str):
+    """Start a domain (``test_domain_ring.start_domain``) whose process runs
+    ``guest(fds, port, mode, result_w)`` in a fork; ``(domid, child, result)``
+    once the guest wrote the repr of its result on the pipe."""
+    from tests.xenstored.test_domain_ring import start_domain
+
+    domid, port, fds = start_domain(xc, xs)
+    result_r, result_w = os.pipe()
+    child = multiprocessing.get_context("fork").Process(
+        target=guest, args=(fds, port, mode, result_w))
+    child.start()
+    os.close(result_w)
+    for fd in fds.values():
+        os.close(fd)
+    try:
+        text = os.read(result_r, 65536).decode()
+    finally:
+        os.close(result_r)
+    if text.startswith("error"):
+        child.kill()
+        raise AssertionError(text)
+    return domid, child, eval(text)  # noqa: S307 - our own child's repr of bytes

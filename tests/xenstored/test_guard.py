@@ -11,7 +11,6 @@ does with a misbehaving domain (``ignore_connection`` in
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
@@ -22,8 +21,8 @@ from tests.framework.daemons import Xenstored
 from tests.xenstored.conftest import ev
 from tests.xenstored.faulty_xenstored import TRIGGER
 from tests.xenstored.rawclient import XS_READ, RawClient, nul
-from tests.xenstored.rawring import HEADER, RawRing
-from tests.xenstored.test_domain_ring import STORE_GFN, start_domain
+from tests.xenstored.rawring import HEADER, RawRing, run_ring_guest
+from tests.xenstored.test_domain_ring import STORE_GFN
 from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -110,18 +109,7 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
 
 
 def _run_guest(xc, xs, mode: str):
-    domid, port, fds = start_domain(xc, xs)
-    result_r, result_w = os.pipe()
-    child = multiprocessing.get_context("fork").Process(
-        target=_guest, args=(fds, port, mode, result_w))
-    child.start()
-    os.close(result_w)
-    for fd in fds.values():
-        os.close(fd)
-    text = os.read(result_r, 65536).decode()
-    os.close(result_r)
-    assert not text.startswith("error"), text
-    return domid, child, eval(text)  # noqa: S307 - our own child's repr of bytes
+    return run_ring_guest(xc, xs, _guest, mode)
 
 
 def _introduced(xs: XsSyncClient, domid: int) -> bool:

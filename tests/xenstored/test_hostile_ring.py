@@ -11,7 +11,6 @@ and the domain's nodes, never crash.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
 
@@ -20,8 +19,8 @@ import pytest
 from libxen.core import SyncXenCall
 from hypervisord.public.io.xs_wire import XS_RING_REQ_PROD_OFF, XS_RING_RSP_CONS_OFF, \
     XS_RING_RSP_PROD_OFF
-from tests.xenstored.rawring import HEADER, RawRing
-from tests.xenstored.test_domain_ring import STORE_GFN, start_domain
+from tests.xenstored.rawring import HEADER, RawRing, run_ring_guest
+from tests.xenstored.test_domain_ring import STORE_GFN
 from libxen.xenstore.sync import XsSyncClient
 
 pytestmark = pytest.mark.timeout(60)
@@ -78,18 +77,8 @@ def _guest(fds: dict, port: int, mode: str, result_w: int) -> None:
 def test_hostile_ring_contents(hypervisord, xenstored, mode):
     xc = SyncXenCall(hypervisord.privcmd)
     xs = XsSyncClient.open(str(xenstored.socket))
-    domid, port, fds = start_domain(xc, xs)
-    result_r, result_w = os.pipe()
-    child = multiprocessing.get_context("fork").Process(
-        target=_guest, args=(fds, port, mode, result_w))
-    child.start()
-    os.close(result_w)
-    for fd in fds.values():
-        os.close(fd)
+    domid, child, (first, second) = run_ring_guest(xc, xs, _guest, mode)
     try:
-        text = os.read(result_r, 65536).decode()
-        assert not text.startswith("error"), text
-        first, second = eval(text)  # noqa: S307 - our own child's repr of two bytes
         if mode == "unknown-type":
             assert first == HEADER.pack(16, 7, 0, 7) + b"ENOSYS\0"  # XS_ERROR
             assert second[:HEADER.size] == HEADER.pack(XS_READ, 8, 0, 0)  # still served
