@@ -70,3 +70,57 @@ def test_backend_that_never_answers_is_a_named_timeout(stack, tmp_path):
     line = next(x for x in log.splitlines() if x.startswith("FRONTEND-ERROR"))
     assert line.startswith("FRONTEND-ERROR 110 vbd/51712: backend /local/domain/0/backend/vbd/")
     assert "still Initialising after 0.5 s, expected InitWait" in line
+
+
+FLAPPER = """
+import random
+import sys
+from frontends.xenbus.device import find_devices
+
+async def main(domain):
+    xs = await domain.open_xenbus()
+    (devid,) = await find_devices(domain, "vbd")
+    node = f"/local/domain/{domain.domid}/device/vbd/{devid}/state"
+    rnd = random.Random(7)
+    values = [str(v) for v in range(9)] + ["", "99", "-1", "4x", "x" * 64]
+    for i in range(10_000):
+        await xs.write(node, rnd.choice(values))
+    print("FLAPPED", file=sys.stderr, flush=True)
+    import trio
+    await trio.sleep_forever()
+"""
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.timeout(120)
+def test_state_flapping_ten_thousand_times_costs_the_flapper_alone(stack, start_backendd, tmp_path):
+    """A guest that writes its frontend ``state`` 10,000 times (every state
+    value, garbage too): backendd follows or refuses each, stays up with
+    bounded memory, and another guest's device connects and closes as usual."""
+    be = start_backendd(*VTEST_VBD)
+    flap = tmp_path / "flap"
+    flap.mkdir()
+    image = flap / "disk.img"
+    image.write_bytes(b"")
+    stack.xl_ok("create", str(write_guest(
+        flap, "flap", FLAPPER, f"disk = [ 'format=raw, vdev=xvda, access=rw, target={image}' ]\n")))
+    rss0 = _rss_kib(be.proc.pid)
+    stack.wait(lambda: "FLAPPED" in stack.guest_log("flap"), "the flapping to end", timeout=90)
+    assert be.alive
+    assert "Traceback" not in be.log() and " failed" not in be.log(), be.log()[-3000:]
+    # The flapper's device is still served or was closed, never lost track of:
+    # its backend state is a valid XenbusState.
+    flap_id = stack.domid_of("flap")
+    assert stack.read(f"/local/domain/0/backend/vbd/{flap_id}/51712/state") in {
+        str(v) for v in range(1, 7)}
+    stack.xl_ok("create", str(_cfg(tmp_path)))
+    log = stack.wait(lambda: "CLOSED" in stack.guest_log("fe") and stack.guest_log("fe"),
+                     "the other guest to connect and close its device", timeout=30)
+    assert "CLOSED 6" in log
+    rss1 = _rss_kib(be.proc.pid)
+    print(f"backendd RSS {rss0} -> {rss1} KiB over 10,000 state writes")
+    assert rss1 - rss0 < 16 * 1024, (rss0, rss1)
