@@ -145,6 +145,8 @@ def measure(guest: Guest, direct: common.Worker, image: str, args) -> dict[str, 
     for rnd in range(args.rounds):
         for p, op, bs, qd in ROWS:
             name = row_name(p, op, bs, qd)
+            if args.only and name not in args.only:
+                continue
             case = {"op": op, "pattern": p, "bs": bs, "qd": qd, "span": args.span_mib << 20,
                     "seconds": args.seconds, "max_ops": args.max_ops, "seed": rnd + 1}
             for side in common.rotate(["pv", "direct"], rnd):
@@ -162,6 +164,8 @@ def summarise(samples) -> tuple[list[list[Any]], dict[str, Any]]:
     rows, out = [], {}
     for p, op, bs, qd in ROWS:
         name = row_name(p, op, bs, qd)
+        if not samples[name]["pv"]:
+            continue
         med = {side: common.median([s["mb_s"] for s in samples[name][side]]) for side in ("pv", "direct")}
         lat = {side: common.median([s["lat_us_p50"] or float("nan") for s in samples[name][side]])
                for side in ("pv", "direct")}
@@ -185,6 +189,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--span-mib", type=int, default=64, help="the part of the image used")
     p.add_argument("--ring-page-order", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test)")
+    p.add_argument("--only", metavar="ROW", action="append", help="run just this row (repeatable)")
     p.add_argument("--profile", metavar="DIR", help="run backendd under cProfile, output in DIR")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--tmpdir", metavar="DIR", help="where the private directory goes")

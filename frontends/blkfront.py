@@ -348,6 +348,9 @@ class BlockDevice:
         buf = bytearray(count * BLKIF_SECTOR_SIZE)
         out = memoryview(buf)
         per = self._max_pages() * SECTORS_PER_PAGE
+        if count <= per:  # one request: no task of its own
+            await self._rw(Op.BLKIF_OP_READ, sector, count, None, out)
+            return bytes(buf)
         async with trio.open_nursery() as nursery:
             for s in range(0, count, per):
                 n = min(per, count - s)
@@ -362,6 +365,9 @@ class BlockDevice:
         self._range(sector, count)
         mv = memoryview(data)
         per = self._max_pages() * SECTORS_PER_PAGE
+        if count <= per:
+            await self._rw(Op.BLKIF_OP_WRITE, sector, count, mv, None)
+            return
         async with trio.open_nursery() as nursery:
             for s in range(0, count, per):
                 n = min(per, count - s)
