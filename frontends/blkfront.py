@@ -122,8 +122,8 @@ class BlockDevice:
             devid = devids[0]
         fe = await FrontendDevice.open(domain, "vbd", devid)
         dev = cls(domain, fe)
+        await dev._connect(ring_page_order, persistent, indirect)  # its errors unwrapped
         async with trio.open_nursery() as nursery:
-            await dev._connect(ring_page_order, persistent, indirect)
             nursery.start_soon(dev._responses)
             try:
                 yield dev
