@@ -125,6 +125,7 @@ class BlockDevice:
         await dev._connect(ring_page_order, persistent, indirect)  # its errors unwrapped
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dev._responses)
+            nursery.start_soon(dev._watch_backend)
             try:
                 yield dev
             finally:
@@ -273,6 +274,16 @@ class BlockDevice:
             if resps or front.final_check_for_responses():
                 continue
             await self.evtchn.wait_port(self.port)
+
+    async def _watch_backend(self) -> None:
+        """A backend that closes under us (``blkback_changed``: Closing) ends
+        the device: requests in flight and later ones fail with EIO."""
+        async with self.fe.watch_backend_state() as states:
+            async for state in states:
+                if state in (S.XenbusStateClosing, S.XenbusStateClosed) and \
+                        self.fe.state == S.XenbusStateConnected:
+                    self._break(f"backend {self.fe.backend} is {state.name[11:]}")
+                    return
 
     def _break(self, why: str) -> None:
         self._broken = why

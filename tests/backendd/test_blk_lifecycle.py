@@ -167,3 +167,31 @@ def test_killed_backendd_restarted_resumes_the_guest_io(stack, start_backendd, t
     stack.wait(lambda: "resumed Connected" in be2.log(), "the device resumed")
     stack.wait(lambda: _progress(stack, "loop") >= before + 100, "the guest's I/O again", timeout=20)
     assert "Traceback" not in be2.log()
+
+
+WATCHER = """
+async def main(domain):
+    async with BlockDevice.open(domain) as disk:
+        i = 0
+        try:
+            while True:
+                await disk.write_sectors(64 + (i % 32) * 16, b"x" * 8192)
+                i += 1
+                if i % 50 == 0:
+                    report(done=i)
+        except BlockError as e:
+            report(failed=[e.errno, str(e)])
+    await trio.sleep_forever()
+"""
+
+
+def test_backendd_stopped_closes_the_device_and_the_guest_is_told(stack, start_backendd, tmp_path):
+    be = start_backendd()
+    stack.xl_ok("create", str(disk_cfg(tmp_path, "w", WATCHER, _image(tmp_path))))
+    stack.wait(lambda: _progress(stack, "w") >= 50, "the guest doing I/O")
+    assert be.stop() == 0  # SIGTERM: every device closed on the way out
+    domid = stack.domid_of("w")
+    assert stack.read(f"/local/domain/0/backend/vbd/{domid}/51712/state") == "6"
+    err, msg = wait_result(stack, "w", "failed")["failed"]
+    assert err == 5 and f"backend /local/domain/0/backend/vbd/{domid}/51712 is Clos" in msg, msg
+    assert blk_stats(be.log(), domid) is not None  # disconnected: grants unmapped
