@@ -64,6 +64,7 @@ S = XenbusState
 Op = BlkifOp
 PAGE = 4096
 SECTORS_PER_PAGE = PAGE // BLKIF_SECTOR_SIZE
+_ID = struct.Struct("<Q")  # the request id, at byte 8 of every request variant
 #: guest frames the page pool may take (as Linux bounds its persistent grants)
 MAX_POOL_PAGES = 1024
 POOL_CHUNK = 64
@@ -151,7 +152,7 @@ class BlockDevice:
         self.sring = shared_ring(self._ring_mem, BLKIF_SRING_ENTRY_SIZE, npages * PAGE)
         self.front = FrontRing.init(self.sring)
         self._ids = list(range(self.front.nr_ents))
-        self._slots = trio.Semaphore(self.front.nr_ents)
+        self._slot_freed = trio.Event()  # set when an id comes back to an empty list
         self.port = await self.evtchn.bind_unbound_port(fe.backend_id)
         keys = {"event-channel": str(self.port), "protocol": XEN_IO_PROTO_ABI_NATIVE,
                 "feature-persistent": "1" if persistent else "0"}
@@ -232,28 +233,37 @@ class BlockDevice:
                 self.gnttab.end_access(ref)
 
     # -- requests -------------------------------------------------------------------------
-    async def _submit(self, req: bytes) -> int:
-        """Queue one request (its id already in place), wait for its status."""
+    async def _submit(self, req: bytearray) -> int:
+        """Queue one request (its id goes in here), wait for its status.
+
+        At most one request per ring slot is in flight: an id is a slot's
+        worth of room, so ``put_request`` never finds the ring full."""
+        while not self._ids:
+            if self._broken:
+                break
+            await self._slot_freed.wait()
         if self._broken:
             raise BlockError(errno.EIO, f"{self.fe.name}: {self._broken}")
-        async with self._slots:
-            rid = self._ids.pop()
-            req = req[:8] + struct.pack("<Q", rid) + req[16:]
-            pend = self._pending[rid] = _Pending(trio.Event())
-            try:
-                self.front.put_request(req)
-                self.stats["requests"] += 1
-                if self.front.push_requests_and_check_notify():
-                    self.stats["notifies"] += 1
-                    self.evtchn.notify_soon(self.port)
-                await pend.done.wait()
-            finally:
-                if pend.done.is_set() or self._broken:
-                    del self._pending[rid]
-                    self._ids.append(rid)
-            if self._broken and not pend.done.is_set():
-                raise BlockError(errno.EIO, f"{self.fe.name}: {self._broken}")
-            return pend.status
+        rid = self._ids.pop()
+        _ID.pack_into(req, 8, rid)
+        pend = self._pending[rid] = _Pending(trio.Event())
+        try:
+            self.front.put_request(req)
+            self.stats["requests"] += 1
+            if self.front.push_requests_and_check_notify():
+                self.stats["notifies"] += 1
+                self.evtchn.notify_soon(self.port)
+            await pend.done.wait()
+        finally:
+            if pend.done.is_set() or self._broken:
+                del self._pending[rid]
+                self._ids.append(rid)
+                if len(self._ids) == 1:
+                    self._slot_freed.set()
+                    self._slot_freed = trio.Event()
+        if self._broken and not pend.done.is_set():
+            raise BlockError(errno.EIO, f"{self.fe.name}: {self._broken}")
+        return pend.status
 
     async def _responses(self) -> None:
         front = self.front
@@ -287,6 +297,7 @@ class BlockDevice:
 
     def _break(self, why: str) -> None:
         self._broken = why
+        self._slot_freed.set()
         for pend in self._pending.values():
             pend.done.set()
 
@@ -335,10 +346,10 @@ class BlockDevice:
                     grefs.append(g)
                     igrefs.append(g)
                 igrefs += [0] * (8 - len(igrefs))
-                req = BLKIF_REQUEST_INDIRECT.pack(Op.BLKIF_OP_INDIRECT, op, npages, 0, sector, 0,
-                                                  *igrefs)
+                req = bytearray(BLKIF_REQUEST_INDIRECT.pack(Op.BLKIF_OP_INDIRECT, op, npages, 0,
+                                                            sector, 0, *igrefs))
             else:
-                req = BLKIF_REQUEST_HDR.pack(op, npages, 0, 0, sector) + b"".join(segs)
+                req = bytearray(BLKIF_REQUEST_HDR.pack(op, npages, 0, 0, sector) + b"".join(segs))
             status = await self._submit(req)
             self._check(op, status, sector, nsect)
             if out is not None:
@@ -407,8 +418,8 @@ class BlockDevice:
         """FLUSH_DISKCACHE: every write acknowledged before is on disk after."""
         if not self.flush_supported:
             raise BlockError(errno.EOPNOTSUPP, f"{self.fe.name}: no feature-flush-cache")
-        status = await self._submit(BLKIF_REQUEST_HDR.pack(Op.BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, 0)
-                                    + bytes(BLKIF_MAX_SEGMENTS_PER_REQUEST * 8))
+        status = await self._submit(bytearray(BLKIF_REQUEST_HDR.pack(
+            Op.BLKIF_OP_FLUSH_DISKCACHE, 0, 0, 0, 0)))
         self._check(Op.BLKIF_OP_FLUSH_DISKCACHE, status, 0, 0)
 
     async def discard(self, offset: int, length: int) -> None:
@@ -419,6 +430,6 @@ class BlockDevice:
             raise BlockError(errno.EOPNOTSUPP, f"{self.fe.name}: no feature-discard")
         sector, count = offset // 512, length // 512
         self._range(sector, count)
-        status = await self._submit(BLKIF_REQUEST_DISCARD.pack(Op.BLKIF_OP_DISCARD, 0, 0, 0,
-                                                               sector, count))
+        status = await self._submit(bytearray(BLKIF_REQUEST_DISCARD.pack(
+            Op.BLKIF_OP_DISCARD, 0, 0, 0, sector, count)))
         self._check(Op.BLKIF_OP_DISCARD, status, sector, count)
