@@ -83,6 +83,11 @@ class Image:
             os.close(self.fd)
             self.fd = -1
 
+    def __del__(self) -> None:
+        # A device probed, never connected, then removed: its driver object
+        # goes, and the descriptor with it.
+        self.close()
+
     # -- inline attempts (never block on the disk) -----------------------------------
     def try_read(self, bufs: list[memoryview], offset: int) -> int:
         """Bytes read without waiting (0 when nothing was cached)."""
