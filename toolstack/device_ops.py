@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from hypervisord.public.io.xenbus import XenbusState
+from libxen.xenstore import protocol as xsops
 from libxen.xenstore.errors import XsError
 from libxen.xenstore.sync import XsSyncClient
 from toolstack import xenstore_layout as layout
@@ -146,29 +147,35 @@ def backend_domid_of(path: str | None) -> int | None:
     return int(m[1]) if m else None
 
 
-def list_devids(xs: XsSyncClient, path: str) -> list[int]:
-    try:
-        children = xs.directory(path)
-    except XsError:
+def _devids(children: list[bytes] | XsError) -> list[int]:
+    if isinstance(children, XsError):
         return []
     return sorted(int(c) for c in children if c.isascii() and c.isdigit() and len(c) <= 10)
+
+
+def list_devids(xs: XsSyncClient, path: str) -> list[int]:
+    return _devids(xs.batch([xsops.directory(path)])[0])
 
 
 def domain_devices(xs: XsSyncClient, domid: int,
                    kinds: Iterable[str] = layout.DEVICE_KINDS) -> list[DeviceRef]:
     """Every device of ``domid``: the toolstack's copies under ``/libxl`` and
-    any backend directory for it in dom0 (one written by hand counts too)."""
-    found: dict[tuple[str, int], DeviceRef] = {}
-    for kind in kinds:
-        libxl_dir = f"{layout.libxl_path(domid)}/device/{kind}"
-        devids = list_devids(xs, libxl_dir)
-        backends = xsbatch.read_many(xs, [f"{libxl_dir}/{d}/backend" for d in devids])
-        for devid, backend in zip(devids, backends):
-            found[(kind, devid)] = DeviceRef(kind, domid, devid,
-                                             backend_domid_of(backend) or 0)
-        for devid in list_devids(xs, f"{layout.dom_path(0)}/backend/{kind}/{domid}"):
+    any backend directory for it in dom0 (one written by hand counts too).
+    One round trip when there are none (every destroy asks)."""
+    kinds = list(kinds)
+    dirs = [p for kind in kinds for p in (f"{layout.libxl_path(domid)}/device/{kind}",
+                                          f"{layout.dom_path(0)}/backend/{kind}/{domid}")]
+    listed = [_devids(r) for r in xs.batch([xsops.directory(p) for p in dirs])]
+    in_libxl = [(kind, devid) for kind, devids in zip(kinds, listed[0::2]) for devid in devids]
+    backends = xsbatch.read_many(xs, [f"{layout.libxl_path(domid)}/device/{k}/{d}/backend"
+                                      for k, d in in_libxl]) if in_libxl else []
+    found: dict[tuple[str, int], DeviceRef] = {
+        (kind, devid): DeviceRef(kind, domid, devid, backend_domid_of(backend) or 0)
+        for (kind, devid), backend in zip(in_libxl, backends)}
+    for kind, devids in zip(kinds, listed[1::2]):
+        for devid in devids:
             found.setdefault((kind, devid), DeviceRef(kind, domid, devid))
-    return list(found.values())
+    return sorted(found.values(), key=lambda r: (kinds.index(r.kind), r.devid))
 
 
 # -- waiting ------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def c_strtoul_int(text: str | None) -> int:
     sign, digits = m[1], m[2]
     if not digits:
         return 0
-    value = ULONG_MAX if len(digits.lstrip("0")) > 20 else int(digits)
+    significant = digits.lstrip("0")
+    value = ULONG_MAX if len(significant) > 20 else int(significant or "0")
     if value > ULONG_MAX:
         value = ULONG_MAX  # ERANGE: the sign no longer applies
     elif sign == "-":

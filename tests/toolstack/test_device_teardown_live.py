@@ -89,6 +89,7 @@ def test_sigkilled_guest_has_its_devices_torn_down(devstack, tmp_path):
         assert devstack.read(f"/tool/vtest/{domid}/{devid}/disconnects") == "1"
     devstack.wait(lambda: _clean(devstack), "the domain to go")
     devstack.wait(lambda: not devstack.backendd.status(), "backendd to drop the devices")
+    assert "did not close" not in devstack.logs()  # the launcher forced nothing
 
 
 def test_guest_that_shuts_down_has_its_devices_torn_down(devstack, tmp_path):
