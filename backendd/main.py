@@ -33,6 +33,8 @@ import trio
 from daemonkit import daemon
 from libxen import ctrl
 from libxen.core import XenCall
+from libxen.evtchn import XenEvtchn
+from libxen.gnttab import GrantMapper
 from libxen.paths import privcmd_path, xenstored_path
 from libxen.xenstore.aio import XsClient, XsConnectionLost, XsError
 from backendd.device import DRIVERS, Device, DeviceDriver, DeviceInfo
@@ -43,6 +45,8 @@ TYPES = ("vbd", "vif", "console")
 RETRY_MIN, RETRY_MAX = 0.05, 1.0
 PING_INTERVAL = 2.0
 _DEVICE = re.compile(r"/(\d{1,5})/(\d{1,10})(?:/|$)")
+#: the modules whose DeviceDrivers backendd serves (each registers itself on import)
+DRIVER_MODULES: list[str] = []
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,11 +74,25 @@ def load_driver(spec: str) -> None:
 
 
 class HypervisorLink:
-    """The connection to hypervisord, kept up while backendd runs."""
+    """The connection to hypervisord, kept up while backendd runs.
+
+    While attached: ``xc`` (hypercalls), ``mapper`` (grant maps and copies
+    on that connection) and ``evtchn`` (backendd's event channels, one
+    attach per connection). All three are None while hypervisord is away;
+    :meth:`ready` waits for them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.xc: XenCall | None = None
+        self.mapper: GrantMapper | None = None
+        self.evtchn: XenEvtchn | None = None
+        self._up = trio.Event()
+
+    async def ready(self) -> None:
+        """Wait until hypervisord is attached (xc, mapper and evtchn set)."""
+        while self.evtchn is None:
+            await self._up.wait()
 
     async def run(self) -> None:
         said, delay = None, RETRY_MIN
@@ -83,15 +101,20 @@ class HypervisorLink:
             try:
                 async with XenCall.open(self.path) as xc:
                     await ctrl.physinfo(xc)
-                    self.xc, said, delay = xc, None, RETRY_MIN
-                    log.info("attached to hypervisord at %s", self.path)
-                    while True:  # a broken connection shows as the next call failing
-                        await trio.sleep(PING_INTERVAL)
-                        await ctrl.physinfo(xc)
+                    async with XenEvtchn.attach(xc) as evtchn:
+                        self.xc, self.mapper, self.evtchn = xc, GrantMapper(xc), evtchn
+                        said, delay = None, RETRY_MIN
+                        self._up.set()
+                        log.info("attached to hypervisord at %s", self.path)
+                        while True:  # a broken connection shows as the next call failing
+                            await trio.sleep(PING_INTERVAL)
+                            await ctrl.physinfo(xc)
             except OSError as e:
                 why = str(e) or type(e).__name__
             finally:
-                self.xc = None
+                self.xc = self.mapper = self.evtchn = None
+                if self._up.is_set():
+                    self._up = trio.Event()
             if said != why:
                 log.info("no hypervisord at %s (%s): retrying", self.path, why)
                 said = why
@@ -241,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     rundir = daemon.runtime_dir(args.rundir)
 
     async def body(nursery: trio.Nursery, log: logging.Logger) -> None:
+        for module in DRIVER_MODULES:
+            importlib.import_module(module)
         for spec in args.device_type:
             load_driver(spec)
         await nursery.start(serve, args, rundir)

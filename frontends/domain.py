@@ -13,6 +13,10 @@
 * ``evtchn``: the domain's event channels, a ``XenEvtchn``
   (``libxen.evtchn``) over its notification stream
   (``evtchn_fd``), opened by the runtime before the program starts;
+* ``await domain.open_gnttab()``: the domain's grant table
+  (``libxen.gnttab.GrantTable``), one per domain, opened on first use;
+* :meth:`alloc_gfns`: frames for rings and buffers (the builder leaves every
+  frame below the magic pages free; a bump allocator hands them out);
 * ``await domain.open_xenbus()``: a XenStore client over the store ring
   (``frontends.xenbus``), opened on first use so that guests that never
   touch the store do not need it;
@@ -93,6 +97,8 @@ class Domain:
     _open_lock: trio.Lock = field(default_factory=trio.Lock)
     _xenbus_lock: trio.Lock = field(default_factory=trio.Lock)
     _evtchn: Any = None
+    _gnttab: Any = None
+    _next_free_gfn: int = 0
     _maps: list[mmap.mmap] = field(default_factory=list)
     _shared_info: mmap.mmap | None = None
 
@@ -123,6 +129,20 @@ class Domain:
             raise ValueError("write crosses the frame")
         os.pwrite(self.memory_fd, data, memfile.gfn_offset(gfn) + offset)
 
+    def alloc_gfns(self, count: int = 1) -> int:
+        """``count`` consecutive unused frames of this domain; returns the first gfn.
+
+        Frames are never given back (a program guest's devices live as long
+        as it does); the magic pages (start_info, console, store) at the end
+        of memory are never handed out."""
+        limit = min(self.start_info.store_mfn, self.start_info.console_mfn,
+                    self.start_info.nr_pages - 3)
+        if count < 1 or self._next_free_gfn + count > limit:
+            raise MemoryError(f"no {count} free frames left below gfn {limit:#x}")
+        gfn = self._next_free_gfn
+        self._next_free_gfn += count
+        return gfn
+
     @property
     def shared_info(self) -> mmap.mmap:
         if self._shared_info is None:
@@ -151,6 +171,15 @@ class Domain:
                 self._evtchn = await self._open_context(
                     XenEvtchn.open(self.xc, self.evtchn_fd, memory_fd=self.memory_fd))
         return self._evtchn
+
+    async def open_gnttab(self) -> Any:
+        """The domain's grant table (``libxen.gnttab.GrantTable``)."""
+        async with self._open_lock:
+            if self._gnttab is None:
+                from libxen.gnttab import GrantTable
+
+                self._gnttab = await GrantTable.open(self.xc, self.memory_fd)
+        return self._gnttab
 
     @property
     def evtchn(self) -> Any:
@@ -193,6 +222,12 @@ class Domain:
         return self.shutdown_reason
 
     def close(self) -> None:
+        if self._gnttab is not None:
+            try:
+                self._gnttab.close()
+            except BufferError:
+                pass
+            self._gnttab = None
         for m in self._maps:
             try:
                 m.close()

@@ -16,6 +16,7 @@ Pure apart from looking at the kernel file (exists? ELF?).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -185,8 +186,21 @@ def _entries(cfg: Config, key: str) -> list[tuple[str, int]]:
     return out
 
 
-def _disks(cfg: Config, warn: Callable[[str], None]) -> list[DiskSpec]:
+def _disk_target(cfg: Config, target: str, cwd: str | None) -> str:
+    """A relative image path, made absolute as ``kernel`` is: the current
+    directory if it is there, else the config file's directory (xl passes
+    paths on as they are, but backendd's current directory is not the user's)."""
+    if not target or os.path.isabs(target):
+        return target
+    here = os.path.join(cwd or os.getcwd(), target)
+    if os.path.exists(here):
+        return os.path.abspath(here)
+    return os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(cfg.source)), target))
+
+
+def _disks(cfg: Config, warn: Callable[[str], None], cwd: str | None = None) -> list[DiskSpec]:
     disks = [parse_disk(text, cfg.source, line, warn) for text, line in _entries(cfg, "disk")]
+    disks = [dataclasses.replace(d, target=_disk_target(cfg, d.target, cwd)) for d in disks]
     seen: dict[int, str] = {}
     for (_, line), d in zip(_entries(cfg, "disk"), disks):
         if d.devid in seen:
@@ -247,7 +261,7 @@ def domain_config(cfg: Config, cwd: str | None = None,
     kernel = attempt(resolve_kernel, cfg, cwd)
     uuid = attempt(_uuid, cfg)
     cmdline = attempt(_cmdline, cfg)
-    disks = attempt(_disks, cfg, warn)
+    disks = attempt(_disks, cfg, warn, cwd)
     nics = attempt(_nics, cfg)
     if errors:
         errors.sort(key=lambda e: (e.source != cfg.source, e.line or 0))

@@ -140,6 +140,29 @@ def stack(hypervisord, xenstored, monkeypatch):
         ts.close()
 
 
+@pytest.fixture
+def start_backendd(hypervisord):
+    """``start_backendd(*args)``: a backendd process beside the stack's daemons
+    (same runtime directory), killed on teardown."""
+    from tests.conftest import _running
+    from tests.framework.daemons import Backendd
+
+    started = []
+
+    def start(*extra: str) -> Backendd:
+        d = Backendd(hypervisord.rundir.parent, list(extra)).start()
+        started.append(d)
+        _running.append(d)
+        return d
+
+    try:
+        yield start
+    finally:
+        for d in started:
+            _running.remove(d)
+            d.kill()
+
+
 def write_guest(tmp_path: Path, name: str, body: str, extra_cfg: str = "",
                 memory: int = 4) -> Path:
     """A guest program ``<name>.py`` and its ``<name>.cfg``; returns the cfg path."""

@@ -137,6 +137,20 @@ def test_domain_config_carries_devices_with_the_entry_lines(kernel, tmp_path):
     assert shown["nics"][1]["bridge"] == "xenbr0" and shown["nics"][1]["nictype"] == "vif"
 
 
+def test_relative_disk_targets_become_absolute_like_the_kernel(kernel, tmp_path):
+    """Relative to the current directory when the image is there, else to the
+    config file's directory (backendd does not share the user's directory)."""
+    cwd = tmp_path / "cwd"
+    (cwd / "images").mkdir(parents=True)
+    (cwd / "images" / "here.img").write_bytes(b"")
+    text = (GUEST.format(k=kernel) + "disk = [ 'vdev=xvda, target=images/here.img',\n"
+            "         'vdev=xvdb, target=images/there.img', 'vdev=xvdc, target=/abs.img' ]\n")
+    dc = domconfig.domain_config(parse(text, str(tmp_path / "cfgs" / "g.cfg")), cwd=str(cwd))
+    assert [d.target for d in dc.disks] == [str(cwd / "images" / "here.img"),
+                                           str(tmp_path / "cfgs" / "images" / "there.img"),
+                                           "/abs.img"]
+
+
 def test_domain_config_device_errors_name_the_line(kernel, tmp_path):
     src = str(tmp_path / "g.cfg")
     text = (GUEST.format(k=kernel) + "disk = [ 'vdev=xvda, target=/a.img',\n"
