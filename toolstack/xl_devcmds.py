@@ -24,6 +24,7 @@ backendd's in-process learning switch; ``-`` while the backend has not said).
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 
@@ -142,6 +143,8 @@ def block_attach(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = Fals
         disk = parse_disk(spec, "command line", None, lambda line: print(line, file=sys.stderr))
     except ConfigError as e:
         raise XlError(str(e)) from None
+    if disk.target and not os.path.isabs(disk.target):
+        disk.target = os.path.abspath(disk.target)  # backendd's directory is not ours
     if dryrun:
         print(f"disk: {json.dumps(fmt.disk_json(disk), indent=4)}")
         return 0

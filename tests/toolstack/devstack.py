@@ -16,9 +16,7 @@ import time
 import pytest
 
 from libxen.xenstore.sync import XsSyncClient
-from tests.conftest import _daemon
-from tests.framework.daemons import Backendd
-from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
+from tests.toolstack.stack import stack, start_backendd, write_guest  # noqa: F401 (fixtures)
 from toolstack.builder import read_or_none
 
 VTEST_REAL_TYPES = ["--device-type", "vbd=tests.backendd.vtest:VTest",
@@ -27,9 +25,9 @@ SLEEPER = "async def main(domain):\n    import trio\n    await trio.sleep_foreve
 
 
 @pytest.fixture
-def backendd(stack, tmp_path):
+def backendd(stack, start_backendd):
     """backendd beside the stack's hypervisord and xenstored (same rundir)."""
-    yield from _daemon(lambda workdir: Backendd(workdir, VTEST_REAL_TYPES), tmp_path)
+    return start_backendd(*VTEST_REAL_TYPES)
 
 
 @pytest.fixture

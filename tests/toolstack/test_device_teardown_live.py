@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.toolstack.devstack import (backendd, connect_frontend, devstack,  # noqa: F401
+from tests.toolstack.devstack import (backendd, start_backendd, connect_frontend, devstack,  # noqa: F401
                                       stack, state, write_guest)
 from toolstack import device_ops
 

@@ -4,11 +4,12 @@ Formats and messages are those of ``tools/xl/xl_block.c``."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
-from tests.toolstack.devstack import (FrontendPlayer, backendd, connect_frontend,  # noqa: F401
+from tests.toolstack.devstack import (FrontendPlayer, backendd, start_backendd, connect_frontend,  # noqa: F401
                                       devstack, stack, start_guest, state, xs_socket)
 from toolstack import device_ops
 
@@ -153,3 +154,13 @@ def test_detach_waits_for_closed_then_force_removes(devstack, tmp_path, monkeypa
     for path in (fe, be, lx):
         assert devstack.read(path) is None, path
     devstack.wait(lambda: not devstack.backendd.status(), "backendd to drop the device")
+
+
+def test_dry_run_prints_the_disk_with_an_absolute_target(devstack, tmp_path, monkeypatch):
+    domid = start_guest(devstack, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    r = devstack.xl_ok("-N", "block-attach", "g", "vdev=xvdb, target=rel.img")
+    assert r.out.startswith("disk: {")
+    shown = json.loads(r.out.removeprefix("disk: "))
+    assert (shown["vdev"], shown["pdev_path"]) == ("xvdb", str(tmp_path / "rel.img"))
+    assert devstack.read(_paths(domid)[1]) is None  # nothing written

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.toolstack.devstack import backendd, devstack  # noqa: F401 (fixtures)
+from tests.toolstack.devstack import backendd, devstack, start_backendd  # noqa: F401
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(60)

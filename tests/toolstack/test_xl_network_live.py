@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.toolstack.devstack import (FrontendPlayer, backendd, connect_frontend,  # noqa: F401
+from tests.toolstack.devstack import (FrontendPlayer, backendd, start_backendd, connect_frontend,  # noqa: F401
                                       devstack, stack, start_guest, state, xs_socket)
 from toolstack import device_ops
 
