@@ -40,6 +40,7 @@ from hypervisord.public.errno import XenErrno
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.xen import (
     MAX_GUEST_CMDLINE, PAGE_SIZE, START_INFO, XEN_START_INFO_MAGIC, Hypercall)
+from toolstack import device_ops
 from toolstack import xenstore_layout as layout
 from toolstack import xsbatch
 from toolstack.domconfig import DomainConfig
@@ -369,7 +370,10 @@ def cleanup_domain(ts: Toolstack, domid: int, uuid: str | None = None) -> None:
 
 def destroy_domain(ts: Toolstack, domid: int, uuid: str | None = None, *,
                    quiet: bool = False) -> None:
-    """``libxl_domain_destroy``: the domain goes, then its store entries."""
+    """``libxl_domain_destroy``: the domain goes, then its devices
+    (:func:`toolstack.device_ops.teardown_domain`, at most
+    LIBXL_DESTROY_TIMEOUT for backends that do not close), then its store
+    entries."""
     if uuid is None:
         vm = xsbatch.read(ts.xs, f"{layout.dom_path(domid)}/vm")
         uuid = vm.rsplit("/", 1)[-1] if vm else None
@@ -379,6 +383,8 @@ def destroy_domain(ts: Toolstack, domid: int, uuid: str | None = None, *,
         if e.rc != -XenErrno.XEN_ESRCH and not quiet:
             raise
     try:
+        # libxl__devices_destroy: each backend closed (or, stuck, removed anyway)
+        device_ops.teardown_domain(ts.xs, domid)
         cleanup_domain(ts, domid, uuid)
     except (XsError, OSError):
         if not quiet:

@@ -27,7 +27,7 @@ from pathlib import Path
 from frontends import runtime
 from libxen import ctrl
 from hypervisord.public.sched import ShutdownReason
-from toolstack import confine, guestproc, spare
+from toolstack import confine, device_ops, guestproc, spare
 from toolstack.builder import BuildError, ConnectError, Toolstack, \
     create_domain, destroy_domain, ensure_dom0
 from toolstack.domconfig import DomainConfig
@@ -237,6 +237,12 @@ class Launcher:
                       len(recent), RESTART_WINDOW)
             return
         built = create_domain(ts, guest.config)
+        try:
+            device_ops.wait_created(ts.xs, built.domid, guest.config.disks, guest.config.nics)
+        except device_ops.DeviceError as e:
+            built.close_fds()
+            destroy_domain(ts, built.domid, guest.config.uuid, quiet=True)
+            raise BuildError(device_ops.creation_error(built.domid, e)) from None
         try:
             pid = self.launch(built.domid, guest.config, built.layout.start_info_gfn, built.fds)
         except LaunchError:

@@ -8,7 +8,8 @@ are parsed with GNU getopt semantics (``getopt.gnu_getopt``), as xl's
 unknown option gives ``option `x' not supported.``.
 
 Commands: create, list, info, destroy, pause, unpause, shutdown, reboot,
-mem-set, mem-max, dmesg, domid, domname, help. Domains are named by name
+mem-set, mem-max, dmesg, domid, domname, help; block-attach/-list/-detach and
+network-attach/-list/-detach (``xl_devcmds.py``). Domains are named by name
 or id. The runtime directory is ``$PVXEN_RUNDIR`` (see ``hcall.py``).
 Imports no trio: a command costs one interpreter start and a few calls.
 """
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolstack import xl_cmds
+from toolstack import xl_cmds, xl_devcmds
 from toolstack.builder import BuildError, ConnectError, Toolstack
 from toolstack.hcall import XenError
 from toolstack.xlcfg import ConfigErrors
@@ -99,6 +100,28 @@ COMMANDS: dict[str, Command] = {
                        reqargs=1),
 }
 
+
+# -- device commands (xl_cmdtable.c; tools/xl/xl_block.c, xl_nic.c) --------------------
+COMMANDS.update({
+    "network-attach": Command(xl_devcmds.network_attach,
+                              "<Domain> [type=<type>] [mac=<mac>] [bridge=<bridge>] "
+                              "[ip=<ip>] [script=<script>] [backend=<BackDomain>] "
+                              "[vifname=<name>] [rate=<rate>] [model=<model>] [accel=<accel>]",
+                              "Create a new virtual network device", reqargs=1),
+    "network-list": Command(xl_devcmds.network_list, "<Domain(s)>",
+                            "List virtual network interfaces for a domain", reqargs=1),
+    "network-detach": Command(xl_devcmds.network_detach, "<Domain> <DevId|mac>",
+                              "Destroy a domain's virtual network device", reqargs=2),
+    "block-attach": Command(xl_devcmds.block_attach, "<Domain> <disk-spec-component(s)>...",
+                            "Create a new virtual block device", reqargs=2),
+    "block-list": Command(xl_devcmds.block_list, "<Domain(s)>",
+                          "List virtual block devices for a domain", reqargs=1),
+    "block-detach": Command(xl_devcmds.block_detach, "[-f|--force] <Domain> <VirtualDevice>",
+                            "Destroy a domain's virtual block device",
+                            "-f, --force             Do not wait for the backend to close the "
+                            "device\n                        (it is removed at once).",
+                            "f", ("force",), 2),
+})
 
 def help_text(command: str | None) -> str:
     spec = COMMANDS.get(command or "")

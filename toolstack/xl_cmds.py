@@ -16,6 +16,7 @@ import time
 from libxen import ctrl
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.xen import DOMID_FIRST_RESERVED
+from toolstack import device_ops
 from toolstack import launchctl as launcher_mod
 from toolstack import xl_format as fmt
 from toolstack.builder import Toolstack, cleanup_domain, create_domain, \
@@ -128,6 +129,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
         raise XlError(f"xl: cannot start the guest launcher: {e}") from None
     with client:
         built = create_domain(ts, dc)
+        _wait_devices(ts, built, dc)
         try:
             client.request({"op": "launch", "domid": built.domid, "config": dc.to_dict(),
                             "start_info_gfn": built.layout.start_info_gfn}, built.fds)
@@ -139,6 +141,16 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
     if "-p" not in opts:
         ctrl.domain_unpause(ts.xc, built.domid)
     return 0
+
+
+def _wait_devices(ts: Toolstack, built, dc) -> None:
+    """libxl waits for each device's backend before the domain may run."""
+    try:
+        device_ops.wait_created(ts.xs, built.domid, dc.disks, dc.nics)
+    except device_ops.DeviceError as e:
+        built.close_fds()
+        destroy_domain(ts, built.domid, dc.uuid, quiet=True)
+        raise XlError(device_ops.creation_error(built.domid, e)) from None
 
 
 # -- list / info -----------------------------------------------------------------------

@@ -63,8 +63,19 @@ def test_frontend_handshake_connects_and_closes(stack, start_backendd, tmp_path)
 
 
 def test_backend_that_never_answers_is_a_named_timeout(stack, tmp_path):
-    # No backendd at all: the backend stays Initialising.
-    stack.xl_ok("create", str(_cfg(tmp_path, "slow 0.5")))
+    # No backendd at all: the backend stays Initialising. xl create would
+    # wait for InitWait (libxl's LIBXL_INIT_TIMEOUT) and fail, so the test
+    # writes the device itself, as a toolstack that does not wait would.
+    from toolstack import devices, xenstore_layout, xsbatch
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"")
+    cfg = write_guest(tmp_path, "fe", GUEST, 'cmdline = "slow 0.5"\n')
+    stack.xl_ok("create", "-p", str(cfg))
+    domid = stack.domid_of("fe")
+    disk = devices.parse_disk(f"vdev=xvda, target={image}", "test", None, print)
+    xsbatch.apply_ops(stack.ts.xs, xenstore_layout.vbd_ops(domid, disk))
+    stack.xl_ok("unpause", "fe")
     log = stack.wait(lambda: "FRONTEND-ERROR" in stack.guest_log("fe") and stack.guest_log("fe"),
                      "the guest to give up")
     line = next(x for x in log.splitlines() if x.startswith("FRONTEND-ERROR"))

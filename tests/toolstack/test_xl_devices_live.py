@@ -1,7 +1,9 @@
 """``xl create`` of a guest with a disk and a vif against real hypervisord and
 xenstored processes: both device directories with libxl's keys and
 permissions (as ``xenstore-ls -p`` shows them), gone after ``xl destroy``;
-``xl create -n`` prints them and creates nothing."""
+``xl create -n`` prints them and creates nothing. backendd runs (the vtest
+driver for vbd and vif): ``xl create`` waits for each backend's InitWait
+(and a vif's hotplug-status), as libxl does."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 
 import pytest
 
+from tests.toolstack.devstack import backendd, devstack, start_backendd  # noqa: F401
 from tests.toolstack.stack import stack, write_guest  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.timeout(60)
@@ -33,7 +36,8 @@ def _dir(stack, path):
             for c in stack.ts.xs.directory(path)}
 
 
-def test_create_writes_both_device_directories_and_destroy_removes_them(stack, tmp_path):
+def test_create_writes_both_device_directories_and_destroy_removes_them(devstack, tmp_path):
+    stack = devstack
     cfg, image = _devices_cfg(tmp_path)
     stack.xl_ok("create", "-p", str(cfg))
     domid = stack.domid_of("dev")
@@ -48,7 +52,7 @@ def test_create_writes_both_device_directories_and_destroy_removes_them(stack, t
     back = _dir(stack, be)
     assert {k: back[k] for k in ("frontend", "frontend-id", "online", "state", "params",
                                  "type", "mode", "dev", "removable", "bootable")} == {
-        "frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
+        "frontend": fe, "frontend-id": str(domid), "online": "1", "state": "2",
         "params": str(image), "type": "phy", "mode": "w", "dev": "xvda", "removable": "0",
         "bootable": "1"}
 
@@ -62,9 +66,9 @@ def test_create_writes_both_device_directories_and_destroy_removes_them(stack, t
     assert {k: vback[k] for k in ("frontend", "frontend-id", "online", "state", "mac",
                                   "bridge", "ip", "handle", "type", "script",
                                   "hotplug-status")} == {
-        "frontend": vfe, "frontend-id": str(domid), "online": "1", "state": "1",
+        "frontend": vfe, "frontend-id": str(domid), "online": "1", "state": "2",
         "mac": "00:16:3e:12:34:56", "bridge": "xenbr0", "ip": "10.9.0.2", "handle": "0",
-        "type": "vif", "script": "/etc/xen/scripts/vif-bridge", "hotplug-status": ""}
+        "type": "vif", "script": "/etc/xen/scripts/vif-bridge", "hotplug-status": "connected"}
     assert stack.read(f"/libxl/{domid}/device/vbd/51712/backend") == be
 
     stack.xl_ok("destroy", "dev")
