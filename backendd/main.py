@@ -46,7 +46,9 @@ RETRY_MIN, RETRY_MAX = 0.05, 1.0
 PING_INTERVAL = 2.0
 _DEVICE = re.compile(r"/(\d{1,5})/(\d{1,10})(?:/|$)")
 #: the modules whose DeviceDrivers backendd serves (each registers itself on import)
-DRIVER_MODULES: list[str] = []
+DRIVER_MODULES: list[str] = [
+    "backendd.netback",
+]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
