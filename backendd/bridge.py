@@ -158,7 +158,7 @@ def ensure_bridge(name: str, rundir: Path, address: str | None = None) -> None:
 class Tap:
     """A TAP ``vif<domid>.<devid>`` on a real bridge, for one port."""
 
-    def __init__(self, ifname: str, bridge: str, rundir: Path) -> None:
+    def __init__(self, ifname: str, bridge: str, rundir: Path, mtu: int = 1500) -> None:
         if len(ifname) >= IFNAMSIZ:
             raise OSError(f"interface name {ifname!r} too long")
         self.ifname = ifname
@@ -173,6 +173,7 @@ class Tap:
             (_record_dir(rundir) / f"tap.{ifname}").write_text(bridge)
             # vif-bridge: the MAC of the host side is fe:ff:ff:ff:ff:ff
             _ip("link", "set", "dev", ifname, "address", "fe:ff:ff:ff:ff:ff")
+            _ip("link", "set", "dev", ifname, "mtu", str(mtu))
             _ip("link", "set", "dev", ifname, "master", bridge)
             _ip("link", "set", "dev", ifname, "up")
         except BaseException:

@@ -162,18 +162,21 @@ class Vif:
             if self.pending:
                 break
             ids = [c[3] for c in chain]
-            for gref, offset, flags, rid, size in chain:
-                if offset + size > PAGE_SIZE:
-                    raise VifError(f"tx slot crosses its page: offset {offset} size {size}")
             total = chain[0][4]
             rest = sum(c[4] for c in chain[1:])
             first_len = total - rest
+            # xenvif_tx_build_gops / xenvif_count_requests: a slot crossing
+            # its page is fatal (the first slot holds total - rest bytes)
+            for k, (gref, offset, flags, rid, size) in enumerate(chain):
+                n = first_len if k == 0 else size
+                if offset + max(n, 0) > PAGE_SIZE:
+                    raise VifError(f"tx slot crosses its page: offset {offset} size {n}")
             why = None
             if len(chain) > XEN_NETIF_NR_SLOTS_MIN:
                 why = f"{len(chain)} slots, more than {XEN_NETIF_NR_SLOTS_MIN}"
             elif total < ETH_HLEN:
                 why = f"packet of {total} bytes"
-            elif first_len < 0 or first_len + chain[0][1] > PAGE_SIZE:
+            elif first_len < 0:
                 why = f"first slot size {total} less than the rest's {rest}"
             if why is not None:
                 self.tx_errors += 1
@@ -347,6 +350,8 @@ class Netback(DeviceDriver):
         except ValueError as e:
             raise DeviceError(errno.EINVAL, f"{dev.nodename}/mac: {e}") from None
         brname = await self._backend(dev, "bridge") or "xenbr0"
+        mtu_text = await self._backend(dev, "mtu") or "1500"
+        mtu = int(mtu_text) if mtu_text.isdigit() and 68 <= int(mtu_text) <= 65521 else 1500
         mapper = dev.hypervisor.mapper
         evtchn = dev.hypervisor.evtchn
         maps = await mapper.map_batch([(dev.domid, tx_ref, False), (dev.domid, rx_ref, False)])
@@ -373,7 +378,7 @@ class Netback(DeviceDriver):
             if bridge.use_bridge():
                 rundir = Path(dev.hypervisor.path).parent.parent
                 try:
-                    tap = await trio.to_thread.run_sync(bridge.Tap, port.name, brname, rundir)
+                    tap = await trio.to_thread.run_sync(bridge.Tap, port.name, brname, rundir, mtu)
                 except OSError as e:
                     raise DeviceError(errno.EIO, f"{port.name} on bridge {brname}: {e}") from None
                 tap.attach(port)
