@@ -161,6 +161,8 @@ class Vif:
                     raise VifError(f"packet of more than {FATAL_SKB_SLOTS} slots")
             if self.pending:
                 break
+            if len(chain) > FATAL_SKB_SLOTS:  # xenvif_count_requests: "Malicious frontend"
+                raise VifError(f"packet of more than {FATAL_SKB_SLOTS} slots")
             ids = [c[3] for c in chain]
             total = chain[0][4]
             rest = sum(c[4] for c in chain[1:])

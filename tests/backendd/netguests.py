@@ -33,3 +33,68 @@ async def main(domain):
         print("PINGED", got, n, f"{dt:.4f}", file=sys.stderr, flush=True)
         await trio.sleep_forever()
 '''
+
+#: hostile tx: put hand-made tx requests on the ring, print the statuses seen.
+#: modes: zero, count18, count19, count21, crosspage, reqprod
+HOSTILE = r'''
+import sys
+import trio
+from frontends.netfront import NetDevice
+from hypervisord.public.io.netif import NETIF_TX_REQUEST, NETIF_TX_RESPONSE, NETTXF_more_data
+
+async def main(domain):
+    mode = domain.args[0]
+    async with NetDevice.open(domain) as nic:
+        nic._reap_tx = lambda: False  # we read the responses ourselves
+        tx = nic.tx
+        g = nic._tx_grefs
+        def put(gref, off, flags, rid, size):
+            tx.put_request(NETIF_TX_REQUEST.pack(gref, off, flags, rid, size))
+        if mode == "zero":
+            put(g[0], 0, 0, 7, 0)
+        elif mode.startswith("count"):
+            n = int(mode[5:])
+            for k in range(n):
+                put(g[k], 0, NETTXF_more_data if k < n - 1 else 0, k, 100 * n if k == 0 else 100)
+        elif mode == "crosspage":
+            put(g[0], 4000, 0, 3, 200)
+        elif mode == "reqprod":
+            put(g[0], 0, 0, 1, 60)
+        tx.push_requests()
+        if mode == "reqprod":
+            tx.sring.req_prod = (tx.sring.rsp_prod + 1000) & 0xFFFFFFFF
+        nic.evtchn.notify_soon(nic.port)
+        await trio.sleep(1.0)
+        statuses = [NETIF_TX_RESPONSE.unpack_from(r) for r in tx.take_responses()]
+        print("STATUS", " ".join(f"{i}:{s}" for i, s in statuses), file=sys.stderr, flush=True)
+        await trio.sleep_forever()
+'''
+
+#: a guest that connects and then never reads its rx ring.
+DEAF = r'''
+import sys
+import trio
+from frontends.netfront import NetDevice
+
+async def main(domain):
+    async with NetDevice.open(domain) as nic:
+        nic._reap_rx = lambda: False
+        print("UP", file=sys.stderr, flush=True)
+        await trio.sleep_forever()
+'''
+
+#: floods broadcast frames: n frames of size bytes
+FLOOD = r'''
+import sys
+import trio
+from frontends.netfront import NetDevice
+
+async def main(domain):
+    n, size = int(domain.args[0]), int(domain.args[1])
+    async with NetDevice.open(domain) as nic:
+        frame = (b"\xff" * 6 + nic.mac + b"\x88\xb5" + bytes(size))[:size]
+        for i in range(n):
+            await nic.send(frame)
+        print("FLOODED", n, file=sys.stderr, flush=True)
+        await trio.sleep_forever()
+'''
