@@ -57,6 +57,8 @@ ETH_HLEN = 14
 #: Linux netback's fatal_skb_slots default: more slots than this is fatal
 FATAL_SKB_SLOTS = 20
 GNTTAB = Hypercall.grant_table_op
+#: grant mappings a vif keeps per direction (a netfront's ring of buffers)
+MAP_CACHE_MAX = 512
 
 
 class VifError(Exception):
@@ -81,6 +83,8 @@ class Vif:
         self.cancel = trio.CancelScope()
         self.done = trio.Event()
         self.tx_packets = self.tx_errors = self.rx_packets = 0
+        self.ro_cache: dict = {}
+        self.rw_cache: dict = {}
 
     @property
     def name(self) -> str:
@@ -89,9 +93,7 @@ class Vif:
     # -- tx ----------------------------------------------------------------------------
     async def _read_packets(self, packets: list[list[tuple[int, int, int, int]]]) -> list[bytes | None]:
         """Map every slot's grant (read-only) in one batch, gather the data."""
-        mapper = self.dev.hypervisor.mapper
-        refs = [(self.dev.domid, s[0], True) for pkt in packets for s in pkt]
-        maps = await mapper.map_batch(refs) if refs else []
+        maps = await self._maps([s[0] for pkt in packets for s in pkt], True)
         out: list[bytes | None] = []
         i = 0
         handles = []
@@ -106,15 +108,44 @@ class Vif:
                     continue
                 parts.append(bytes(m.view[offset:offset + size]))
             out.append(b"".join(parts) if ok else None)
-        for m in maps:
-            if not isinstance(m, Exception):
-                handles.append(m.handle)
-                m.view.release()
-                m._mm.close()
-        if handles:
-            await mapper.xc.call(GNTTAB, GnttabOp.GNTTABOP_unmap_grant_ref,
-                                 ops=[{"handle": h} for h in handles])
         return out
+
+    async def _maps(self, grefs: list[int], readonly: bool) -> list:
+        """The mappings of ``grefs`` (kept while the vif is connected: a
+        netfront reposts the same granted pages; bounded, oldest unmapped)."""
+        cache = self.ro_cache if readonly else self.rw_cache
+        missing = list(dict.fromkeys(g for g in grefs if g not in cache))
+        if missing:
+            got = await self.dev.hypervisor.mapper.map_batch(
+                [(self.dev.domid, g, readonly) for g in missing])
+            failed = {}
+            for g, m in zip(missing, got):
+                if isinstance(m, Exception):
+                    failed[g] = m
+                else:
+                    cache[g] = m
+            evict = []
+            while len(cache) > MAP_CACHE_MAX:
+                evict.append(cache.pop(next(iter(cache))))
+            await self._unmap(evict)
+            return [failed.get(g) or cache.get(g) or failed.get(g) for g in grefs]
+        return [cache[g] for g in grefs]
+
+    async def _unmap(self, maps: list) -> None:
+        handles = []
+        for m in maps:
+            handles.append(m.handle)
+            m.view.release()
+            m._mm.close()
+        if handles:
+            await self.dev.hypervisor.mapper.xc.call(
+                GNTTAB, GnttabOp.GNTTABOP_unmap_grant_ref, ops=[{"handle": h} for h in handles])
+
+    async def unmap_all(self) -> None:
+        maps = list(self.ro_cache.values()) + list(self.rw_cache.values())
+        self.ro_cache.clear()
+        self.rw_cache.clear()
+        await self._unmap(maps)
 
     def _respond_tx(self, ids: list[int], status: int) -> None:
         assert self.tx is not None
@@ -226,9 +257,7 @@ class Vif:
             batch.append((frame, [NETIF_RX_REQUEST.unpack(r) for r in reqs]))
         if not batch:
             return False
-        mapper = self.dev.hypervisor.mapper
-        refs = [(self.dev.domid, gref, False) for _, reqs in batch for _, gref in reqs]
-        maps = await mapper.map_batch(refs)
+        maps = await self._maps([gref for _, reqs in batch for _, gref in reqs], False)
         i = 0
         for frame, reqs in batch:
             for k, (rid, _gref) in enumerate(reqs):
@@ -243,15 +272,6 @@ class Vif:
                     status, flags = len(chunk), 0 if last else NETRXF_more_data
                 self.rx.put_response(NETIF_RX_RESPONSE.pack(rid, 0, flags, status))
             self.rx_packets += 1
-        handles = []
-        for m in maps:
-            if not isinstance(m, Exception):
-                handles.append(m.handle)
-                m.view.release()
-                m._mm.close()
-        if handles:
-            await mapper.xc.call(GNTTAB, GnttabOp.GNTTABOP_unmap_grant_ref,
-                                 ops=[{"handle": h} for h in handles])
         if self.rx.push_responses_and_check_notify():
             self.dev.hypervisor.evtchn.notify_soon(self.rx_port)
         return True
@@ -398,6 +418,10 @@ class Netback(DeviceDriver):
     async def _release(self, dev: DeviceInfo, vif: Vif) -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(vif.port.close)
+            try:
+                await vif.unmap_all()
+            except Exception as e:
+                log.info("%s: unmapping buffers: %s", vif.name, e)
             for ring in (vif.tx, vif.rx):
                 if ring is not None:
                     ring.sring.close()
