@@ -207,16 +207,22 @@ class Tap:
                 if self.port is not None:
                     self.port.deliver(frame)
 
-    def close(self) -> None:
+    def close_fd(self) -> None:
+        """Close the TAP's file descriptor (from the trio thread)."""
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             trio.lowlevel.notify_closing(fd)
             os.close(fd)
+
+    def close(self) -> None:
+        """Remove the interface (blocking: may run in a worker thread)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+        if self.ifname:
             _ip("link", "del", "dev", self.ifname, check=False)
-            try:
-                (_record_dir(self.rundir) / f"tap.{self.ifname}").unlink()
-            except FileNotFoundError:
-                pass
+            (_record_dir(self.rundir) / f"tap.{self.ifname}").unlink(missing_ok=True)
+            self.ifname = ""
 
 
 def cleanup(rundir: Path) -> list[str]:

@@ -417,6 +417,8 @@ class Netback(DeviceDriver):
 
     async def _release(self, dev: DeviceInfo, vif: Vif) -> None:
         with trio.CancelScope(shield=True):
+            if isinstance(vif.port.link, bridge.Tap):
+                vif.port.link.close_fd()
             await trio.to_thread.run_sync(vif.port.close)
             try:
                 await vif.unmap_all()

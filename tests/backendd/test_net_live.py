@@ -82,3 +82,41 @@ def test_spoofed_source_mac_is_dropped(net, tmp_path):
                      "the spoofed pings", timeout=30)
     assert "PINGED 0 3" in log
     assert "with source MAC 00:16:3e:00:00:0c" in be.log()
+
+
+def _gone(name):
+    return _ip_link(name).returncode != 0
+
+
+@pytest.mark.parametrize("net", ["bridge"], indirect=True)
+@pytest.mark.parametrize("how", ["destroy", "sigkill"])
+def test_tap_removed_when_the_guest_goes(net, tmp_path, how):
+    stack, be, br, kind = net
+    stack.xl_ok("create", str(_guest(tmp_path, "echo", MAC_B, br, "echo")))
+    stack.wait(lambda: "UP" in stack.guest_log("echo"), "the echo guest's vif", timeout=20)
+    d = stack.domid_of("echo")
+    assert f"master {br}" in _ip_link(f"vif{d}.0").stdout
+    if how == "destroy":
+        stack.xl_ok("destroy", "echo")
+    else:
+        os.kill(stack.launcher_guests()[d], 9)
+    stack.wait(lambda: _gone(f"vif{d}.0"), f"vif{d}.0 to go", timeout=20)
+    assert _ip_link(br).returncode == 0  # the bridge stays until cleanup
+    assert "Traceback" not in be.log()
+    assert bridge.cleanup(stack.rundir) == [br]  # we created it: cleanup removes it
+    assert _ip_link(br).returncode != 0
+
+
+@pytest.mark.parametrize("net", ["switch", "bridge"], indirect=True)
+def test_restarted_backendd_picks_the_vif_up(net, tmp_path, start_backendd):
+    stack, be, br, kind = net
+    stack.xl_ok("create", str(_guest(tmp_path, "echo", MAC_B, br, "echo")))
+    stack.wait(lambda: "UP" in stack.guest_log("echo"), "the echo guest's vif", timeout=20)
+    be.kill()
+    be2 = start_backendd()
+    d = stack.domid_of("echo")
+    stack.wait(lambda: "vif%d.0: connected" % d in be2.log(), "the vif picked up again", timeout=20)
+    stack.xl_ok("create", str(_guest(tmp_path, "pinger", MAC_A, br, f"ping 10 1500 {MAC_B}")))
+    log = stack.wait(lambda: "PINGED" in stack.guest_log("pinger") and stack.guest_log("pinger"),
+                     "the pings", timeout=40)
+    assert "PINGED 10 10" in log, log + be2.log()[-3000:]
