@@ -31,5 +31,5 @@ def test_net_prints_table_then_json():
     assert [(row["size"], row["metric"]) for row in out["rows"]] == [
         (1500, "mb_s"), (1500, "rtt_us"), (65535, "mb_s"), (65535, "rtt_us")]
     for row in out["rows"]:
-        assert set(row) == {"size", "metric", "pv", "raw", "ratio", "target", "ok"}
+        assert set(row) == {"size", "metric", "pv", "raw", "ratio", "target", "ok", "lost"}
         assert row["pv"] > 0 and row["raw"] > 0
