@@ -48,6 +48,7 @@ _DEVICE = re.compile(r"/(\d{1,5})/(\d{1,10})(?:/|$)")
 #: the modules whose DeviceDrivers backendd serves (each registers itself on import)
 DRIVER_MODULES: list[str] = [
     "backendd.blkback",
+    "backendd.netback",
 ]
 
 

@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "xenstore": ("bench.xenstore", "xenstored vs a trio echo server: RTT, scaling, watches"),
     "hypervisor": ("bench.hypervisor", "hypervisord: hypercalls/s, event RTT, domain create"),
     "blk": ("bench.blk", "PV disk (blkfront -> blkback) vs direct preadv/pwritev on the image"),
+    "net": ("bench.net", "netfront/netback guest to guest vs a Unix socketpair"),
 }
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -19,7 +21,12 @@ from libxen.paths import default_runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-GUESTS = [REPO / "examples" / "hello.cfg", REPO / "examples" / "counter.cfg"]
+EXAMPLES = REPO / "examples"
+#: (config, what its log says when the guest has done its part)
+GUESTS = [(EXAMPLES / "web.cfg", "web: listening"), (EXAMPLES / "client.cfg", "GET http://")]
+IMAGE_SIZE = 16 << 20
+BRIDGE_ADDRESS = "10.0.0.254/24"  # dom0 on xenbr0 (netback gives the bridge this address)
+WEB = "10.0.0.2"
 
 
 def tool(name: str) -> str:
@@ -41,37 +48,119 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
+def guest_log(rundir: Path, name: str) -> str:
+    log = rundir / "xl" / "log" / f"guest-{name}.log"
+    return log.read_text(errors="replace") if log.exists() else ""
+
+
+def wait_for(rundir: Path, name: str, text: str, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in guest_log(rundir, name):
+            return True
+        time.sleep(0.2)
+    print(f"demo: {name} did not get to {text!r} within {timeout:g} s; its log:")
+    print(guest_log(rundir, name)[-3000:])
+    return False
+
+
+def make_images() -> None:
+    images = EXAMPLES / "images"
+    images.mkdir(exist_ok=True)
+    for cfg, _ in GUESTS:
+        image = images / f"{cfg.stem}.img"
+        if not image.exists():
+            with open(image, "wb") as f:
+                f.truncate(IMAGE_SIZE)  # sparse
+            print(f"made {image.relative_to(REPO)} ({IMAGE_SIZE >> 20} MiB, sparse)")
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    return ~(s + (s >> 16)) & 0xFFFF
+
+
+def dom0_ping(addr: str, count: int = 3) -> list[float]:
+    """ICMP echo from dom0 over the bridge (a raw socket: root only)."""
+    rtts = []
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
+        s.settimeout(2)
+        for seq in range(count):
+            body = struct.pack("!BBHHH", 8, 0, 0, 0x7078, seq) + b"pvxen-demo"
+            t0 = time.monotonic()
+            s.sendto(body[:2] + struct.pack("!H", _checksum(body)) + body[4:], (addr, 0))
+            try:
+                while True:
+                    pkt, src = s.recvfrom(2048)
+                    icmp = pkt[(pkt[0] & 15) * 4:]
+                    if src[0] == addr and icmp[0] == 0 and icmp[4:8] == struct.pack("!HH", 0x7078, seq):
+                        rtts.append(time.monotonic() - t0)
+                        break
+            except TimeoutError:
+                continue
+    return rtts
+
+
+def dom0_reaches_web(rundir: Path, xl: str) -> None:
+    domid = run(xl, "domid", "web").stdout.strip()
+    link = run(tool("xenstore-read"), f"/local/domain/0/backend/vif/{domid}/0/pvxen-link",
+               check=False).stdout.strip()
+    if link != "bridge":
+        print(f"the vifs are on backendd's in-process switch ({link or 'unknown'}): no real "
+              "bridge on this host, so dom0 cannot reach the guests by IP")
+        return
+    run("ip", "-br", "addr", "show", "dev", "xenbr0", check=False)
+    run("bridge", "link", check=False)
+    rtts = dom0_ping(WEB)
+    print(f"dom0 ping {WEB}: {len(rtts)}/3 replies " +
+          ", ".join(f"{rtt * 1000:.1f} ms" for rtt in rtts))
+    with socket.create_connection((WEB, 80), timeout=10) as c:
+        c.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := c.recv(4096):
+            data += chunk
+    body = data.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
+    print(f"dom0 GET http://{WEB}/ -> {body}")
+
+
 def main() -> int:
     rundir = default_runtime_dir()
     os.environ["PVXEN_RUNDIR"] = str(rundir)
     socket = rundir / "xenstored" / "socket"
 
     banner(f"starting the daemons (runtime directory {rundir})")
+    # netback gives the bridge it creates this address, so dom0 reaches the guests
+    os.environ.setdefault("PVXEN_BRIDGE_ADDRESS", BRIDGE_ADDRESS)
     run(tool("pvxen"), "up")
 
-    xl = BIN / "xl"
-    if xl.exists():
-        banner("booting the demo guests")
-        for cfg in GUESTS:
-            name = cfg.stem
-            if subprocess.run([str(xl), "domid", name], capture_output=True).returncode == 0:
-                print(f"{name}: already running")
-                continue
-            run(str(xl), "create", str(cfg))
-        time.sleep(1.0)  # let the guests write their first keys
-        banner("the domains, as xl shows them")
-        run(str(xl), "list")
-        banner("what the guests printed (their stdout, kept by xl's launcher)")
-        for cfg in GUESTS:
-            log = rundir / "xl" / "log" / f"guest-{cfg.stem}.log"
-            if log.exists():
-                for line in log.read_text(errors="replace").splitlines()[-2:]:
-                    print(f"  {cfg.stem}: {line}")
+    xl = str(BIN / "xl") if (BIN / "xl").exists() else "xl"
+    banner("booting the demo guests (each with a disk and a vif on xenbr0)")
+    make_images()
+    for cfg, ready in GUESTS:
+        name = cfg.stem
+        if subprocess.run([xl, "domid", name], capture_output=True).returncode == 0:
+            print(f"{name}: already running")
+        else:
+            run(xl, "create", str(cfg))
+        wait_for(rundir, name, ready)
+    banner("what the guests printed (their console output, kept by xl's launcher)")
+    for cfg, _ in GUESTS:
+        for line in guest_log(rundir, cfg.stem).splitlines():
+            if not line[:4].isdigit():  # the program's own lines, not the runtime's log
+                print(f"  {cfg.stem}: {line}")
+    banner("dom0 on the bridge")
+    dom0_reaches_web(rundir, xl)
+    banner("the domains and their devices, as xl shows them")
+    run(xl, "list")
+    run(xl, "block-list", "web", "client")
+    run(xl, "network-list", "web", "client")
 
     banner("the store, as xenstore-ls shows it")
     env_hint = f"XENSTORED_PATH={socket}"
     os.environ["XENSTORED_PATH"] = str(socket)
-    run(tool("xenstore-ls"), "-f", "-p")
+    run(tool("xenstore-ls"), "/local/domain")
     c_tool = shutil.which("xenstore-ls", path="/usr/bin")
     if c_tool:
         banner("the same through Debian's C xenstore-ls")
@@ -81,6 +170,10 @@ def main() -> int:
     print(f"""  export PVXEN_RUNDIR={rundir} {env_hint}
   . .venv/bin/activate
   xl list                      # domains, Xen's columns
+  xl block-list web            # the disk: state, event channel, ring-ref
+  xl network-list client       # the vif, and whether it is on a real bridge
+  ip link; bridge link         # vif<domid>.0 TAPs on xenbr0 (real bridge)
+  tcpdump -ni xenbr0 icmp      # watch: xl create examples/client.cfg again
   xl create examples/hello.cfg # another guest
   xl shutdown hello            # through control/shutdown, as in Xen
   xenstore-ls -f               # the whole store

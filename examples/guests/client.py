@@ -1,0 +1,47 @@
+"""Demo guest 1 ("client"): pings "web" and fetches its page over TCP.
+
+``cmdline = "server=10.0.0.2"`` names the server. Everything goes
+netfront -> backendd's netback -> the bridge -> netback -> netfront of the
+other guest, through a TCP/IP stack in each (PyTCP, ``frontends/netstack.py``).
+"""
+
+import trio
+
+from frontends.netstack import NetStack
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+async def fetch(net, server: str) -> bytes:
+    for attempt in range(40):
+        s = net.socket(net.AF_INET, net.SOCK_STREAM)
+        try:
+            await net.run(s.connect, (server, 80))
+            break
+        except Exception as e:  # PyTCP's socket errors: the server may not listen yet
+            if attempt == 39:
+                raise
+            await trio.sleep(0.5)
+    await net.run(s.send, b"GET / HTTP/1.0\r\nHost: " + server.encode() + b"\r\n\r\n")
+    data = b""
+    while chunk := await net.run(s.recv):
+        data += chunk
+    await net.run(s.close)
+    return data
+
+
+async def main(domain):
+    args = dict(a.split("=", 1) for a in domain.args if "=" in a)
+    server = args.get("server", "10.0.0.2")
+    say(f"{domain.name}: domain {domain.domid} up, talking to {server}")
+    async with NetStack.open(domain) as net:
+        rtts = await net.ping(server, count=3)
+        say(f"ping {server}: {len(rtts)}/3 replies, " +
+            ", ".join(f"{rtt * 1000:.1f} ms" for rtt in rtts))
+        page = await fetch(net, server)
+        head, _, body = page.partition(b"\r\n\r\n")
+        say(f"GET http://{server}/ -> {head.splitlines()[0].decode()}: {body.decode().strip()}")
+        reason = await domain.wait_for_shutdown()
+        say(f"shutdown requested (reason {reason}), goodbye")

@@ -1,0 +1,90 @@
+"""A TCP/IP stack for program guests over netfront: PyTCP (PyPI ``PyTCP``).
+
+PyTCP is a kept pure-Python stack (ARP, IPv4, ICMP echo, UDP, TCP) that
+reads and writes whole Ethernet frames on a TAP file descriptor in its own
+threads (``os.read``/``os.write``). Here one end of a
+``socketpair(AF_UNIX, SOCK_DGRAM)`` stands in for the TAP: two trio tasks
+pump frames between its other end and :class:`frontends.netfront.NetDevice`.
+The address is the vif's ``ip`` (the backend's ``ip`` key, from xl.cfg's
+``vif = [ 'ip=...' ]``), a /24 unless the key carries a prefix.
+
+    async with NetStack.open(domain) as net:
+        s = net.socket(net.AF_INET, net.SOCK_STREAM)      # PyTCP's socket API
+        await net.run(s.bind, ("0.0.0.0", 80))            # blocking calls: in a thread
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import trio
+
+from frontends.netfront import NetDevice
+
+
+class NetStack:
+    def __init__(self, nic: NetDevice, ip: str) -> None:
+        self.nic = nic
+        self.ip = ip
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, domain: Any, devid: int | None = None,
+                   ip: str | None = None) -> AsyncIterator["NetStack"]:
+        import pytcp
+        from pytcp import config
+        from pytcp.lib import socket as psocket
+
+        async with NetDevice.open(domain, devid) as nic:
+            ip = ip or await nic.dev.read_backend("ip")
+            if not ip:
+                raise ValueError(f"{nic.dev.backend}: no ip key for this vif")
+            ip = ip.split()[0]
+            if "/" not in ip:
+                ip += "/24"
+            ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+            for s in (ours, theirs):
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 1 << 20)
+                s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 20)
+            config.IP6_SUPPORT = False
+            # TcpIpStack.__init__ opens /dev/net/tun: build it without that,
+            # handing it our end of the pair as its "TAP".
+            stack = object.__new__(pytcp.TcpIpStack)
+            from pytcp.lib import stack as pstack
+            from pytcp.lib.ip4_address import Ip4Host
+            from pytcp.lib.mac_address import MacAddress
+            pstack.packet_handler.assign_mac_address(mac_unicast=MacAddress(nic.mac.hex(":")))
+            pstack.packet_handler.assign_ip4_address(Ip4Host(ip))
+            config.IP4_SUPPORT = True
+            config.IP4_HOST_DHCP = False
+            stack.tap = theirs.fileno()
+            self = cls(nic, ip)
+            self.socket = psocket.socket
+            self.AF_INET, self.SOCK_STREAM, self.SOCK_DGRAM = (
+                psocket.AF_INET4, psocket.SOCK_STREAM, psocket.SOCK_DGRAM)
+            tsock = trio.socket.from_stdlib_socket(ours)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._to_stack, tsock)
+                nursery.start_soon(self._from_stack, tsock)
+                await trio.to_thread.run_sync(stack.start)
+                try:
+                    yield self
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _to_stack(self, sock) -> None:
+        while True:
+            await sock.send(await self.nic.recv())
+
+    async def _from_stack(self, sock) -> None:
+        while True:
+            frame = await sock.recv(70000)
+            if len(frame) >= 14:
+                await self.nic.send(frame)
+
+    async def run(self, fn, *args):
+        """A blocking PyTCP socket call, in a thread."""
+        return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
