@@ -37,6 +37,7 @@ from libxen.evtchn import XenEvtchn
 from libxen.gnttab import GrantMapper
 from libxen.paths import privcmd_path, xenstored_path
 from libxen.xenstore.aio import XsClient, XsConnectionLost, XsError
+from backendd import bridge
 from backendd.device import DRIVERS, Device, DeviceDriver, DeviceInfo
 
 log = logging.getLogger("backendd")
@@ -252,6 +253,11 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
                         log.info("closing %d devices", len(b.devices))
                         devices.cancel_scope.cancel()
                     services.cancel_scope.cancel()
+                # Every device is closed: the TAPs went with them; the bridges
+                # backendd created go too (``make stop`` leaves the host as it was).
+                removed = await trio.to_thread.run_sync(bridge.cleanup, rundir)
+                if removed:
+                    log.info("removed %s", ", ".join(removed))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(stack)

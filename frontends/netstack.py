@@ -11,12 +11,21 @@ The address is the vif's ``ip`` (the backend's ``ip`` key, from xl.cfg's
     async with NetStack.open(domain) as net:
         s = net.socket(net.AF_INET, net.SOCK_STREAM)      # PyTCP's socket API
         await net.run(s.bind, ("0.0.0.0", 80))            # blocking calls: in a thread
+        rtts = await net.ping("10.0.0.2", count=3)         # ICMP echo, round trips in s
+
+PyTCP answers pings but has no call that sends one and waits for the
+reply: :meth:`NetStack.ping` asks PyTCP's packet handler to send the echo
+request (so ARP and routing stay PyTCP's) and picks the echo replies out
+of the frames on their way from netfront to the stack.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket as _socket
+import struct
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
@@ -29,6 +38,9 @@ class NetStack:
     def __init__(self, nic: NetDevice, ip: str) -> None:
         self.nic = nic
         self.ip = ip
+        self._echo_id = os.getpid() & 0xFFFF
+        self._echo_seq = itertools.count(1)
+        self._echo_waiters: dict[tuple[str, int], trio.Event] = {}
 
     @classmethod
     @asynccontextmanager
@@ -77,7 +89,55 @@ class NetStack:
 
     async def _to_stack(self, sock) -> None:
         while True:
-            await sock.send(await self.nic.recv())
+            frame = await self.nic.recv()
+            if self._echo_waiters:
+                self._see_echo_reply(frame)
+            await sock.send(frame)
+
+    def _see_echo_reply(self, frame: bytes) -> None:
+        """An ICMP echo reply to one of our pings wakes its waiter."""
+        if len(frame) < 14 + 20 + 8 or frame[12:14] != b"\x08\x00":
+            return
+        ihl = (frame[14] & 0x0F) * 4
+        if frame[14 + 9] != 1 or len(frame) < 14 + ihl + 8:  # not ICMP
+            return
+        icmp = 14 + ihl
+        kind, ident, seq = frame[icmp], *struct.unpack_from("!HH", frame, icmp + 4)
+        if kind == 0 and ident == self._echo_id:
+            src = _socket.inet_ntoa(frame[14 + 12:14 + 16])
+            ev = self._echo_waiters.get((src, seq))
+            if ev is not None:
+                ev.set()
+
+    async def ping(self, addr: str, count: int = 3, timeout: float = 2.0,
+                   payload: bytes = b"pvxen ping") -> list[float]:
+        """ICMP echo to ``addr``, ``count`` times; the round trips (seconds) of
+        those answered within ``timeout`` each. The first request may go to
+        ARP resolution only (PyTCP drops a packet whose next hop it does not
+        know yet): an unanswered one is sent once more."""
+        from pytcp.lib import stack as pstack
+        from pytcp.lib.ip4_address import Ip4Address
+        from pytcp.protocols.icmp4.ps import ICMP4_ECHO_REQUEST
+
+        rtts: list[float] = []
+        for _ in range(count):
+            for attempt in range(2):
+                seq = next(self._echo_seq) & 0xFFFF
+                ev = self._echo_waiters[(addr, seq)] = trio.Event()
+                t0 = time.monotonic()
+                try:
+                    pstack.packet_handler._phtx_icmp4(
+                        ip4_src=Ip4Address(self.ip.split("/")[0]), ip4_dst=Ip4Address(addr),
+                        icmp4_type=ICMP4_ECHO_REQUEST, icmp4_ec_id=self._echo_id,
+                        icmp4_ec_seq=seq, icmp4_ec_data=payload)
+                    with trio.move_on_after(timeout):
+                        await ev.wait()
+                finally:
+                    del self._echo_waiters[(addr, seq)]
+                if ev.is_set():
+                    rtts.append(time.monotonic() - t0)
+                    break
+        return rtts
 
     async def _from_stack(self, sock) -> None:
         while True:

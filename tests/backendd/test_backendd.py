@@ -127,10 +127,10 @@ def test_bad_frontend_keys_close_that_device_only(backendd, xs):
 
 @pytest.mark.timeout(60)
 def test_device_of_a_type_without_driver_is_left_alone(backendd, xs):
-    # vbd has its driver now (blkback); vif is the type still without one here.
-    add_device(xs, be="/local/domain/0/backend/vif/5/0", fe="/local/domain/5/device/vif/0")
-    wait_for(lambda: "no vif driver yet" in backendd.log(), True)
-    assert read(xs, "/local/domain/0/backend/vif/5/0/state") == "1"
+    # vbd and vif have their drivers now; console is the type still without one here.
+    add_device(xs, be="/local/domain/0/backend/console/5/0", fe="/local/domain/5/device/console/0")
+    wait_for(lambda: "no console driver yet" in backendd.log(), True)
+    assert read(xs, "/local/domain/0/backend/console/5/0/state") == "1"
     assert backendd.status() == []
 
 

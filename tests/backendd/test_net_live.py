@@ -120,3 +120,17 @@ def test_restarted_backendd_picks_the_vif_up(net, tmp_path, start_backendd):
     log = stack.wait(lambda: "PINGED" in stack.guest_log("pinger") and stack.guest_log("pinger"),
                      "the pings", timeout=40)
     assert "PINGED 10 10" in log, log + be2.log()[-3000:]
+
+
+@pytest.mark.parametrize("net", ["bridge"], indirect=True)
+def test_backendd_stopped_removes_its_taps_and_the_bridge_it_made(net, tmp_path):
+    """SIGTERM (``make stop``): the vif closes, its TAP goes, and so does the
+    bridge backendd created."""
+    stack, be, br, kind = net
+    stack.xl_ok("create", str(_guest(tmp_path, "echo", MAC_B, br, "echo")))
+    stack.wait(lambda: "UP" in stack.guest_log("echo"), "the echo guest's vif", timeout=20)
+    d = stack.domid_of("echo")
+    assert f"master {br}" in _ip_link(f"vif{d}.0").stdout
+    assert be.stop() == 0
+    assert _gone(f"vif{d}.0") and _gone(br), be.log()[-2000:]
+    assert f"removed {br}" in be.log()

@@ -94,6 +94,9 @@ from frontends.netstack import NetStack
 async def main(domain):
     server = domain.args[0]
     async with NetStack.open(domain) as net:
+        rtts = await net.ping(server, count=3)
+        print("PINGED", len(rtts), file=sys.stderr, flush=True)
+        assert await net.ping("10.66.1.99", count=1, timeout=0.3) == []  # nobody there
         for attempt in range(20):
             s = net.socket(net.AF_INET, net.SOCK_STREAM)
             try:
@@ -115,7 +118,7 @@ async def main(domain):
 
 
 @pytest.mark.parametrize("link", ["switch", pytest.param("bridge", marks=needs_real)])
-def test_guest_fetches_a_page_from_another_guest(stack, start_backendd, tmp_path, monkeypatch, link):
+def test_guest_pings_and_fetches_a_page_from_another_guest(stack, start_backendd, tmp_path, monkeypatch, link):
     br = _bridge_name()
     if link == "switch":
         monkeypatch.setenv("PVXEN_NET_SWITCH", "1")
@@ -133,6 +136,7 @@ def test_guest_fetches_a_page_from_another_guest(stack, start_backendd, tmp_path
         log = stack.wait(lambda: "FETCHED" in stack.guest_log("client") and stack.guest_log("client"),
                          "the fetch", timeout=40)
         assert "FETCHED hello from web" in log
+        assert "PINGED 3" in log  # guest to guest ICMP echo, through both netbacks
         d = stack.domid_of("client")
         assert stack.read(f"/local/domain/0/backend/vif/{d}/0/pvxen-link") == link
     finally:
