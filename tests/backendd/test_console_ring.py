@@ -94,3 +94,32 @@ def test_hostile_in_cons_takes_no_input():
     assert r.write_input(b"abc") == 0
     assert r.illegal == 1
     assert indices(p)[1] == 0
+
+
+# -- both halves over one page: frontends.console.ConsoleFront <-> ConsoleRing --
+
+from frontends.console import ConsoleFront  # noqa: E402
+
+
+def test_front_and_back_move_bytes_both_ways_with_backpressure():
+    p = page()
+    back, front = ConsoleRing(p), ConsoleFront(p)
+    assert front.write(b"guest says hi\n") == 14
+    assert back.read_output() == b"guest says hi\n"
+    assert front.write(b"y" * 3000) == XENCONS_OUT_SIZE   # ring full: rest refused
+    assert front.write(b"z") == 0
+    assert back.read_output() == b"y" * XENCONS_OUT_SIZE
+    assert front.write(b"z") == 1
+    assert back.write_input(b"typed\n") == 6
+    assert front.read() == b"typed\n"
+    assert front.read() == b""
+
+
+def test_front_ignores_hostile_backend_indices():
+    p = page()
+    front = ConsoleFront(p)
+    XENCONS_RING_IDX.pack_into(p, XENCONS_IN_PROD_OFF, 99999)     # in_prod far ahead
+    assert front.read() == b""
+    assert indices(p)[0] == 99999
+    XENCONS_RING_IDX.pack_into(p, XENCONS_IN_CONS_OFF + 8, 12345)  # out_cons ahead of out_prod
+    assert front.write(b"abc") == 0
