@@ -38,19 +38,33 @@ def banner(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m" if sys.stdout.isatty() else f"\n== {text}", flush=True)
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+def run(*argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     print("$ " + " ".join(Path(argv[0]).name if i == 0 else a for i, a in enumerate(argv)),
           flush=True)
-    proc = subprocess.run(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          cwd=cwd)
     print(proc.stdout, end="", flush=True)
     if check and proc.returncode != 0:
         sys.exit(f"demo: {Path(argv[0]).name} failed with exit code {proc.returncode}")
     return proc
 
 
+#: where each guest's output of this run starts in its log (xl appends to it)
+_log_start: dict[str, int] = {}
+
+
 def guest_log(rundir: Path, name: str) -> str:
     log = rundir / "xl" / "log" / f"guest-{name}.log"
-    return log.read_text(errors="replace") if log.exists() else ""
+    if not log.exists():
+        return ""
+    with open(log, "rb") as f:
+        f.seek(_log_start.get(name, 0))
+        return f.read().decode(errors="replace")
+
+
+def mark_log(rundir: Path, name: str) -> None:
+    log = rundir / "xl" / "log" / f"guest-{name}.log"
+    _log_start[name] = log.stat().st_size if log.exists() else 0
 
 
 def wait_for(rundir: Path, name: str, text: str, timeout: float = 60.0) -> bool:
@@ -64,15 +78,20 @@ def wait_for(rundir: Path, name: str, text: str, timeout: float = 60.0) -> bool:
     return False
 
 
+#: where the disk images go: ``<dir>/images/<guest>.img``; xl runs in ``<dir>``, so
+#: the configs' relative ``target=images/...`` finds them (tests use their own)
+DEMO_DIR = Path(os.environ.get("PVXEN_DEMO_DIR", EXAMPLES))
+
+
 def make_images() -> None:
-    images = EXAMPLES / "images"
-    images.mkdir(exist_ok=True)
+    images = DEMO_DIR / "images"
+    images.mkdir(parents=True, exist_ok=True)
     for cfg, _ in GUESTS:
         image = images / f"{cfg.stem}.img"
         if not image.exists():
             with open(image, "wb") as f:
                 f.truncate(IMAGE_SIZE)  # sparse
-            print(f"made {image.relative_to(REPO)} ({IMAGE_SIZE >> 20} MiB, sparse)")
+            print(f"made {image} ({IMAGE_SIZE >> 20} MiB, sparse)")
 
 
 def _checksum(data: bytes) -> int:
@@ -143,7 +162,8 @@ def main() -> int:
         if subprocess.run([xl, "domid", name], capture_output=True).returncode == 0:
             print(f"{name}: already running")
         else:
-            run(xl, "create", str(cfg))
+            mark_log(rundir, name)
+            run(xl, "create", str(cfg), cwd=DEMO_DIR)
         wait_for(rundir, name, ready)
     banner("what the guests printed (their console output, kept by xl's launcher)")
     for cfg, _ in GUESTS:
@@ -180,7 +200,8 @@ def main() -> int:
   xenstore-watch /local/domain # watch guests come and go
   pvxen status                 # the daemons
   make stop                    # pvxen down: stop everything
-Logs: {rundir}/log/ (daemons), {rundir}/xl/log/ (guests)""")
+Logs: {rundir}/log/ (daemons), {rundir}/xl/log/ (guests: what they print)
+(`xl console NAME` is not there yet: the console backend is the next step.)""")
     return 0
 
 

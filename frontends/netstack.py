@@ -62,6 +62,9 @@ class NetStack:
                 s.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 1 << 20)
                 s.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 20)
             config.IP6_SUPPORT = False
+            # PyTCP logs every frame to stdout (the guest's console) by default:
+            # only the channels named in PVXEN_PYTCP_LOG (e.g. "stack,tcp").
+            config.LOG_CHANEL = set(os.environ.get("PVXEN_PYTCP_LOG", "").split(",")) - {""}
             # TcpIpStack.__init__ opens /dev/net/tun: build it without that,
             # handing it our end of the pair as its "TAP".
             stack = object.__new__(pytcp.TcpIpStack)

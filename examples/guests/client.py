@@ -7,6 +7,7 @@ other guest, through a TCP/IP stack in each (PyTCP, ``frontends/netstack.py``).
 
 import trio
 
+from frontends.blkfront import BlockDevice
 from frontends.netstack import NetStack
 
 
@@ -36,7 +37,10 @@ async def main(domain):
     args = dict(a.split("=", 1) for a in domain.args if "=" in a)
     server = args.get("server", "10.0.0.2")
     say(f"{domain.name}: domain {domain.domid} up, talking to {server}")
-    async with NetStack.open(domain) as net:
+    async with BlockDevice.open(domain) as disk, NetStack.open(domain) as net:
+        first = await disk.read(0, 512)
+        say(f"disk hda: {disk.sectors} sectors, first sector "
+            f"{'blank' if first == bytes(512) else 'written'}")
         rtts = await net.ping(server, count=3)
         say(f"ping {server}: {len(rtts)}/3 replies, " +
             ", ".join(f"{rtt * 1000:.1f} ms" for rtt in rtts))

@@ -21,15 +21,14 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-async def check_disk(domain) -> None:
-    async with BlockDevice.open(domain) as disk:
-        blob, offset = os.urandom(1 << 20), 1 << 20
-        await disk.write(offset, blob)
-        await disk.flush()
-        back = await disk.read(offset, len(blob))
-        say(f"disk xvda: {disk.sectors} sectors of {disk.sector_size} B; wrote {len(blob)} B, "
-            f"flushed, read back: {'OK' if back == blob else 'MISMATCH'} "
-            f"(sha1 {hashlib.sha1(back).hexdigest()[:12]})")
+async def check_disk(disk) -> None:
+    blob, offset = os.urandom(1 << 20), 1 << 20
+    await disk.write(offset, blob)
+    await disk.flush()
+    back = await disk.read(offset, len(blob))
+    say(f"disk xvda: {disk.sectors} sectors of {disk.sector_size} B; wrote {len(blob)} B, "
+        f"flushed, read back: {'OK' if back == blob else 'MISMATCH'} "
+        f"(sha1 {hashlib.sha1(back).hexdigest()[:12]})")
 
 
 async def serve(net, domain) -> None:
@@ -50,7 +49,12 @@ async def serve(net, domain) -> None:
 
 async def main(domain):
     say(f"{domain.name}: domain {domain.domid} up, {domain.start_info.nr_pages} pages")
-    await check_disk(domain)
+    async with BlockDevice.open(domain) as disk:  # kept connected while the guest runs
+        await check_disk(disk)
+        await serve_until_shutdown(domain)
+
+
+async def serve_until_shutdown(domain) -> None:
     async with NetStack.open(domain) as net, trio.open_nursery() as nursery:
         nursery.start_soon(serve, net, domain)
         reason = await domain.wait_for_shutdown()
