@@ -1,0 +1,269 @@
+"""One vCPU of a 64-bit PV guest: a Unicorn x86-64 engine, run in slices.
+
+The CPU state a 64-bit PV kernel sees (Xen ``xen/arch/x86/domain.c``,
+``arch_set_info_guest``; ``xen/include/public/arch-x86/xen-x86_64.h``):
+long mode with paging on (CR0.PG|PE, CR4.PAE, EFER.LME|LMA|SCE|NX), CR3 =
+the guest's own L4, and the kernel in **ring 3** with Xen's flat selectors
+``FLAT_KERNEL_CS64`` (0xe033) / ``FLAT_KERNEL_SS64`` (0xe02b), which are
+entries 262/261 of Xen's reserved GDT page (``FIRST_RESERVED_GDT_ENTRY``).
+That GDT lives in a hypervisor-private frame; the selectors are loaded
+while paging is still off (linear = physical), so the guest's tables never
+need to map it (the segment caches hold the descriptors from then on).
+
+Traps are **recorded, not served** inside Unicorn hooks (STYLE.md rule 11):
+each hook notes what happened in :attr:`VCpu.exit` and calls ``emu_stop``;
+:meth:`VCpu.run_slice` returns that record and the caller serves it.
+Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
+``tests/pv/test_vcpu.py``:
+
+* **RIP after the syscall hook**: Unicorn adds the instruction length
+  *after* the hook, so the exit record keeps the address of the ``syscall``
+  and the slice sets RIP to the next instruction itself.
+* **stale exception state**: a fault handed to ``UC_HOOK_INTR`` leaves
+  QEMU's ``old_exception`` set, and the next fault becomes #DF; the slice
+  resets it in the CPU context (offset calibrated at start-up).
+* **missing #PF error code**: read from the same context blob.
+* **code rewritten by another process**: :meth:`VCpu.code_changed` drops
+  translated blocks of those frames (``ctl_remove_cache``).
+* the default 1 GiB translation buffer does not fit a confined guest's
+  RLIMIT_AS: :data:`TCG_BUFFER` is set before the first run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from dataclasses import dataclass
+from enum import Enum
+
+from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_INTR,
+                     UC_MODE_64, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
+from unicorn import x86_const as X
+
+from hypervisord.public import arch_x86
+from hypervisord.public.xen import PAGE_SIZE
+
+from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
+
+TCG_BUFFER = 32 << 20
+#: instructions per slice: ~0.4 ms of a hypercall-free loop (2.5 G insn/s), a few ms at worst
+SLICE_INSNS = 1_000_000
+_NEVER = 0xFFFF_FFFF_FFFF_FFFF  # emu_start's "until": non-canonical, never reached
+
+CR0_PE, CR0_ET, CR0_WP, CR0_PG = 1 << 0, 1 << 4, 1 << 16, 1 << 31
+CR4_PAE, CR4_OSFXSR, CR4_OSXMMEXCPT = 1 << 5, 1 << 9, 1 << 10
+MSR_EFER = 0xC0000080
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1 << 0, 1 << 8, 1 << 10, 1 << 11
+X86_EFLAGS_IF = 1 << 9
+
+TRAP_DE, TRAP_DF, TRAP_GP, TRAP_PF, TRAP_UD = 0, 8, 13, 14, 6
+
+#: GDT descriptors (SDM vol. 3 §3.4.5): 64-bit code DPL3, data DPL3, 32-bit code DPL3
+_DESC_CS64_DPL3 = 0x00AFFA000000FFFF
+_DESC_DS_DPL3 = 0x00CFF2000000FFFF
+_DESC_CS32_DPL3 = 0x00CFFA000000FFFF
+
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+_REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS}
+
+
+class ExitKind(Enum):
+    SLICE = "slice"  # the slice's instruction budget ran out
+    HYPERCALL = "hypercall"  # syscall from guest kernel mode
+    TRAP = "trap"  # an exception (vector, error code, cr2)
+    HALT = "halt"  # emulation stopped by itself (hlt at CPL0 cannot happen in PV)
+    ERROR = "error"  # Unicorn refused to go on (bad RIP, unmapped fetch ...)
+
+
+@dataclass(slots=True)
+class Exit:
+    kind: ExitKind
+    rip: int = 0
+    vector: int = -1
+    error_code: int = 0
+    cr2: int = 0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BootState:
+    """Xen's initial state of vCPU 0 (``xg_dom_x86.c``, ``vcpu_x86_64``)."""
+
+    rip: int
+    rsp: int
+    rsi: int
+    cr3: int  # guest-physical address of the L4
+    rflags: int = X86_EFLAGS_IF
+
+
+class VCpu:
+    """One vCPU over a domain's :class:`GuestMemory`."""
+
+    def __init__(self, mem: GuestMemory, vcpu_id: int = 0) -> None:
+        self.mem = mem
+        self.vcpu_id = vcpu_id
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER)  # before the first run: see module doc
+        uc.mem_map_ptr(0, mem.nr_pages * PAGE_SIZE, UC_PROT_ALL, mem.host_ptr_of_gfn(0))
+        uc.mem_map_ptr(SHARED_INFO_MFN * PAGE_SIZE, PAGE_SIZE, UC_PROT_READ | UC_PROT_WRITE,
+                       mem.shared_info_ptr)
+        uc.mem_map(HV_PRIVATE_MFN * PAGE_SIZE, HV_PRIVATE_FRAMES * PAGE_SIZE,
+                   UC_PROT_READ | UC_PROT_WRITE)
+        self.uc = uc
+        self.exit: Exit | None = None
+        self._hooks = [
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall, aux1=X.UC_X86_INS_SYSCALL),
+            uc.hook_add(UC_HOOK_INTR, self._on_interrupt),
+            uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
+        ]
+        self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
+        self.slices = 0
+
+    # -- boot state ----------------------------------------------------------------------
+
+    def _write_gdt(self) -> int:
+        """Xen's reserved flat descriptors in our private GDT; its linear base."""
+        base = HV_PRIVATE_MFN * PAGE_SIZE
+        first = arch_x86.FIRST_RESERVED_GDT_ENTRY
+        for sel, desc in ((arch_x86.FLAT_RING3_CS32, _DESC_CS32_DPL3),
+                          (arch_x86.FLAT_RING3_DS32, _DESC_DS_DPL3),
+                          (arch_x86.FLAT_RING3_CS64, _DESC_CS64_DPL3)):
+            index = sel >> 3
+            assert first <= index < first + 8
+            self.uc.mem_write(base + 8 * index, struct.pack("<Q", desc))
+        return base
+
+    def boot(self, state: BootState) -> None:
+        """Enter Xen's 64-bit PV entry state (long mode, ring 3, guest CR3)."""
+        uc = self.uc
+        gdt = self._write_gdt()
+        limit = 8 * (arch_x86.FIRST_RESERVED_GDT_ENTRY + 8) - 1
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, limit, 0))
+        # Paging is still off here (Unicorn's fake long mode: linear = physical),
+        # so these descriptor loads read our private GDT directly.
+        uc.reg_write(X.UC_X86_REG_CS, arch_x86.FLAT_KERNEL_CS64)  # CPL becomes 3
+        uc.reg_write(X.UC_X86_REG_SS, arch_x86.FLAT_KERNEL_SS64)
+        for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
+            uc.reg_write(seg, arch_x86.FLAT_KERNEL_DS64)
+        uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE
+                     | CR4_OSFXSR | CR4_OSXMMEXCPT)
+        uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NX)
+        uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
+        uc.reg_write(X.UC_X86_REG_CR0, CR0_PG | CR0_WP | CR0_ET | CR0_PE)
+        for name, value in (("rip", state.rip), ("rsp", state.rsp), ("rsi", state.rsi),
+                            ("rflags", state.rflags)):
+            uc.reg_write(_REG[name], value)
+
+    # -- registers -----------------------------------------------------------------------
+
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(_REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    @property
+    def cr3(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CR3)
+
+    @property
+    def cpl(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_CS) & 3
+
+    # -- hooks: record and stop ------------------------------------------------------------
+
+    def _on_syscall(self, uc: Uc, _user: object) -> None:
+        self.exit = Exit(ExitKind.HYPERCALL, rip=uc.reg_read(X.UC_X86_REG_RIP))
+        uc.emu_stop()
+
+    def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        cr2 = uc.reg_read(X.UC_X86_REG_CR2) if intno == TRAP_PF else 0
+        self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=intno,
+                         cr2=cr2)
+        uc.emu_stop()
+
+    def _on_invalid(self, uc: Uc, _user: object) -> bool:
+        self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=TRAP_UD)
+        uc.emu_stop()
+        return True
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_slice(self, count: int = SLICE_INSNS) -> Exit:
+        """Run at most ``count`` instructions; what stopped the vCPU."""
+        self.exit = None
+        self.slices += 1
+        start = self.uc.reg_read(X.UC_X86_REG_RIP)
+        try:
+            self.uc.emu_start(start, _NEVER, count=count)
+        except UcError as e:
+            if self.exit is None:
+                return Exit(ExitKind.ERROR, rip=self.reg("rip"), detail=str(e))
+        ex = self.exit
+        if ex is None:
+            return Exit(ExitKind.SLICE, rip=self.reg("rip"))
+        if ex.kind is ExitKind.HYPERCALL:
+            # Quirk: Unicorn adds 2 after the hook; make it exact whatever it did.
+            self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip + 2)
+        elif ex.kind is ExitKind.TRAP:
+            self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip)
+            ex.error_code = self._take_exception_state(ex.vector)
+        return ex
+
+    # -- the exception-state quirk -----------------------------------------------------------
+
+    def _take_exception_state(self, vector: int) -> int:
+        """The fault's error code; QEMU's ``old_exception`` reset to -1.
+
+        Both live only in the CPU context blob (``CPUX86State.error_code``
+        and, 112 bytes on, ``old_exception``; pv-guest-abi.md §2.2). The
+        offset is found on first use from the blob itself: the int32 pair
+        (anything, ``vector``) with ``old_exception == vector`` at +112.
+        """
+        ctx = self.uc.context_save()
+        raw = bytearray(bytes(ctx))
+        off = self._ctx_error_code
+        if off is None:
+            off = self._ctx_error_code = _calibrate(raw, vector)
+        error_code = struct.unpack_from("<i", raw, off)[0]
+        struct.pack_into("<i", raw, off + 112, -1)
+        ctypes.memmove(ctx._context, bytes(raw), len(raw))
+        self.uc.context_restore(ctx)
+        return error_code & 0xFFFF_FFFF
+
+    def code_changed(self, gpa: int, length: int) -> None:
+        """Frames ``gpa .. gpa+length`` were written outside this engine: retranslate.
+
+        QEMU notices self-modifying code only for stores made through its
+        own softmmu; a store by another process (a grant copy, the builder)
+        into a code page would leave stale translated blocks.
+        """
+        lo = gpa & ~(PAGE_SIZE - 1)
+        hi = (gpa + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        self.uc.ctl_remove_cache(lo, hi)
+
+    def flush_tlb(self) -> None:
+        self.uc.ctl_flush_tlb() if hasattr(self.uc, "ctl_flush_tlb") else \
+            self.uc.ctl(_UC_CTL_TLB_FLUSH, _UC_CTL_IO_WRITE)
+
+    def close(self) -> None:
+        for h in self._hooks:
+            self.uc.hook_del(h)
+        self._hooks.clear()
+
+
+_UC_CTL_IO_WRITE = 1
+_UC_CTL_TLB_FLUSH = 11  # UC_CTL_TLB_FLUSH in unicorn.h (uc_control_type)
+
+#: where CPUX86State.error_code sits in 2.1.4's context (pv-guest-abi.md §2.2)
+_KNOWN_ERROR_CODE_OFFSET = 5424
+
+
+def _calibrate(raw: bytearray, vector: int) -> int:
+    """Offset of ``error_code`` in the context blob of this Unicorn build."""
+    candidates = [_KNOWN_ERROR_CODE_OFFSET] + list(range(len(raw) - 116, -1, -4))
+    for off in candidates:
+        if 0 <= off <= len(raw) - 116 and struct.unpack_from("<i", raw, off + 112)[0] == vector:
+            return off
+    raise RuntimeError("cannot find old_exception in Unicorn's CPU context")
