@@ -169,6 +169,8 @@ class VCpu:
 
     @property
     def cpl(self) -> int:
+        """RPL of CS. Open: whether QEMU's hflags CPL follows (a #PF error code 0
+        was seen where a ring-3 access gives 4; see tests/pv/test_vcpu.py)."""
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     # -- hooks: record and stop ------------------------------------------------------------
@@ -181,6 +183,9 @@ class VCpu:
         cr2 = uc.reg_read(X.UC_X86_REG_CR2) if intno == TRAP_PF else 0
         self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=intno,
                          cr2=cr2)
+        # In the hook, before QEMU goes on: the error code is still the fault's
+        # and old_exception must be cleared now (see _take_exception_state).
+        self.exit.error_code = self._take_exception_state(intno)
         uc.emu_stop()
 
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
@@ -208,7 +213,6 @@ class VCpu:
             self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip + 2)
         elif ex.kind is ExitKind.TRAP:
             self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip)
-            ex.error_code = self._take_exception_state(ex.vector)
         return ex
 
     # -- the exception-state quirk -----------------------------------------------------------
@@ -239,9 +243,10 @@ class VCpu:
         own softmmu; a store by another process (a grant copy, the builder)
         into a code page would leave stale translated blocks.
         """
-        lo = gpa & ~(PAGE_SIZE - 1)
-        hi = (gpa + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
-        self.uc.ctl_remove_cache(lo, hi)
+        # ctl_remove_cache(gpa range) did not drop the block (measured: stale
+        # code ran); it seems to want virtual addresses. Flush all until known.
+        del gpa, length
+        self.uc.ctl_flush_tb()
 
     def flush_tlb(self) -> None:
         self.uc.ctl_flush_tlb() if hasattr(self.uc, "ctl_flush_tlb") else \
