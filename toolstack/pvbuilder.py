@@ -24,12 +24,14 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+import os
 import struct
 from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
 from elftools.common.exceptions import ELFError
 
+from hypervisord.public import memfile
 from hypervisord.public.xen import MAX_GUEST_CMDLINE, PAGE_SIZE, START_INFO, \
     XEN_START_INFO_MAGIC
 from hypervisord.vcpu import paging
@@ -239,3 +241,38 @@ def _page_tables(vb: int, end: int, pt_pfn: int, nr_pt: int, nr_pages: int
         off = 8 * paging.table_index(va, 1)
         tables[table][off:off + 8] = paging.make_pte(target, flags).to_bytes(8, "little")
     return {pfn: bytes(t) for pfn, t in tables.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class PvLayout:
+    """Where a PV guest's magic pages are (the attributes of builder.MemoryLayout)."""
+
+    nr_pages: int
+    start_info_gfn: int
+    console_gfn: int
+    store_gfn: int
+
+
+def load(memory_fd: int, kernel_path: str, nr_pages: int, *, cmdline: str,
+         store_evtchn: int, console_evtchn: int) -> tuple[PvLayout, dict]:
+    """Build the image of ``kernel_path`` into a domain's memory file.
+
+    Returns the layout and the boot vCPU state (a plain dict, for the launch
+    request). The frames are written through the memory file the domain's
+    process gets (its own frames only, as libxenguest maps them).
+    """
+    try:
+        with open(kernel_path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise KernelError(f"{kernel_path}: {e.strerror}") from None
+    try:
+        img = build(data, nr_pages, cmdline=cmdline, store_evtchn=store_evtchn,
+                    console_evtchn=console_evtchn)
+    except (OSError, EOFError, lzma.LZMAError) as e:  # a broken compressed image
+        raise KernelError(f"{kernel_path}: cannot decompress: {e}") from None
+    for pfn, page in img.frames.items():
+        os.pwrite(memory_fd, page, memfile.gfn_offset(pfn))
+    b = img.boot
+    boot = {"rip": b.rip, "rsp": b.rsp, "rsi": b.rsi, "cr3": b.cr3, "rflags": b.rflags}
+    return PvLayout(nr_pages, img.start_info_pfn, img.console_pfn, img.store_pfn), boot
