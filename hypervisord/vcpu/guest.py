@@ -74,7 +74,9 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
                         format=f"%(asctime)s d{domid} %(levelname)s %(message)s")
     xc = SyncXenCall(fd=hypercall_fd)
     try:
-        ctrl.xen_version(xc)  # hypervisord learns our pid (and stops us if paused)
+        # hypervisord learns our pid (and stops us if paused); its answer is
+        # what the guest's XENVER_version gets
+        word, _ = ctrl.xen_version(xc)
     except (XenError, OSError) as e:
         log.error("first hypercall failed: %s", e)
         return None
@@ -82,7 +84,8 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
         mem = GuestMemory(memory_fd, read_nr_pages(memory_fd, start_info_gfn))
         cpu = VCpu(mem)
         cpu.boot(BootState(**boot))
-        hc = VcpuHypercalls(cpu, domid, ConsoleWriter(domid))
+        hc = VcpuHypercalls(cpu, domid, ConsoleWriter(domid),
+                            xen_version=(word >> 16, word & 0xFFFF))
         reason = loop.run(cpu, hc)
     except Exception:  # noqa: BLE001 - our bug: the domain crashes, with the traceback
         log.exception("vCPU 0 failed")

@@ -64,7 +64,7 @@ def test_every_shutdown_reason(tmp_path, reason: ShutdownReason) -> None:
 def test_xen_version(tmp_path) -> None:
     g = Guest("version", tmp_path, version=(4, 7))
     assert g.run() == ShutdownReason.SHUTDOWN_poweroff
-    assert b"".join(g.console) == b"XEN 4.7\n"
+    assert b"".join(g.console) == b"XEN 4.07\n"
 
 
 def test_entry_state_is_xens(tmp_path) -> None:
