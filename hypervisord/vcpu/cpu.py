@@ -6,9 +6,9 @@ long mode with paging on (CR0.PG|PE, CR4.PAE, EFER.LME|LMA|SCE|NX), CR3 =
 the guest's own L4, and the kernel in **ring 3** with Xen's flat selectors
 ``FLAT_KERNEL_CS64`` (0xe033) / ``FLAT_KERNEL_SS64`` (0xe02b), which are
 entries 262/261 of Xen's reserved GDT page (``FIRST_RESERVED_GDT_ENTRY``).
-That GDT lives in a hypervisor-private frame; the selectors are loaded
-while paging is still off (linear = physical), so the guest's tables never
-need to map it (the segment caches hold the descriptors from then on).
+That GDT lives in a hypervisor-private frame; ring 3 is entered with an
+``iretq`` while paging is still off (linear = physical), so the guest's
+tables never need to map it (the segment caches hold the descriptors).
 
 Traps are **recorded, not served** inside Unicorn hooks (STYLE.md rule 11):
 each hook notes what happened in :attr:`VCpu.exit` and calls ``emu_stop``;
@@ -20,9 +20,13 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
   *after* the hook, so the exit record keeps the address of the ``syscall``
   and the slice sets RIP to the next instruction itself.
 * **stale exception state**: a fault handed to ``UC_HOOK_INTR`` leaves
-  QEMU's ``old_exception`` set, and the next fault becomes #DF; the slice
-  resets it in the CPU context (offset calibrated at start-up).
-* **missing #PF error code**: read from the same context blob.
+  QEMU's ``old_exception`` set, and the next fault becomes #DF; it is reset
+  in the CPU context blob, in the hook and again after the slice (Unicorn
+  re-runs the faulting instruction once before it stops; offset calibrated
+  on the first fault).
+* **missing #PF/#GP error code**: read from the same blob in the hook.
+* **ring 3**: ``reg_write`` of CS/SS leaves QEMU's CPL at 0, so the boot
+  enters ring 3 by ``iretq`` (:meth:`VCpu.boot`).
 * **code rewritten by another process**: :meth:`VCpu.code_changed` drops
   translated blocks of those frames (``ctl_remove_cache``).
 * the default 1 GiB translation buffer does not fit a confined guest's
@@ -108,8 +112,7 @@ class VCpu:
         uc.mem_map_ptr(0, mem.nr_pages * PAGE_SIZE, UC_PROT_ALL, mem.host_ptr_of_gfn(0))
         uc.mem_map_ptr(SHARED_INFO_MFN * PAGE_SIZE, PAGE_SIZE, UC_PROT_READ | UC_PROT_WRITE,
                        mem.shared_info_ptr)
-        uc.mem_map(HV_PRIVATE_MFN * PAGE_SIZE, HV_PRIVATE_FRAMES * PAGE_SIZE,
-                   UC_PROT_READ | UC_PROT_WRITE)
+        uc.mem_map(HV_PRIVATE_MFN * PAGE_SIZE, HV_PRIVATE_FRAMES * PAGE_SIZE, UC_PROT_ALL)
         self.uc = uc
         self.exit: Exit | None = None
         self._hooks = [
@@ -135,15 +138,32 @@ class VCpu:
         return base
 
     def boot(self, state: BootState) -> None:
-        """Enter Xen's 64-bit PV entry state (long mode, ring 3, guest CR3)."""
+        """Enter Xen's 64-bit PV entry state (long mode, ring 3, guest CR3).
+
+        Ring 3 is entered as a CPU does: an ``iretq`` at CPL0 with a frame
+        (rip, FLAT_KERNEL_CS64, rflags, rsp, FLAT_KERNEL_SS64), run from a
+        hypervisor-private frame while paging is still off (Unicorn's fake
+        long mode: linear = physical), so it reads our private GDT. Writing
+        CS/SS with ``reg_write`` would not do: it leaves QEMU's CPL at 0
+        (measured: ``cli`` did not fault), and the guest would run in ring 0.
+        Paging is switched on after the ``iretq``, before any guest code.
+        """
         uc = self.uc
         gdt = self._write_gdt()
         limit = 8 * (arch_x86.FIRST_RESERVED_GDT_ENTRY + 8) - 1
         uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, limit, 0))
-        # Paging is still off here (Unicorn's fake long mode: linear = physical),
-        # so these descriptor loads read our private GDT directly.
-        uc.reg_write(X.UC_X86_REG_CS, arch_x86.FLAT_KERNEL_CS64)  # CPL becomes 3
-        uc.reg_write(X.UC_X86_REG_SS, arch_x86.FLAT_KERNEL_SS64)
+        tramp = (HV_PRIVATE_MFN + 1) * PAGE_SIZE  # page 1 of the private frames
+        frame = struct.pack("<5Q", state.rip, arch_x86.FLAT_KERNEL_CS64, state.rflags,
+                            state.rsp, arch_x86.FLAT_KERNEL_SS64)
+        uc.mem_write(tramp, b"\x48\xcf")  # iretq
+        uc.mem_write(tramp + PAGE_SIZE - len(frame), frame)
+        uc.reg_write(X.UC_X86_REG_RSP, tramp + PAGE_SIZE - len(frame))
+        uc.emu_start(tramp, state.rip, count=1)  # stops at the entry, before any fetch there
+        if uc.reg_read(X.UC_X86_REG_RIP) != state.rip:
+            raise RuntimeError("vCPU boot: the iretq to the guest's entry did not happen")
+        # hypervisor frames are never code again (no guest PTE can name them anyway)
+        uc.mem_protect(HV_PRIVATE_MFN * PAGE_SIZE, HV_PRIVATE_FRAMES * PAGE_SIZE,
+                       UC_PROT_READ | UC_PROT_WRITE)
         for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_FS, X.UC_X86_REG_GS):
             uc.reg_write(seg, arch_x86.FLAT_KERNEL_DS64)
         uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE
@@ -151,9 +171,7 @@ class VCpu:
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NX)
         uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PG | CR0_WP | CR0_ET | CR0_PE)
-        for name, value in (("rip", state.rip), ("rsp", state.rsp), ("rsi", state.rsi),
-                            ("rflags", state.rflags)):
-            uc.reg_write(_REG[name], value)
+        uc.reg_write(_REG["rsi"], state.rsi)
 
     # -- registers -----------------------------------------------------------------------
 
@@ -169,8 +187,7 @@ class VCpu:
 
     @property
     def cpl(self) -> int:
-        """RPL of CS. Open: whether QEMU's hflags CPL follows (a #PF error code 0
-        was seen where a ring-3 access gives 4; see tests/pv/test_vcpu.py)."""
+        """The current privilege level: 3 for a PV kernel (entered by iretq)."""
         return self.uc.reg_read(X.UC_X86_REG_CS) & 3
 
     # -- hooks: record and stop ------------------------------------------------------------
@@ -213,6 +230,10 @@ class VCpu:
             self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip + 2)
         elif ex.kind is ExitKind.TRAP:
             self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip)
+            # Measured: after the hook Unicorn re-runs the faulting instruction
+            # once before it honours emu_stop; that second fault is not hooked
+            # but leaves old_exception set again. Clear it once more here.
+            self._take_exception_state(ex.vector)
         return ex
 
     # -- the exception-state quirk -----------------------------------------------------------

@@ -73,7 +73,7 @@ def test_entry_state_is_xens(tmp_path) -> None:
     vb = g.image.notes.virt_base
     assert vb == 0xFFFFFFFF80000000
     assert g.cpu.reg("rsi") == vb + g.image.start_info_pfn * PAGE_SIZE
-    assert g.cpu.cpl == 3  # RPL of CS (FLAT_KERNEL_CS64); see the xfail below
+    assert g.cpu.cpl == 3
     assert g.cpu.cr3 == g.image.pt_pfns.start * PAGE_SIZE
     for pfn in g.image.pt_pfns:  # a page-table frame is never writable by the guest
         with pytest.raises(paging.PageFault) as e:
@@ -95,9 +95,6 @@ def test_rip_after_the_syscall_hook_is_the_next_instruction(tmp_path) -> None:
     assert g.cpu.reg("rax") == Hypercall.console_io
 
 
-@pytest.mark.xfail(strict=True, reason="open: the context patch (old_exception=-1) made in "
-                   "the INTR hook does not stick, the 2nd #PF arrives as #DF (8); the error "
-                   "code read at offset 5424 is 0, not 4 (is QEMU's CPL really 3?)")
 def test_second_fault_is_not_a_double_fault_and_has_its_error_code(tmp_path) -> None:
     g = Guest("fault", tmp_path)
     for _ in range(3):
@@ -148,3 +145,11 @@ def test_bad_pointer_is_efault_not_a_crash(tmp_path) -> None:
     g.hc.dispatch()
     assert g.cpu.reg("rax") == (-14) & (2**64 - 1)
     assert g.console == []
+
+
+def test_the_kernel_really_runs_in_ring_3(tmp_path) -> None:
+    """``cli`` at CPL3 (IOPL 0) is #GP(0): the kernel is not in ring 0."""
+    g = Guest("cli", tmp_path)
+    ex = g.cpu.run_slice()
+    assert ex.kind is ExitKind.TRAP
+    assert (ex.vector, ex.error_code, ex.rip) == (13, 0, g.symbols["privileged"])
