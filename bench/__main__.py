@@ -14,6 +14,7 @@ import sys
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "xenstore": ("bench.xenstore", "xenstored vs a trio echo server: RTT, scaling, watches"),
     "hypervisor": ("bench.hypervisor", "hypervisord: hypercalls/s, event RTT, domain create"),
+    "vcpu": ("bench.vcpu", "PV vCPU layer vs bare Unicorn: guest loop, null hypercalls"),
 }
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import threading
 from dataclasses import dataclass
 from enum import Enum
 
@@ -50,8 +51,10 @@ from hypervisord.public.xen import PAGE_SIZE
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
 
 TCG_BUFFER = 32 << 20
-#: instructions per slice: ~0.4 ms of a hypercall-free loop (2.5 G insn/s), a few ms at worst
-SLICE_INSNS = 1_000_000
+#: a slice's length: a ticker thread (:class:`SliceTimer`) stops the engine this often.
+#: Not ``emu_start(count=...)``: counting costs ~17x on a tight loop (measured,
+#: bench/vcpu.py); nor ``timeout=``: a new thread per emu_start, i.e. per hypercall.
+SLICE_SECONDS = 0.001
 _NEVER = 0xFFFF_FFFF_FFFF_FFFF  # emu_start's "until": non-canonical, never reached
 
 CR0_PE, CR0_ET, CR0_WP, CR0_PG = 1 << 0, 1 << 4, 1 << 16, 1 << 31
@@ -73,7 +76,7 @@ _REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS}
 
 
 class ExitKind(Enum):
-    SLICE = "slice"  # the slice's instruction budget ran out
+    SLICE = "slice"  # the slice ended (timer tick, or its instruction budget)
     HYPERCALL = "hypercall"  # syscall from guest kernel mode
     TRAP = "trap"  # an exception (vector, error code, cr2)
     HALT = "halt"  # emulation stopped by itself (hlt at CPL0 cannot happen in PV)
@@ -212,8 +215,9 @@ class VCpu:
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_slice(self, count: int = SLICE_INSNS) -> Exit:
-        """Run at most ``count`` instructions; what stopped the vCPU."""
+    def run_slice(self, count: int = 0) -> Exit:
+        """Run until a trap, a :class:`SliceTimer` tick (or ``count`` instructions,
+        when given); what stopped the vCPU."""
         self.exit = None
         self.slices += 1
         start = self.uc.reg_read(X.UC_X86_REG_RIP)
@@ -229,14 +233,35 @@ class VCpu:
             # Quirk: Unicorn adds 2 after the hook; make it exact whatever it did.
             self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip + 2)
         elif ex.kind is ExitKind.TRAP:
-            self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip)
-            # Measured: after the hook Unicorn re-runs the faulting instruction
-            # once before it honours emu_stop; that second fault is not hooked
-            # but leaves old_exception set again. Clear it once more here.
-            self._take_exception_state(ex.vector)
+            ex = self._precise_trap(ex)
         return ex
 
     # -- the exception-state quirk -----------------------------------------------------------
+
+    def _precise_trap(self, ex: Exit) -> Exit:
+        """The fault of the instruction at ``ex.rip``, as the CPU raises it.
+
+        Measured: in a slice without an instruction count, the first fault of
+        an instruction does not reach UC_HOOK_INTR; Unicorn re-runs it and the
+        hook sees the second one, escalated to #DF (8) by the stale
+        ``old_exception``. So after any trap the exception state is cleared
+        and the instruction re-run alone (``count=1``), where the hook gets
+        the true vector and error code. Only traps pay for this.
+        """
+        self._take_exception_state(ex.vector)
+        self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip)
+        self.exit = None
+        try:
+            self.uc.emu_start(ex.rip, _NEVER, count=1)
+        except UcError as e:
+            if self.exit is None:
+                return Exit(ExitKind.ERROR, rip=ex.rip, detail=str(e))
+        precise = self.exit
+        if precise is None or precise.kind is not ExitKind.TRAP:
+            return precise or Exit(ExitKind.SLICE, rip=self.reg("rip"))  # it ran after all
+        self._take_exception_state(precise.vector)
+        self.uc.reg_write(X.UC_X86_REG_RIP, precise.rip)
+        return precise
 
     def _take_exception_state(self, vector: int) -> int:
         """The fault's error code; QEMU's ``old_exception`` reset to -1.
@@ -277,6 +302,30 @@ class VCpu:
         for h in self._hooks:
             self.uc.hook_del(h)
         self._hooks.clear()
+
+
+class SliceTimer:
+    """Ends the running slice of ``cpu`` every ``period`` seconds (``emu_stop``
+    from a thread, as Unicorn's own timeout does; ctypes drops the GIL while
+    the engine runs). A tick that lands between slices is lost: harmless."""
+
+    def __init__(self, cpu: VCpu, period: float = SLICE_SECONDS) -> None:
+        self.cpu, self.period = cpu, period
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._tick, name=f"vcpu{cpu.vcpu_id}-tick",
+                                        daemon=True)
+
+    def _tick(self) -> None:
+        while not self._done.wait(self.period):
+            self.cpu.uc.emu_stop()
+
+    def __enter__(self) -> "SliceTimer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 _UC_CTL_IO_WRITE = 1

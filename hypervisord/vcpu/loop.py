@@ -1,8 +1,8 @@
 """A vCPU's life: slices, hypercalls served between them, shutdown.
 
 The loop never serves a trap inside a Unicorn hook (STYLE.md rule 11): a
-slice ends at a hypercall, a fault or after :data:`~.cpu.SLICE_INSNS`
-instructions, and the loop acts between slices. ``xl pause`` and ``xl
+slice ends at a hypercall, a fault or a tick of the :class:`~.cpu.SliceTimer`
+(every :data:`~.cpu.SLICE_SECONDS`), and the loop acts between slices. ``xl pause`` and ``xl
 destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
 take effect at once even while the guest spins; the bounded slices are what
 lets the Python side (signals, a stop request, later event upcalls) run.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from hypervisord.public.sched import ShutdownReason
 
-from .cpu import ExitKind, VCpu
+from .cpu import ExitKind, SliceTimer, VCpu
 from .hypercalls import Shutdown, VcpuHypercalls
 
 log = logging.getLogger("vcpu")
@@ -45,29 +45,35 @@ def run(cpu: VCpu, hc: VcpuHypercalls, *, stop: Callable[[], bool] | None = None
     stats = stats if stats is not None else LoopStats()
     t0 = time.perf_counter()
     try:
-        while stop is None or not stop():
-            ex = cpu.run_slice()
-            stats.slices += 1
-            if ex.kind is ExitKind.SLICE:
-                continue
-            if ex.kind is ExitKind.HYPERCALL:
-                stats.hypercalls += 1
-                try:
-                    hc.dispatch()
-                except Shutdown as s:
-                    return s.reason
-                if hc.blocked:
-                    hc.blocked = False
-                    wait_event(BLOCK_WAIT)
-                continue
-            if ex.kind is ExitKind.TRAP:
-                log.error("d%d v%d: unhandled trap %d (error code %#x, cr2 %#x) at %#x: "
-                          "domain crashed", hc.domid, cpu.vcpu_id, ex.vector, ex.error_code,
-                          ex.cr2, ex.rip)
-            else:
-                log.error("d%d v%d: cannot run at %#x (%s): domain crashed", hc.domid,
-                          cpu.vcpu_id, ex.rip, ex.detail)
-            return ShutdownReason.SHUTDOWN_crash
-        return None
+        with SliceTimer(cpu):
+            return _run(cpu, hc, stop, wait_event, stats)
     finally:
         stats.seconds += time.perf_counter() - t0
+
+
+def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
+         wait_event: Callable[[float], None], stats: LoopStats) -> int | None:
+    while stop is None or not stop():
+        ex = cpu.run_slice()
+        stats.slices += 1
+        if ex.kind is ExitKind.SLICE:
+            continue
+        if ex.kind is ExitKind.HYPERCALL:
+            stats.hypercalls += 1
+            try:
+                hc.dispatch()
+            except Shutdown as s:
+                return s.reason
+            if hc.blocked:
+                hc.blocked = False
+                wait_event(BLOCK_WAIT)
+            continue
+        if ex.kind is ExitKind.TRAP:
+            log.error("d%d v%d: unhandled trap %d (error code %#x, cr2 %#x) at %#x: "
+                      "domain crashed", hc.domid, cpu.vcpu_id, ex.vector, ex.error_code,
+                      ex.cr2, ex.rip)
+        else:
+            log.error("d%d v%d: cannot run at %#x (%s): domain crashed", hc.domid,
+                      cpu.vcpu_id, ex.rip, ex.detail)
+        return ShutdownReason.SHUTDOWN_crash
+    return None
