@@ -45,6 +45,8 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INSN_INVALID, UC_HOOK_IN
                      UC_MODE_64, UC_PROT_ALL, UC_PROT_READ, UC_PROT_WRITE, Uc, UcError)
 from unicorn import x86_const as X
 
+from unicorn.unicorn_py3.unicorn import uclib as _uclib
+
 from hypervisord.public import arch_x86
 from hypervisord.public.xen import PAGE_SIZE
 
@@ -69,6 +71,9 @@ TRAP_DE, TRAP_DF, TRAP_GP, TRAP_PF, TRAP_UD = 0, 8, 13, 14, 6
 _DESC_CS64_DPL3 = 0x00AFFA000000FFFF
 _DESC_DS_DPL3 = 0x00CFF2000000FFFF
 _DESC_CS32_DPL3 = 0x00CFFA000000FFFF
+
+_uc_reg_read = _uclib.uc_reg_read
+_uc_reg_write = _uclib.uc_reg_write
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
@@ -123,6 +128,8 @@ class VCpu:
             uc.hook_add(UC_HOOK_INTR, self._on_interrupt),
             uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
         ]
+        self._val = ctypes.c_uint64()
+        self._val_ref = ctypes.byref(self._val)
         self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
         self.slices = 0
 
@@ -179,10 +186,34 @@ class VCpu:
     # -- registers -----------------------------------------------------------------------
 
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(_REG[name])
+        return self._get(_REG[name])
+
+    def regs(self, names: tuple[str, ...]) -> list[int]:
+        """General registers straight through the C API: the binding's
+        ``reg_read`` picks a register class in Python per call (~3 us here),
+        which dominated a hypercall's cost (bench/vcpu.py, cProfile)."""
+        read, uch, val, ref = _uc_reg_read, self.uc._uch, self._val, self._val_ref
+        out = []
+        for n in names:
+            if read(uch, _REG[n], ref) != 0:
+                raise UcError(read(uch, _REG[n], ref))
+            out.append(val.value)
+        return out
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_REG[name], value & 0xFFFF_FFFF_FFFF_FFFF)
+        self._set(_REG[name], value)
+
+    def _get(self, reg_id: int) -> int:
+        err = _uc_reg_read(self.uc._uch, reg_id, self._val_ref)
+        if err:
+            raise UcError(err)
+        return self._val.value
+
+    def _set(self, reg_id: int, value: int) -> None:
+        self._val.value = value & 0xFFFF_FFFF_FFFF_FFFF
+        err = _uc_reg_write(self.uc._uch, reg_id, self._val_ref)
+        if err:
+            raise UcError(err)
 
     @property
     def cr3(self) -> int:
@@ -196,7 +227,7 @@ class VCpu:
     # -- hooks: record and stop ------------------------------------------------------------
 
     def _on_syscall(self, uc: Uc, _user: object) -> None:
-        self.exit = Exit(ExitKind.HYPERCALL, rip=uc.reg_read(X.UC_X86_REG_RIP))
+        self.exit = Exit(ExitKind.HYPERCALL, rip=self._get(X.UC_X86_REG_RIP))
         uc.emu_stop()
 
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
@@ -220,7 +251,7 @@ class VCpu:
         when given); what stopped the vCPU."""
         self.exit = None
         self.slices += 1
-        start = self.uc.reg_read(X.UC_X86_REG_RIP)
+        start = self._get(X.UC_X86_REG_RIP)
         try:
             self.uc.emu_start(start, _NEVER, count=count)
         except UcError as e:
@@ -228,10 +259,10 @@ class VCpu:
                 return Exit(ExitKind.ERROR, rip=self.reg("rip"), detail=str(e))
         ex = self.exit
         if ex is None:
-            return Exit(ExitKind.SLICE, rip=self.reg("rip"))
+            return Exit(ExitKind.SLICE, rip=self._get(X.UC_X86_REG_RIP))
         if ex.kind is ExitKind.HYPERCALL:
             # Quirk: Unicorn adds 2 after the hook; make it exact whatever it did.
-            self.uc.reg_write(X.UC_X86_REG_RIP, ex.rip + 2)
+            self._set(X.UC_X86_REG_RIP, ex.rip + 2)
         elif ex.kind is ExitKind.TRAP:
             ex = self._precise_trap(ex)
         return ex

@@ -104,8 +104,7 @@ class VcpuHypercalls:
     def dispatch(self) -> None:
         """Serve the hypercall the vCPU just stopped at; result in %rax."""
         cpu = self.cpu
-        nr = cpu.reg("rax")
-        args = [cpu.reg(r) for r in ARG_REGS]
+        nr, *args = cpu.regs(("rax",) + ARG_REGS)  # one batch: reg_read costs ~2 us each
         self.count += 1
         handler = _TABLE.get(nr)
         try:
