@@ -31,6 +31,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
 
 from . import paging
 from .cpu import VCpu
+from .mmu import Mmu
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
 MAX_CONSOLE_WRITE = 16 << 10  # bytes per CONSOLEIO_write we copy (Xen loops in chunks)
@@ -100,6 +101,10 @@ class VcpuHypercalls:
     yields: int = 0
     blocked: bool = False
     count: int = 0
+    mmu: Mmu = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mmu = Mmu(self.cpu)
 
     def dispatch(self) -> None:
         """Serve the hypercall the vCPU just stopped at; result in %rax."""
@@ -181,6 +186,14 @@ class VcpuHypercalls:
             raise Shutdown(reason)
         return -XenErrno.XEN_ENOSYS
 
+    def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
+        return self.mmu.update_va_mapping(va, val, flags)
+
+    def mmu_update(self, reqs: int, count: int, done: int, foreigndom: int, *_: int) -> int:
+        return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF,
+                                   lambda va, n: copy_from_guest(self.cpu, va, n),
+                                   self._copy_to_guest)
+
     def _copy_to_guest(self, va: int, data: bytes) -> None:
         try:
             gpa = paging.walk(self.cpu.mem.read_u64, self.cpu.cr3, va, write=True)
@@ -197,6 +210,8 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.vm_assist: VcpuHypercalls.vm_assist_op,
     Hypercall.set_trap_table: VcpuHypercalls.set_trap_table,
     Hypercall.sched_op: VcpuHypercalls.sched_op,
+    Hypercall.update_va_mapping: VcpuHypercalls.update_va_mapping,
+    Hypercall.mmu_update: VcpuHypercalls.mmu_update,
 }
 
 assert _errno.ENOSYS == XenErrno.XEN_ENOSYS

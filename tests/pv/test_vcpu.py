@@ -153,3 +153,38 @@ def test_the_kernel_really_runs_in_ring_3(tmp_path) -> None:
     ex = g.cpu.run_slice()
     assert ex.kind is ExitKind.TRAP
     assert (ex.vector, ex.error_code, ex.rip) == (13, 0, g.symbols["privileged"])
+
+
+def test_page_table_updates_keep_xens_invariants(tmp_path) -> None:
+    """update_va_mapping: a page table never writable, only own frames, the rest works."""
+    g = Guest("ptupdate", tmp_path)
+    reason = g.run()
+    assert b"".join(g.console) == b"ptupdate ok\n"
+    assert reason == ShutdownReason.SHUTDOWN_poweroff
+
+
+def test_mmu_update_of_an_l1_entry_checks_the_new_entry(tmp_path) -> None:
+    from hypervisord.public.xen import MMU_UPDATE
+    from hypervisord.vcpu import mmu
+
+    g = Guest("ptupdate", tmp_path)
+    vb = g.image.notes.virt_base
+    spare = vb + 0xF0000
+    slot = g.hc.mmu._l1_slot(spare)
+    l4 = g.image.pt_pfns.start
+    assert mmu.table_frames(g.mem.read_u64, g.cpu.cr3)[slot >> 12] == 1
+    req_va = g.image.boot.rsp - 64
+    req_gpa = paging.walk(g.mem.read_u64, g.cpu.cr3, req_va, write=True)
+
+    def mmu_update(val: int) -> tuple[int, int]:
+        g.mem.write(req_gpa, MMU_UPDATE.pack(slot, val) + bytes(4))
+        rc = g.hc.mmu_update(req_va, 1, req_va + 16, 0x7FF0)
+        return rc, int.from_bytes(g.mem.read(req_gpa + 16, 4), "little")
+
+    assert mmu_update((l4 << 12) | 7) == (-22, 0)  # a page table, writable: never
+    assert mmu_update((0x100000 << 12) | 5) == (-22, 0)  # not our frame
+    assert mmu_update((l4 << 12) | 5) == (0, 1)  # read-only: fine
+    assert g.mem.read_u64(slot) == (l4 << 12) | 5
+    # an update aimed at a frame that is not a page table is refused
+    g.mem.write(req_gpa, MMU_UPDATE.pack(req_gpa & ~0xFFF, 5) + bytes(4))
+    assert g.hc.mmu_update(req_va, 1, 0, 0x7FF0) == -22
