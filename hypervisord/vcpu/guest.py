@@ -30,7 +30,8 @@ from libxen.sync import SyncXenCall, XenError
 
 from . import loop
 from .cpu import BootState, VCpu
-from .hypercalls import VcpuHypercalls
+from .forward import Forwarder
+from .hypercalls import VcpuHypercalls, copy_from_guest
 from .memory import MAX_PV_PAGES, GuestMemory
 
 log = logging.getLogger("vcpu")
@@ -86,6 +87,8 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
         cpu.boot(BootState(**boot))
         hc = VcpuHypercalls(cpu, domid, ConsoleWriter(domid),
                             xen_version=(word >> 16, word & 0xFFFF))
+        hc.forward.update(Forwarder(xc, lambda va, n: copy_from_guest(cpu, va, n),
+                                    hc.copy_to_guest).table())
         reason = loop.run(cpu, hc)
     except Exception:  # noqa: BLE001 - our bug: the domain crashes, with the traceback
         log.exception("vCPU 0 failed")

@@ -142,7 +142,7 @@ class VcpuHypercalls:
         if cmd == XenVerOp.XENVER_get_features:
             # xen_feature_info { unsigned int submap_idx; uint32_t submap; }
             idx = struct.unpack("<I", copy_from_guest(self.cpu, arg, 4))[0]
-            self._copy_to_guest(arg + 4, struct.pack("<I", 0))  # no optional features yet
+            self.copy_to_guest(arg + 4, struct.pack("<I", 0))  # no optional features yet
             return 0 if idx == 0 else -XenErrno.XEN_EINVAL
         return -XenErrno.XEN_ENOSYS
 
@@ -192,9 +192,9 @@ class VcpuHypercalls:
     def mmu_update(self, reqs: int, count: int, done: int, foreigndom: int, *_: int) -> int:
         return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF,
                                    lambda va, n: copy_from_guest(self.cpu, va, n),
-                                   self._copy_to_guest)
+                                   self.copy_to_guest)
 
-    def _copy_to_guest(self, va: int, data: bytes) -> None:
+    def copy_to_guest(self, va: int, data: bytes) -> None:
         try:
             gpa = paging.walk(self.cpu.mem.read_u64, self.cpu.cr3, va, write=True)
             if (gpa & (PAGE_SIZE - 1)) + len(data) > PAGE_SIZE:

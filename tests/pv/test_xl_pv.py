@@ -105,3 +105,13 @@ def test_a_kernel_without_xen_notes_is_refused(stack, tmp_path):
     assert r.rc != 0
     assert "no Xen ELF notes: not a PV kernel" in r.err
     assert stack.domids() == [0]
+
+
+def test_event_channel_ops_are_forwarded_to_hypervisord(stack, tmp_path):
+    stack.xl_ok("create", str(write_pv(tmp_path, "ev", "evtchn")))
+    stack.wait(lambda: "evtchn " in stack.guest_log("ev"), "the kernel's verdict")
+    line = next(x for x in stack.guest_log("ev").splitlines() if "evtchn " in x)
+    assert " evtchn ok " in line, stack.guest_log("ev")
+    port = int(line.rsplit(" ", 1)[1])
+    assert port > 2  # the builder's store and console ports come first
+    stack.wait(lambda: "(ev) shut down, reason poweroff" in launcher_log(stack), "the poweroff")
