@@ -2,7 +2,7 @@
 
 The counterpart of xl's ``parse_config_data`` (``tools/xl/xl_parse.c``)
 filling ``libxl_domain_config``: ``name`` (mandatory), ``uuid``,
-``type``/``builder`` (pv only), ``memory``/``maxmem`` (MiB), ``vcpus``/
+``type``/``builder`` (pv or program), ``memory``/``maxmem`` (MiB), ``vcpus``/
 ``maxvcpus``, ``kernel``, ``cmdline`` (or ``root`` + ``extra``), and the
 ``on_poweroff``/``on_reboot``/``on_crash``/``on_watchdog`` actions, with
 xl.cfg(5)'s defaults. Every error names the file and the line of the key.
