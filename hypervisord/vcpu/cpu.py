@@ -96,6 +96,7 @@ class Exit:
     error_code: int = 0
     cr2: int = 0
     detail: str = ""
+    via_intr: bool = False  # came through UC_HOOK_INTR (QEMU's exception state involved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class VCpu:
             uc.hook_add(UC_HOOK_INTR, self._on_interrupt),
             uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
         ]
+        self._ctx = uc.context_save()  # reused by _clear_stale_exception
         self._val = ctypes.c_uint64()
         self._val_ref = ctypes.byref(self._val)
         self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
@@ -233,7 +235,7 @@ class VCpu:
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
         cr2 = uc.reg_read(X.UC_X86_REG_CR2) if intno == TRAP_PF else 0
         self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=intno,
-                         cr2=cr2)
+                         cr2=cr2, via_intr=True)
         # In the hook, before QEMU goes on: the error code is still the fault's
         # and old_exception must be cleared now (see _take_exception_state).
         self.exit.error_code = self._take_exception_state(intno)
@@ -241,8 +243,7 @@ class VCpu:
 
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
         self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=TRAP_UD)
-        uc.emu_stop()
-        return True
+        return False  # not handled here: emu_start ends with UC_ERR_INSN_INVALID
 
     # -- running ---------------------------------------------------------------------------
 
@@ -251,6 +252,7 @@ class VCpu:
         when given); what stopped the vCPU."""
         self.exit = None
         self.slices += 1
+        self._clear_stale_exception()
         start = self._get(X.UC_X86_REG_RIP)
         try:
             self.uc.emu_start(start, _NEVER, count=count)
@@ -263,11 +265,31 @@ class VCpu:
         if ex.kind is ExitKind.HYPERCALL:
             # Quirk: Unicorn adds 2 after the hook; make it exact whatever it did.
             self._set(X.UC_X86_REG_RIP, ex.rip + 2)
-        elif ex.kind is ExitKind.TRAP:
+        elif ex.kind is ExitKind.TRAP and ex.via_intr:
             ex = self._precise_trap(ex)
+        elif ex.kind is ExitKind.TRAP:  # #UD from UC_HOOK_INSN_INVALID: RIP is exact
+            self._set(X.UC_X86_REG_RIP, ex.rip)
         return ex
 
     # -- the exception-state quirk -----------------------------------------------------------
+
+    def _clear_stale_exception(self) -> None:
+        """``old_exception`` back to -1 before a slice, when something left it set.
+
+        Measured: a slice that ends at a hypercall can leave it at 14 with no
+        fault the guest saw (a fault QEMU raised and swallowed while
+        translating), and the guest's next real #PF then escalates to #DF and
+        a triple fault stops the vCPU silently. Reading it costs one context
+        copy into a context kept for this; it is written back only when set.
+        """
+        ctx = self._ctx
+        self.uc.context_update(ctx)
+        off = self._ctx_error_code if self._ctx_error_code is not None \
+            else _KNOWN_ERROR_CODE_OFFSET
+        cell = ctypes.c_int.from_address(ctx._context.value + off + 112)
+        if cell.value != -1 and 0 <= cell.value < 32:
+            cell.value = -1
+            self.uc.context_restore(ctx)
 
     def _precise_trap(self, ex: Exit) -> Exit:
         """The fault of the instruction at ``ex.rip``, as the CPU raises it.
@@ -288,7 +310,7 @@ class VCpu:
             if self.exit is None:
                 return Exit(ExitKind.ERROR, rip=ex.rip, detail=str(e))
         precise = self.exit
-        if precise is None or precise.kind is not ExitKind.TRAP:
+        if precise is None or precise.kind is not ExitKind.TRAP or not precise.via_intr:
             return precise or Exit(ExitKind.SLICE, rip=self.reg("rip"))  # it ran after all
         self._take_exception_state(precise.vector)
         self.uc.reg_write(X.UC_X86_REG_RIP, precise.rip)

@@ -29,7 +29,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import paging
+from . import paging, traps
 from .cpu import VCpu
 from .mmu import Mmu
 
@@ -121,7 +121,8 @@ class VcpuHypercalls:
                 rc = -XenErrno.XEN_ENOSYS
         except GuestFault:
             rc = -XenErrno.XEN_EFAULT
-        cpu.set_reg("rax", rc)
+        if rc is not None:  # None: the handler set the registers itself (iret)
+            cpu.set_reg("rax", rc)
 
     # -- the handlers ------------------------------------------------------------------------
 
@@ -186,6 +187,13 @@ class VcpuHypercalls:
             raise Shutdown(reason)
         return -XenErrno.XEN_ENOSYS
 
+    def iret(self, *_: int) -> None:
+        """``HYPERVISOR_iret`` (never returns to the stub); a bad frame crashes."""
+        try:
+            traps.iret(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n))
+        except GuestFault as e:
+            raise traps.BadFrame(f"iret frame unreadable: {e}") from None
+
     def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
         return self.mmu.update_va_mapping(va, val, flags)
 
@@ -211,6 +219,7 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.set_trap_table: VcpuHypercalls.set_trap_table,
     Hypercall.sched_op: VcpuHypercalls.sched_op,
     Hypercall.update_va_mapping: VcpuHypercalls.update_va_mapping,
+    Hypercall.iret: VcpuHypercalls.iret,
     Hypercall.mmu_update: VcpuHypercalls.mmu_update,
 }
 

@@ -7,8 +7,9 @@ destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
 take effect at once even while the guest spins; the bounded slices are what
 lets the Python side (signals, a stop request, later event upcalls) run.
 
-Not yet: trap bounces to the guest's trap table (a fault the guest cannot
-take crashes the domain), event upcalls, guest user mode.
+A trap goes to the guest's handler (:mod:`.traps`) when it registered one;
+else, or when the bounce itself faults, the domain crashes. Not yet: event
+upcalls, guest user mode.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from dataclasses import dataclass
 from hypervisord.public.sched import ShutdownReason
 
 from .cpu import ExitKind, SliceTimer, VCpu
-from .hypercalls import Shutdown, VcpuHypercalls
+from . import traps
+from .hypercalls import GuestFault, Shutdown, VcpuHypercalls
 
 log = logging.getLogger("vcpu")
 
@@ -64,11 +66,21 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
                 hc.dispatch()
             except Shutdown as s:
                 return s.reason
+            except traps.BadFrame as e:
+                log.error("d%d v%d: %s: domain crashed", hc.domid, cpu.vcpu_id, e)
+                return ShutdownReason.SHUTDOWN_crash
             if hc.blocked:
                 hc.blocked = False
                 wait_event(BLOCK_WAIT)
             continue
         if ex.kind is ExitKind.TRAP:
+            try:
+                if traps.bounce(cpu, hc.trap_table, ex, hc.copy_to_guest):
+                    continue
+            except GuestFault as e:  # Xen: a fault while bouncing crashes the domain
+                log.error("d%d v%d: cannot bounce trap %d: %s: domain crashed", hc.domid,
+                          cpu.vcpu_id, ex.vector, e)
+                return ShutdownReason.SHUTDOWN_crash
             log.error("d%d v%d: unhandled trap %d (error code %#x, cr2 %#x) at %#x: "
                       "domain crashed", hc.domid, cpu.vcpu_id, ex.vector, ex.error_code,
                       ex.cr2, ex.rip)

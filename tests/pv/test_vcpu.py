@@ -188,3 +188,20 @@ def test_mmu_update_of_an_l1_entry_checks_the_new_entry(tmp_path) -> None:
     # an update aimed at a frame that is not a page table is refused
     g.mem.write(req_gpa, MMU_UPDATE.pack(req_gpa & ~0xFFF, 5) + bytes(4))
     assert g.hc.mmu_update(req_va, 1, 0, 0x7FF0) == -22
+
+
+def test_traps_bounce_to_the_guests_handlers_and_iret_returns(tmp_path) -> None:
+    from hypervisord.public.xen import vcpu_info_offset
+    from hypervisord.vcpu.memory import SHARED_INFO_MFN
+
+    g = Guest("trap", tmp_path)
+    assert g.run() == ShutdownReason.SHUTDOWN_poweroff
+    assert b"".join(g.console) == b"trap ok\n"
+    assert set(g.hc.trap_table) == {6, 14}
+    cr2 = g.mem.read_u64(SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(0) + 16)
+    assert cr2 == 0x10  # vcpu_info.arch.cr2
+
+
+def test_a_trap_without_a_handler_still_crashes(tmp_path) -> None:
+    g = Guest("cli", tmp_path)  # #GP: no trap table at all
+    assert g.run() == ShutdownReason.SHUTDOWN_crash
