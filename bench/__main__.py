@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "hypervisor": ("bench.hypervisor", "hypervisord: hypercalls/s, event RTT, domain create"),
     "blk": ("bench.blk", "PV disk (blkfront -> blkback) vs direct preadv/pwritev on the image"),
     "net": ("bench.net", "netfront/netback guest to guest vs a Unix socketpair"),
+    "vcpu": ("bench.vcpu", "PV vCPU layer vs bare Unicorn: guest loop, null hypercalls"),
 }
 
 

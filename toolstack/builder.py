@@ -81,10 +81,11 @@ class MemoryLayout:
 class BuiltDomain:
     domid: int
     config: DomainConfig
-    layout: MemoryLayout
+    layout: MemoryLayout  # or pvbuilder.PvLayout: the same attributes
     store_port: int
     console_port: int
     fds: dict[str, int] = field(default_factory=dict)  # hypercall, evtchn, memory
+    boot: dict | None = None  # a PV guest's initial vCPU state (pvbuilder.load)
 
     def close_fds(self) -> None:
         for fd in self.fds.values():
@@ -260,6 +261,8 @@ def _build(ts: Toolstack, cfg: DomainConfig, domid: int, mem: MemoryLayout,
         _, result = ctrl.connect_domain(ts.xc, domid)
     built.fds = dict(result["fds"])
     try:
+        if cfg.type == "pv":
+            _load_pv(cfg, built)
         _finish(ts, cfg, built, unique_name)
     except BaseException:
         built.close_fds()
@@ -267,13 +270,26 @@ def _build(ts: Toolstack, cfg: DomainConfig, domid: int, mem: MemoryLayout,
     return built
 
 
+def _load_pv(cfg: DomainConfig, built: BuiltDomain) -> None:
+    """A PV kernel: the libxenguest layout instead of the program guest's magic pages."""
+    from toolstack import pvbuilder
+
+    try:
+        built.layout, built.boot = pvbuilder.load(
+            built.fds["memory"], cfg.kernel, built.layout.nr_pages, cmdline=cfg.cmdline,
+            store_evtchn=built.store_port, console_evtchn=built.console_port)
+    except pvbuilder.KernelError as e:
+        raise BuildError(f"loading the PV kernel {cfg.kernel} failed: {e}") from e
+
+
 def _finish(ts: Toolstack, cfg: DomainConfig, built: BuiltDomain, unique_name: bool) -> None:
     """start_info, the XenStore entries, XS_INTRODUCE, the saved configuration."""
     mem, domid = built.layout, built.domid
-    info = start_info_bytes(mem.nr_pages, (mem.store_gfn, built.store_port),
-                            (mem.console_gfn, built.console_port), cfg.cmdline)
-    # Through the memory file the domain's process will get (its own frames).
-    os.pwrite(built.fds["memory"], info, memfile.gfn_offset(mem.start_info_gfn))
+    if built.boot is None:  # a PV kernel's start_info was written by pvbuilder
+        info = start_info_bytes(mem.nr_pages, (mem.store_gfn, built.store_port),
+                                (mem.console_gfn, built.console_port), cfg.cmdline)
+        # Through the memory file the domain's process will get (its own frames).
+        os.pwrite(built.fds["memory"], info, memfile.gfn_offset(mem.start_info_gfn))
     entries = layout.DomainEntries(
         domid=domid, name=cfg.name, uuid=cfg.uuid, memory_kb=cfg.memory_kb,
         maxmem_kb=cfg.maxmem_kb, vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus,

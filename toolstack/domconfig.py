@@ -2,14 +2,17 @@
 
 The counterpart of xl's ``parse_config_data`` (``tools/xl/xl_parse.c``)
 filling ``libxl_domain_config``: ``name`` (mandatory), ``uuid``,
-``type``/``builder`` (pv only), ``memory``/``maxmem`` (MiB), ``vcpus``/
+``type``/``builder`` (pv or program), ``memory``/``maxmem`` (MiB), ``vcpus``/
 ``maxvcpus``, ``kernel``, ``cmdline`` (or ``root`` + ``extra``), and the
 ``on_poweroff``/``on_reboot``/``on_crash``/``on_watchdog`` actions, with
 xl.cfg(5)'s defaults. Every error names the file and the line of the key.
 
-For now a guest "kernel" is a program: a Python file defining
-``async def main(domain)``, run as the domain's process. An ELF kernel
-(the PV loader comes later) is refused with a clear message.
+Two kinds of guest (``DomainConfig.type``): a **program** guest, whose
+"kernel" is a Python file defining ``async def main(domain)``, run as the
+domain's process (``type = "program"``, or recognised by its ``.py`` file);
+and a **pv** guest, an x86-64 ELF kernel with Xen ELF notes (plain, gzip or
+xz), loaded by ``toolstack/pvbuilder.py`` and run on Unicorn vCPUs
+(``type = "pv"``, which an ELF kernel needs spelled out).
 
 Pure apart from looking at the kernel file (exists? ELF?).
 """
@@ -49,6 +52,7 @@ class DomainConfig:
     vcpus: int = 1
     maxvcpus: int = 1
     cmdline: str = ""
+    type: str = "program"  # "program" (a .py guest) or "pv" (an ELF PV kernel)
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
@@ -117,18 +121,22 @@ def _uuid(cfg: Config) -> str:
         raise cfg.error("uuid", f"uuid: failed to parse {text!r}") from None
 
 
-def _check_type(cfg: Config) -> None:
+def _check_type(cfg: Config) -> str | None:
     kind = cfg.get_string("type")
     key = "type"
     if kind is None and "builder" in cfg:
         key, builder = "builder", cfg.get_string("builder")
         kind = {"generic": "pv", "linux": "pv"}.get(builder or "", builder)
-    if kind not in (None, "pv"):
-        raise cfg.error(key, f"{key}: {kind!r} guests are not supported (pv only)")
+    if kind not in (None, "pv", "program"):
+        raise cfg.error(key, f"{key}: {kind!r} guests are not supported (pv or program)")
+    return kind
 
 
-def resolve_kernel(cfg: Config, cwd: str | None = None) -> str:
-    """The guest program's absolute path, checked: a Python file, not ELF."""
+PV_MAGICS = (ELF_MAGIC, b"\x1f\x8b", b"\xfd7zX")  # ELF, gzip, xz
+
+
+def resolve_kernel(cfg: Config, cwd: str | None = None, declared: str | None = None) -> str:
+    """The kernel's absolute path, checked: a Python program, or a PV kernel image."""
     path = cfg.get_string("kernel")
     if path is None:
         raise ConfigError(cfg.source, None,
@@ -144,9 +152,11 @@ def resolve_kernel(cfg: Config, cwd: str | None = None) -> str:
             magic = f.read(4)
     except OSError as e:
         raise cfg.error("kernel", f"kernel: {path}: {e.strerror}") from None
-    if magic == ELF_MAGIC:
-        raise cfg.error("kernel", f"kernel: {path} is an ELF image: PV kernels are not "
-                                  "supported yet (a guest program is a .py file)")
+    if magic.startswith(PV_MAGICS) and not found.endswith(".py"):
+        if declared != "pv":
+            raise cfg.error("kernel", f"kernel: {path} is a kernel image: a PV kernel needs "
+                                      'type = "pv" (a guest program is a .py file)')
+        return os.path.abspath(found)
     if not found.endswith(".py"):
         raise cfg.error("kernel", f"kernel: {path} is not a Python program (.py)")
     return os.path.abspath(found)
@@ -244,7 +254,7 @@ def domain_config(cfg: Config, cwd: str | None = None,
             return None
 
     name = attempt(_name, cfg)
-    attempt(_check_type, cfg)
+    declared = attempt(_check_type, cfg)
     memory = attempt(_positive, cfg, "memory", DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB)
     maxmem = attempt(_positive, cfg, "maxmem", memory or DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB)
     vcpus = attempt(_positive, cfg, "vcpus", 1)
@@ -258,7 +268,8 @@ def domain_config(cfg: Config, cwd: str | None = None,
     if maxvcpus and maxvcpus > 128:
         errors.append(cfg.error("maxvcpus", "maxvcpus: at most 128"))
     actions = {k: attempt(_action, cfg, k) for k in DEFAULT_ACTIONS}
-    kernel = attempt(resolve_kernel, cfg, cwd)
+    kernel = attempt(resolve_kernel, cfg, cwd, declared)
+    kind = "pv" if kernel and declared == "pv" and not kernel.endswith(".py") else "program"
     uuid = attempt(_uuid, cfg)
     cmdline = attempt(_cmdline, cfg)
     disks = attempt(_disks, cfg, warn, cwd)
@@ -272,7 +283,7 @@ def domain_config(cfg: Config, cwd: str | None = None,
     return DomainConfig(name=name, uuid=uuid, kernel=kernel, memory=memory, maxmem=maxmem,
                         vcpus=vcpus, maxvcpus=maxvcpus, cmdline=cmdline or "",
                         source=cfg.source, disks=disks or [], nics=nics or [],
-                        extra=extra, **actions)
+                        extra=extra, type=kind, **actions)
 
 
 _MEM = re.compile(r"([0-9]+)([bBkKmMgGtT]?)")

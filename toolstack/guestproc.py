@@ -94,19 +94,22 @@ def from_spare(conf: Confinement, req: dict, fds: list[int]) -> None:
         os._exit(runtime.EXIT_BROKEN)
     by_name = dict(zip(names, fds))
     child(int(req["domid"]), req["name"], req["program"], req["source"], list(req["args"]),
-          int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]))
+          int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]),
+          boot=req.get("boot"))
 
 
 def spare_request(domid: int, name: str, program: str, source: str, args: list[str],
-                  start_info_gfn: int, maxmem_bytes: int, fd_names: list[str]) -> dict:
+                  start_info_gfn: int, maxmem_bytes: int, fd_names: list[str],
+                  boot: dict | None = None) -> dict:
     return {"domid": domid, "name": name, "program": program, "source": source,
             "args": list(args), "start_info_gfn": start_info_gfn, "maxmem": maxmem_bytes,
-            "fds": list(fd_names)}
+            "fds": list(fd_names), "boot": boot}
 
 
 def child(domid: int, name: str, program: str, source: str, args: list[str],
           start_info_gfn: int, fds: dict[str, int], log_fd: int,
-          confinement: Confinement | None = None, maxmem_bytes: int = 0) -> None:
+          confinement: Confinement | None = None, maxmem_bytes: int = 0,
+          boot: dict | None = None) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -128,9 +131,16 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         drop_privileges(domid)
         if confinement is not None:
             confinement.lock()  # seccomp, last: it forbids what the steps above did
-        spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
-                                 HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
-        code = runtime.run(spec)
+        if boot is not None:  # a PV kernel: this process runs its vCPU
+            from hypervisord.vcpu import guest as pvguest
+
+            reason = pvguest.run(domid, start_info_gfn, boot, HYPERCALL_FD, EVTCHN_FD,
+                                 MEMORY_FD)
+            code = runtime.EXIT_LOST if reason is None else runtime.exit_code_for(reason)
+        else:
+            spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,
+                                     HYPERCALL_FD, EVTCHN_FD, MEMORY_FD, list(args))
+            code = runtime.run(spec)
     except BaseException:  # noqa: BLE001 - the child must reach os._exit whatever happens
         try:
             traceback.print_exc()

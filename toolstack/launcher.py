@@ -27,6 +27,7 @@ Requests (msgpack maps over SOCK_SEQPACKET), replies ``{"ok": true, ...}``
 or ``{"ok": false, "error": "..."}``:
 
     {"op": "launch", "domid", "config", "start_info_gfn", "fds": [names]} + fds
+        (+ "boot": {rip, rsp, rsi, cr3, rflags} for a PV kernel: its vCPU 0 state)
     {"op": "destroying", "domid"}     xl destroy: no on_* action for it
     {"op": "ping"} / {"op": "list"}   liveness / [[domid, pid], ...]
 """
@@ -162,7 +163,8 @@ class LauncherServer:
             if len(names) != len(fds):
                 raise LaunchError(f"{len(fds)} descriptors for {len(names)} names")
             pid = self.launcher.launch(int(req["domid"]), req["config"],
-                                       int(req["start_info_gfn"]), dict(zip(names, fds)))
+                                       int(req["start_info_gfn"]), dict(zip(names, fds)),
+                                       boot=_boot_state(req.get("boot")))
             return {"ok": True, "pid": pid}
         if op == "destroying":
             self.launcher.destroying(int(req["domid"]))
@@ -173,6 +175,15 @@ class LauncherServer:
         if op == "list":
             return {"ok": True, "guests": [[g.domid, g.pid] for g in self.launcher.guests.values()]}
         raise LaunchError(f"unknown op {op!r}")
+
+
+def _boot_state(boot: object) -> dict | None:
+    if boot is None:
+        return None
+    keys = ("rip", "rsp", "rsi", "cr3", "rflags")
+    if not isinstance(boot, dict) or set(boot) != set(keys):
+        raise LaunchError("boot: a map of rip, rsp, rsi, cr3, rflags")
+    return {k: int(boot[k]) & (2**64 - 1) for k in keys}
 
 
 # -- main ------------------------------------------------------------------------------

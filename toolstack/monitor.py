@@ -136,22 +136,24 @@ class Launcher:
         return str(logs / f"guest-{name}.log")
 
     def launch(self, domid: int, config: dict | DomainConfig, start_info_gfn: int,
-               fds: dict[str, int]) -> int:
+               fds: dict[str, int], boot: dict | None = None) -> int:
         """Fork the guest process of ``domid``; the caller keeps (and closes) ``fds``."""
         cfg = config if isinstance(config, DomainConfig) else DomainConfig.from_dict(config)
         missing = {"hypercall", "evtchn", "memory"} - fds.keys()
         if missing:
             raise LaunchError(f"missing descriptors: {sorted(missing)}")
         try:
-            with open(cfg.kernel, encoding="utf-8") as f:
-                source = f.read()
+            source = ""  # a PV kernel is in the domain's memory already
+            if boot is None:
+                with open(cfg.kernel, encoding="utf-8") as f:
+                    source = f.read()
             log_fd = os.open(self.log_path(cfg.name),
                              os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
         req = guestproc.spare_request(domid, cfg.name, cfg.kernel, source, cfg.args,
                                       start_info_gfn, cfg.maxmem_kb * 1024,
-                                      ["hypercall", "evtchn", "memory", "log"])
+                                      ["hypercall", "evtchn", "memory", "log"], boot=boot)
         passed = [fds["hypercall"], fds["evtchn"], fds["memory"], log_fd]
         try:
             for attempt in range(2):  # a spare that died waiting: once more, with a new one
@@ -244,7 +246,8 @@ class Launcher:
             destroy_domain(ts, built.domid, guest.config.uuid, quiet=True)
             raise BuildError(device_ops.creation_error(built.domid, e)) from None
         try:
-            pid = self.launch(built.domid, guest.config, built.layout.start_info_gfn, built.fds)
+            pid = self.launch(built.domid, guest.config, built.layout.start_info_gfn, built.fds,
+                             boot=built.boot)
         except LaunchError:
             destroy_domain(ts, built.domid, guest.config.uuid, quiet=True)
             raise

@@ -131,8 +131,11 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
         built = create_domain(ts, dc)
         _wait_devices(ts, built, dc)
         try:
-            client.request({"op": "launch", "domid": built.domid, "config": dc.to_dict(),
-                            "start_info_gfn": built.layout.start_info_gfn}, built.fds)
+            req = {"op": "launch", "domid": built.domid, "config": dc.to_dict(),
+                   "start_info_gfn": built.layout.start_info_gfn}
+            if built.boot is not None:
+                req["boot"] = built.boot  # a PV kernel's vCPU 0 entry state
+            client.request(req, built.fds)
         except (LaunchError, OSError) as e:
             destroy_domain(ts, built.domid, dc.uuid, quiet=True)
             raise XlError(f"xl: cannot start the domain's process: {e}") from None

@@ -68,9 +68,9 @@ def test_errors_name_file_and_line(prog, tmp_path):
     assert got == [
         "bad.cfg:3: maxmem (32) must not be less than memory (64)",
         'bad.cfg:4: Unknown on_crash action "explode" specified',
-        f"bad.cfg:5: kernel: {elf} is an ELF image: PV kernels are not supported yet "
+        f"bad.cfg:5: kernel: {elf} is a kernel image: a PV kernel needs type = \"pv\" "
         "(a guest program is a .py file)",
-        "bad.cfg:6: type: 'hvm' guests are not supported (pv only)",
+        "bad.cfg:6: type: 'hvm' guests are not supported (pv or program)",
         "bad.cfg:7: uuid: failed to parse 'nope'",
     ]
 

@@ -194,7 +194,7 @@ def test_bad_config_lines_exit_1_with_file_line_reason(stack, tmp_path):
     bad.write_text('name = "b"\nkernel = "/bin/true"\n')
     r = stack.xl("create", str(bad))
     assert r.rc == 1 and r.err.splitlines()[1] == \
-        f"{bad}:2: kernel: /bin/true is an ELF image: PV kernels are not supported yet " \
+        f"{bad}:2: kernel: /bin/true is a kernel image: a PV kernel needs type = \"pv\" " \
         "(a guest program is a .py file)"
     r = stack.xl("create", str(tmp_path / "missing.cfg"))
     assert r.rc == 1 and "Failed to read config file" in r.err

@@ -1,0 +1,226 @@
+"""Hypercalls from guest code: decoded from registers, served or forwarded.
+
+64-bit PV calling convention (Xen ``xen/arch/x86/pv/hypercall.c``,
+``xen/include/public/arch-x86/xen-x86_64.h``): ``syscall`` from guest
+kernel mode with the number in %rax and arguments in %rdi, %rsi, %rdx,
+%r10, %r8; the result in %rax (``-errno`` on failure). The hypercall page
+(:func:`hypercall_page`) holds one 32-byte stub per number.
+
+Served here, on behalf of the vCPU (state that is the vCPU's own):
+``console_io`` (CONSOLEIO_write to the guest's log, as Xen prints a domU's
+``console_io`` to its console with the ``(dN)`` prefix), ``xen_version``
+(local answers for the sub-ops that need no global state), ``vm_assist``,
+``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block;
+``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU.
+Anything else returns ``-ENOSYS`` unless a forwarder is registered.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hypervisord.public.errno import XenErrno
+from hypervisord.public.sched import SchedOp, ShutdownReason
+from hypervisord.public.version import XenVerOp
+from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_STUB_SIZE,
+                                    NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
+                                    VMASST_CMD_enable, Hypercall)
+
+from . import paging, traps
+from .cpu import VCpu
+from .mmu import Mmu
+
+ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
+MAX_CONSOLE_WRITE = 16 << 10  # bytes per CONSOLEIO_write we copy (Xen loops in chunks)
+TRAP_INFO = struct.Struct("<BBHxxxxQ")  # struct trap_info: vector, flags, cs, address
+#: VM assists a 64-bit PV guest may turn on (Xen: VM_ASSIST_VALID for pv64)
+VM_ASSIST_VALID = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 32)
+
+
+class GuestFault(Exception):
+    """A guest pointer could not be followed: the hypercall fails with -EFAULT."""
+
+
+class Shutdown(Exception):
+    """SCHEDOP_shutdown was accepted: the vCPU stops with this reason."""
+
+    def __init__(self, reason: int) -> None:
+        super().__init__(f"shutdown, reason {reason}")
+        self.reason = reason
+
+
+def hypercall_page() -> bytes:
+    """Xen's 64-bit PV hypercall page (``pv_ring3_init_hypercall_page``).
+
+    Each 32-byte slot: ``push %rcx; push %r11; mov $nr,%eax; syscall;
+    pop %r11; pop %rcx; ret``; slot 23 (``iret``): ``push %rcx; push %r11;
+    push %rax; mov $23,%eax; syscall`` and nothing after (it never returns).
+    """
+    page = bytearray(b"\xcc" * PAGE_SIZE)  # int3 padding
+    for nr in range(NR_HYPERCALL_STUBS):
+        mov = b"\xb8" + struct.pack("<I", nr)
+        if nr == Hypercall.iret:
+            stub = b"\x51\x41\x53\x50" + mov + b"\x0f\x05"
+        else:
+            stub = b"\x51\x41\x53" + mov + b"\x0f\x05\x41\x5b\x59\xc3"
+        page[nr * HYPERCALL_STUB_SIZE: nr * HYPERCALL_STUB_SIZE + len(stub)] = stub
+    return bytes(page)
+
+
+def copy_from_guest(cpu: VCpu, va: int, length: int) -> bytes:
+    """``copy_from_guest``: follow the guest's own tables, page by page."""
+    out = bytearray()
+    try:
+        while length > 0:
+            gpa = paging.walk(cpu.mem.read_u64, cpu.cr3, va)
+            chunk = min(length, PAGE_SIZE - (va & (PAGE_SIZE - 1)))
+            out += cpu.mem.read(gpa, chunk)
+            va, length = va + chunk, length - chunk
+    except (paging.PageFault, IndexError) as e:
+        raise GuestFault(str(e)) from None
+    return bytes(out)
+
+
+Forwarder = Callable[[int, list[int]], int]
+
+
+@dataclass
+class VcpuHypercalls:
+    """The hypercall table of one vCPU; ``console`` receives console_io text."""
+
+    cpu: VCpu
+    domid: int
+    console: Callable[[bytes], None]
+    xen_version: tuple[int, int] = (4, 19)
+    forward: dict[int, Forwarder] = field(default_factory=dict)
+    trap_table: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    vm_assist: int = 0
+    yields: int = 0
+    blocked: bool = False
+    count: int = 0
+    mmu: Mmu = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.mmu = Mmu(self.cpu)
+
+    def dispatch(self) -> None:
+        """Serve the hypercall the vCPU just stopped at; result in %rax."""
+        cpu = self.cpu
+        nr, *args = cpu.regs(("rax",) + ARG_REGS)  # one batch: reg_read costs ~2 us each
+        self.count += 1
+        handler = _TABLE.get(nr)
+        try:
+            if handler is not None:
+                rc = handler(self, *args)
+            elif nr in self.forward:
+                rc = self.forward[nr](nr, args)
+            else:
+                rc = -XenErrno.XEN_ENOSYS
+        except GuestFault:
+            rc = -XenErrno.XEN_EFAULT
+        if rc is not None:  # None: the handler set the registers itself (iret)
+            cpu.set_reg("rax", rc)
+
+    # -- the handlers ------------------------------------------------------------------------
+
+    def console_io(self, cmd: int, count: int, buf: int, *_: int) -> int:
+        if cmd == CONSOLEIO_write:
+            count &= 0xFFFF_FFFF
+            data = copy_from_guest(self.cpu, buf, min(count, MAX_CONSOLE_WRITE))
+            self.console(data)
+            return 0
+        if cmd == CONSOLEIO_read:
+            return 0  # no input for a domU's console_io (Xen: dom0/hwdom only)
+        return -XenErrno.XEN_ENOSYS
+
+    def xen_version_op(self, cmd: int, arg: int, *_: int) -> int:
+        if cmd == XenVerOp.XENVER_version:
+            major, minor = self.xen_version
+            return (major << 16) | minor
+        if cmd == XenVerOp.XENVER_get_features:
+            # xen_feature_info { unsigned int submap_idx; uint32_t submap; }
+            idx = struct.unpack("<I", copy_from_guest(self.cpu, arg, 4))[0]
+            self.copy_to_guest(arg + 4, struct.pack("<I", 0))  # no optional features yet
+            return 0 if idx == 0 else -XenErrno.XEN_EINVAL
+        return -XenErrno.XEN_ENOSYS
+
+    def vm_assist_op(self, cmd: int, type_: int, *_: int) -> int:
+        if type_ >= 64 or not (1 << type_) & VM_ASSIST_VALID:
+            return -XenErrno.XEN_EINVAL
+        if cmd == VMASST_CMD_enable:
+            self.vm_assist |= 1 << type_
+        elif cmd == VMASST_CMD_disable:
+            self.vm_assist &= ~(1 << type_)
+        else:
+            return -XenErrno.XEN_ENOSYS
+        return 0
+
+    def set_trap_table(self, traps: int, *_: int) -> int:
+        """``do_set_trap_table``: a list of trap_info ended by address 0; 0 clears."""
+        if traps == 0:
+            self.trap_table.clear()
+            return 0
+        for i in range(256):
+            vector, flags, cs, address = TRAP_INFO.unpack(
+                copy_from_guest(self.cpu, traps + i * TRAP_INFO.size, TRAP_INFO.size))
+            if address == 0:
+                return 0
+            if not paging.is_canonical(address):
+                return -XenErrno.XEN_EINVAL
+            self.trap_table[vector] = (flags, cs, address)
+        return 0
+
+    def sched_op(self, cmd: int, arg: int, *_: int) -> int:
+        if cmd == SchedOp.SCHEDOP_yield:
+            self.yields += 1
+            return 0
+        if cmd == SchedOp.SCHEDOP_block:
+            self.blocked = True  # the loop waits for an event (or a short timeout)
+            return 0
+        if cmd == SchedOp.SCHEDOP_shutdown:
+            (reason,) = struct.unpack("<I", copy_from_guest(self.cpu, arg, 4))
+            if reason > max(ShutdownReason):
+                return -XenErrno.XEN_EINVAL
+            raise Shutdown(reason)
+        return -XenErrno.XEN_ENOSYS
+
+    def iret(self, *_: int) -> None:
+        """``HYPERVISOR_iret`` (never returns to the stub); a bad frame crashes."""
+        try:
+            traps.iret(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n))
+        except GuestFault as e:
+            raise traps.BadFrame(f"iret frame unreadable: {e}") from None
+
+    def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
+        return self.mmu.update_va_mapping(va, val, flags)
+
+    def mmu_update(self, reqs: int, count: int, done: int, foreigndom: int, *_: int) -> int:
+        return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF,
+                                   lambda va, n: copy_from_guest(self.cpu, va, n),
+                                   self.copy_to_guest)
+
+    def copy_to_guest(self, va: int, data: bytes) -> None:
+        try:
+            gpa = paging.walk(self.cpu.mem.read_u64, self.cpu.cr3, va, write=True)
+            if (gpa & (PAGE_SIZE - 1)) + len(data) > PAGE_SIZE:
+                raise GuestFault("copy_to_guest crosses a page")
+            self.cpu.mem.write(gpa, data)
+        except (paging.PageFault, IndexError) as e:
+            raise GuestFault(str(e)) from None
+
+
+_TABLE: dict[int, Callable[..., int]] = {
+    Hypercall.console_io: VcpuHypercalls.console_io,
+    Hypercall.xen_version: VcpuHypercalls.xen_version_op,
+    Hypercall.vm_assist: VcpuHypercalls.vm_assist_op,
+    Hypercall.set_trap_table: VcpuHypercalls.set_trap_table,
+    Hypercall.sched_op: VcpuHypercalls.sched_op,
+    Hypercall.update_va_mapping: VcpuHypercalls.update_va_mapping,
+    Hypercall.iret: VcpuHypercalls.iret,
+    Hypercall.mmu_update: VcpuHypercalls.mmu_update,
+}
+
+assert _errno.ENOSYS == XenErrno.XEN_ENOSYS

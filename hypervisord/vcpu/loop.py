@@ -1,0 +1,91 @@
+"""A vCPU's life: slices, hypercalls served between them, shutdown.
+
+The loop never serves a trap inside a Unicorn hook (STYLE.md rule 11): a
+slice ends at a hypercall, a fault or a tick of the :class:`~.cpu.SliceTimer`
+(every :data:`~.cpu.SLICE_SECONDS`), and the loop acts between slices. ``xl pause`` and ``xl
+destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
+take effect at once even while the guest spins; the bounded slices are what
+lets the Python side (signals, a stop request, later event upcalls) run.
+
+A trap goes to the guest's handler (:mod:`.traps`) when it registered one;
+else, or when the bounce itself faults, the domain crashes. Not yet: event
+upcalls, guest user mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hypervisord.public.sched import ShutdownReason
+
+from .cpu import ExitKind, SliceTimer, VCpu
+from . import traps
+from .hypercalls import GuestFault, Shutdown, VcpuHypercalls
+
+log = logging.getLogger("vcpu")
+
+BLOCK_WAIT = 0.01  # seconds SCHEDOP_block waits while no event source exists yet
+
+
+@dataclass
+class LoopStats:
+    slices: int = 0
+    hypercalls: int = 0
+    seconds: float = 0.0
+
+
+def run(cpu: VCpu, hc: VcpuHypercalls, *, stop: Callable[[], bool] | None = None,
+        wait_event: Callable[[float], None] = time.sleep,
+        stats: LoopStats | None = None) -> int | None:
+    """Run ``cpu`` until the guest shuts down; its SHUTDOWN_* reason.
+
+    ``stop()`` is asked between slices; True ends the loop with None.
+    """
+    stats = stats if stats is not None else LoopStats()
+    t0 = time.perf_counter()
+    try:
+        with SliceTimer(cpu):
+            return _run(cpu, hc, stop, wait_event, stats)
+    finally:
+        stats.seconds += time.perf_counter() - t0
+
+
+def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
+         wait_event: Callable[[float], None], stats: LoopStats) -> int | None:
+    while stop is None or not stop():
+        ex = cpu.run_slice()
+        stats.slices += 1
+        if ex.kind is ExitKind.SLICE:
+            continue
+        if ex.kind is ExitKind.HYPERCALL:
+            stats.hypercalls += 1
+            try:
+                hc.dispatch()
+            except Shutdown as s:
+                return s.reason
+            except traps.BadFrame as e:
+                log.error("d%d v%d: %s: domain crashed", hc.domid, cpu.vcpu_id, e)
+                return ShutdownReason.SHUTDOWN_crash
+            if hc.blocked:
+                hc.blocked = False
+                wait_event(BLOCK_WAIT)
+            continue
+        if ex.kind is ExitKind.TRAP:
+            try:
+                if traps.bounce(cpu, hc.trap_table, ex, hc.copy_to_guest):
+                    continue
+            except GuestFault as e:  # Xen: a fault while bouncing crashes the domain
+                log.error("d%d v%d: cannot bounce trap %d: %s: domain crashed", hc.domid,
+                          cpu.vcpu_id, ex.vector, e)
+                return ShutdownReason.SHUTDOWN_crash
+            log.error("d%d v%d: unhandled trap %d (error code %#x, cr2 %#x) at %#x: "
+                      "domain crashed", hc.domid, cpu.vcpu_id, ex.vector, ex.error_code,
+                      ex.cr2, ex.rip)
+        else:
+            log.error("d%d v%d: cannot run at %#x (%s): domain crashed", hc.domid,
+                      cpu.vcpu_id, ex.rip, ex.detail)
+        return ShutdownReason.SHUTDOWN_crash
+    return None
