@@ -238,7 +238,11 @@ def test_a_slot_flipped_while_processed_is_read_once(stack, start_backendd, tmp_
     stack.xl_ok("create", str(disk_cfg(tmp_path, "flip", DOUBLE_FETCH, image)))
     r = wait_result(stack, "flip", "rounds", timeout=30)
     assert r["rounds"] >= 3 and r["state"] == 4, r
-    assert set(r["seen"]) == {"0", "-1"}, r  # both versions reached the backend, nothing else
+    # Both versions reached the backend. A slot the flipper has not rewritten
+    # yet still holds the backend's last response, read back as a request
+    # whose operation is the low byte of an id: unknown ones (2, 4 ...) get
+    # EOPNOTSUPP (-2), which is the right answer to that copy too.
+    assert {"0", "-1"} <= set(r["seen"]) <= {"0", "-1", "-2"}, r
     print(f"double fetch: {r['rounds']} rounds, statuses {r['seen']}")
     assert image.read_bytes() == bytes(len(image.read_bytes()))
     assert be.alive and "Traceback" not in be.log()
