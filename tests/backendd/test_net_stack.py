@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 import subprocess
 
 import pytest
 
 from backendd import bridge
+from examples.demo import dom0_ping
 from tests.backendd.test_net_live import REAL, _bridge_name
 from tests.toolstack.stack import stack, start_backendd, write_guest  # noqa: F401 (fixtures)
 
@@ -37,33 +37,6 @@ async def main(domain):
 '''
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
-def _ping(addr: str, tries: int = 5) -> bool:
-    """One ICMP echo answered (a raw socket: there is no ping(8) here)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as s:
-        s.settimeout(2)
-        for seq in range(tries):
-            body = struct.pack("!BBHHH", 8, 0, 0, 0x5678, seq) + b"pvxen-ping"
-            s.sendto(body[:2] + struct.pack("!H", _checksum(body)) + body[4:], (addr, 0))
-            try:
-                while True:
-                    pkt, src = s.recvfrom(2048)
-                    icmp = pkt[(pkt[0] & 15) * 4:]
-                    if src[0] == addr and icmp[0] == 0 and icmp[4:8] == struct.pack("!HH", 0x5678, seq):
-                        return True
-            except TimeoutError:
-                continue
-    return False
-
-
 @needs_real
 def test_dom0_pings_and_fetches_from_a_guest(stack, start_backendd, tmp_path, monkeypatch):
     br = _bridge_name()
@@ -74,7 +47,7 @@ def test_dom0_pings_and_fetches_from_a_guest(stack, start_backendd, tmp_path, mo
         stack.xl_ok("create", str(write_guest(tmp_path, "web", SERVER,
                     f"vif = [ 'mac=00:16:3e:00:01:01,bridge={br},ip={net}.2' ]\n", memory=16)))
         stack.wait(lambda: "LISTENING" in stack.guest_log("web"), "the server", timeout=30)
-        assert _ping(f"{net}.2"), stack.guest_log("web") + be.log()[-2000:]
+        assert dom0_ping(f"{net}.2", count=5), stack.guest_log("web") + be.log()[-2000:]
         with socket.create_connection((f"{net}.2", 8080), timeout=10) as c:
             c.sendall(b"GET / HTTP/1.0\r\n\r\n")
             data = b""
