@@ -210,12 +210,26 @@ def _closing_or_gone(state: int | None) -> bool:
     return state is None or state in (S.XenbusStateClosing, S.XenbusStateClosed)
 
 
+def backend_error_path(backend: str) -> str:
+    """Where ``xenbus_dev_fatal`` records why a backend closed its device:
+    ``<backend domain>/error/backend/<type>/<domid>/<devid>/error``."""
+    home, _, rest = backend.partition("/backend/")
+    return f"{home}/error/backend/{rest}/error"
+
+
 def wait_connection(xs: XsSyncClient, refs: list[DeviceRef]) -> None:
     """``libxl__wait_device_connection``, then the vifs' hotplug status;
     DeviceTimeout for the first device that did not get there."""
     seconds = timeout(LIBXL_INIT_TIMEOUT)
     late = wait_states(xs, refs, _connected_enough, seconds, failed=_closing_or_gone)
     for ref, state in late.items():
+        if _closing_or_gone(state):
+            # The backend gave up (xenbus_dev_fatal): its reason is in the
+            # backend domain's error/ directory, as Linux's backends leave it.
+            why = xsbatch.read(xs, backend_error_path(ref.backend))
+            raise DeviceError(ref, f"device {ref.name} ({ref.backend}): {DAEMON} closed it "
+                                   f"before InitWait (state {state_name(state)})"
+                                   + (f": {why}" if why else ""))
         raise DeviceTimeout(ref, "state", f"in state {state_name(state)}",
                             f"state {state_name(S.XenbusStateInitWait)}", seconds)
     vifs = [r for r in refs if r.kind == "vif"]

@@ -67,14 +67,19 @@ async def main(domain):
 def test_missing_image_closes_the_device_naming_the_path(stack, start_backendd, tmp_path):
     be = start_backendd()
     missing = tmp_path / "no-such.img"
-    stack.xl_ok("create", str(disk_cfg(tmp_path, "miss", MISSING, missing)))
-    r = wait_result(stack, "miss", "outcome")
-    assert r["outcome"] == "refused", r
-    domid = stack.domid_of("miss")
-    be_dir = f"/local/domain/0/backend/vbd/{domid}/51712"
-    assert stack.read(f"{be_dir}/state") in ("5", "6")
-    error = stack.read(f"/local/domain/0/error/backend/vbd/{domid}/51712/error")
-    assert error == f"2 cannot open image {missing} read-write: No such file or directory", error
+    # As libxl: the backend closes the device before InitWait, so xl create
+    # fails at once with the backend's reason and destroys the domain.
+    t0 = time.monotonic()
+    r = stack.xl("create", str(disk_cfg(tmp_path, "miss", MISSING, missing)))
+    assert r.rc != 0 and time.monotonic() - t0 < 8, r
+    lines = r.err.splitlines()
+    assert lines[-2].startswith("libxl: error: device vbd/1/51712 (/local/domain/0/backend/vbd/1/"
+                                "51712): backendd closed it before InitWait"), r.err
+    assert lines[-2].endswith(f": 2 cannot open image {missing} read-write: "
+                              "No such file or directory"), r.err
+    assert lines[-1] == "libxl: error: Domain 1:unable to add disk devices", r.err
+    assert stack.domids() == [0]
+    assert stack.read("/local/domain/0/backend/vbd/1") is None
     assert be.alive
 
 
