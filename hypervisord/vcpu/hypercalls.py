@@ -22,6 +22,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hypervisord.public.callback import (CALLBACK_REGISTER, CALLBACK_UNREGISTER,
+                                         CALLBACKF_mask_events, CALLBACKOP_register,
+                                         CALLBACKOP_unregister, CallbackType)
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.sched import SchedOp, ShutdownReason
 from hypervisord.public.version import XenVerOp
@@ -97,6 +100,8 @@ class VcpuHypercalls:
     xen_version: tuple[int, int] = (4, 19)
     forward: dict[int, Forwarder] = field(default_factory=dict)
     trap_table: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    #: CALLBACKTYPE_* -> (address, CALLBACKF_* flags), from callback_op/set_callbacks
+    callbacks: dict[int, tuple[int, int]] = field(default_factory=dict)
     vm_assist: int = 0
     yields: int = 0
     blocked: bool = False
@@ -173,6 +178,40 @@ class VcpuHypercalls:
             self.trap_table[vector] = (flags, cs, address)
         return 0
 
+    def register_callback(self, type_: int, flags: int, address: int) -> int:
+        """``register_guest_callback`` (``xen/arch/x86/pv/callback.c``)."""
+        if not paging.is_canonical(address):
+            return -XenErrno.XEN_EINVAL
+        if type_ not in _REGISTRABLE:
+            return -XenErrno.XEN_ENOSYS
+        if type_ == CallbackType.CALLBACKTYPE_event:
+            flags = CALLBACKF_mask_events  # event delivery always masks events
+        self.callbacks[type_] = (address, flags & CALLBACKF_mask_events)
+        return 0
+
+    def callback_op(self, cmd: int, arg: int, *_: int) -> int:
+        cmd &= 0xFFFF_FFFF
+        if cmd == CALLBACKOP_register:
+            type_, flags, address = CALLBACK_REGISTER.unpack(
+                copy_from_guest(self.cpu, arg, CALLBACK_REGISTER.size))
+            return self.register_callback(type_, flags, address)
+        if cmd == CALLBACKOP_unregister:
+            type_, _unused = CALLBACK_UNREGISTER.unpack(
+                copy_from_guest(self.cpu, arg, CALLBACK_UNREGISTER.size))
+            if type_ == CallbackType.CALLBACKTYPE_nmi:
+                self.callbacks.pop(type_, None)
+                return 0
+            # Xen: the others cannot be unregistered
+            return -XenErrno.XEN_EINVAL if type_ in _REGISTRABLE else -XenErrno.XEN_ENOSYS
+        return -XenErrno.XEN_ENOSYS
+
+    def set_callbacks(self, event: int, failsafe: int, syscall: int, *_: int) -> int:
+        """``do_set_callbacks``: the three at once; like Xen, always 0."""
+        self.register_callback(CallbackType.CALLBACKTYPE_event, 0, event)
+        self.register_callback(CallbackType.CALLBACKTYPE_failsafe, 0, failsafe)
+        self.register_callback(CallbackType.CALLBACKTYPE_syscall, 0, syscall)
+        return 0
+
     def sched_op(self, cmd: int, arg: int, *_: int) -> int:
         if cmd == SchedOp.SCHEDOP_yield:
             self.yields += 1
@@ -221,6 +260,12 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.update_va_mapping: VcpuHypercalls.update_va_mapping,
     Hypercall.iret: VcpuHypercalls.iret,
     Hypercall.mmu_update: VcpuHypercalls.mmu_update,
+    Hypercall.callback_op: VcpuHypercalls.callback_op,
+    Hypercall.set_callbacks: VcpuHypercalls.set_callbacks,
 }
+
+_REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,
+                          CallbackType.CALLBACKTYPE_syscall, CallbackType.CALLBACKTYPE_syscall32,
+                          CallbackType.CALLBACKTYPE_sysenter, CallbackType.CALLBACKTYPE_nmi})
 
 assert _errno.ENOSYS == XenErrno.XEN_ENOSYS

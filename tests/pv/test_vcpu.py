@@ -8,12 +8,14 @@ Each test assembles a kernel, lays it out with the PV domain builder
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import pytest
 from elftools.elf.elffile import ELFFile
 
 from hypervisord.public import memfile
+from hypervisord.public.callback import CALLBACKF_mask_events, CallbackType
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE, Hypercall
 from hypervisord.vcpu import loop, paging
@@ -205,3 +207,18 @@ def test_traps_bounce_to_the_guests_handlers_and_iret_returns(tmp_path) -> None:
 def test_a_trap_without_a_handler_still_crashes(tmp_path) -> None:
     g = Guest("cli", tmp_path)  # #GP: no trap table at all
     assert g.run() == ShutdownReason.SHUTDOWN_crash
+
+
+def test_callbacks_registered_as_xen_does(tmp_path) -> None:
+    """callback_op register/unregister and set_callbacks (xen/arch/x86/pv/callback.c)."""
+    g = Guest("callbacks", tmp_path)
+    assert g.run() == ShutdownReason.SHUTDOWN_poweroff
+    va = g.symbols["results"] - g.image.notes.virt_base
+    results = struct.unpack("<6q", g.mem.read(va, 48))
+    EINVAL, ENOSYS = 22, 38
+    assert results == (0, 0, -EINVAL, -ENOSYS, -EINVAL, 0)
+    cb = g.hc.callbacks
+    assert cb[CallbackType.CALLBACKTYPE_event] == (g.symbols["on_event"], CALLBACKF_mask_events)
+    assert cb[CallbackType.CALLBACKTYPE_failsafe] == (g.symbols["on_failsafe"], 0)
+    # set_callbacks registers syscall without mask_events, replacing the flagged one
+    assert cb[CallbackType.CALLBACKTYPE_syscall] == (g.symbols["on_syscall"], 0)
