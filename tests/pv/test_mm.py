@@ -24,6 +24,7 @@ def test_refused_updates_get_xens_errnos(tmp_path) -> None:
     assert mmu.types.type_of(tbl) == pagetype.PGT_writable_page  # never became a table
     assert mmu.types.pinned == {g.image.pt_pfns.start}  # only the builder's L4
     assert g.hc.physdev.iopl == 1
+    assert mmu.ldt == (0, 0)
 
 
 def test_a_new_address_space_is_validated_pinned_and_entered(tmp_path) -> None:
@@ -36,6 +37,7 @@ def test_a_new_address_space_is_validated_pinned_and_entered(tmp_path) -> None:
     mmu = g.hc.mmu
     # back on the builder's L4, ours unpinned: nothing of it is typed any more
     assert mmu.base == g.image.pt_pfns.start == g.cpu.cr3 >> 12
+    assert mmu.user_base == 0 and g.cpu.user_cr3 == 0
     assert [mmu.types.type_of(f) for f in frames[:3]] == [0, 0, 0]
     assert mmu.types.type_of(frames[3]) == pagetype.PGT_writable_page
     marker = (g.symbols["marker"] - vb) >> 12

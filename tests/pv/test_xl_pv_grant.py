@@ -48,3 +48,4 @@ def test_a_page_granted_by_a_pv_kernel_is_read_by_dom0(stack, hypervisord, tmp_p
     assert rw_status == GntSt.GNTST_general_error
     stack.xl_ok("destroy", "gnt")
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
+

@@ -152,6 +152,15 @@ _start:
   or $P_RW_U, %rdx
   MMU %rcx, %rdx
   EXPECT $-22, 'd'
+  /* u: the user base pointer: a validated L4 only, 0 for none */
+  MADDR marker, %rax
+  shr $12, %rax
+  EXT $15, %rax
+  EXPECT $-22, 'u'
+  EXT $15, %rbx
+  EXPECT $0, 'u'
+  EXT $15, $0
+  EXPECT $0, 'v'
   /* e: the TLB flushes are accepted; back to the builder's tables, unpin ours */
   EXT $6, $0
   EXPECT $0, 'e'

@@ -134,13 +134,43 @@ _start:
   lea 7(%r14), %rax
   mov %rax, mc+24(%rip)
   lea mc(%rip), %rdi
-  mov $2, %esi
+  lea mc(%rip), %rax
+  mov %rax, mc+128+16(%rip)             /* the nested one's own list */
+  mov $3, %esi
   HCALL multicall
   EXPECT $0, 'P'
   mov mc+8(%rip), %rax
   EXPECT $-22, 'Q'
   mov mc+64+8(%rip), %rax
   EXPECT $0x40013, 'R'                  /* xen_version(XENVER_version): 4.19 */
+  mov mc+128+8(%rip), %rax
+  EXPECT $-22, 'S'                      /* a multicall inside a multicall */
+  /* T: CLEAR_PAGE of a page table is refused; COPY_PAGE from one is fine */
+  mov %r14, %rbx
+  shr $12, %rbx
+  EXT $16, %rbx
+  EXPECT $-22, 'T'
+  mov %rbx, op+16(%rip)                 /* arg2: src_mfn = the L4 */
+  mov %r15, %rbx
+  shr $12, %rbx
+  EXT $17, %rbx                         /* COPY_PAGE to tbl */
+  EXPECT $0, 'U'
+  movq $0, op+16(%rip)
+  mov 88(%r12), %rax
+  mov 0xff8(%rax), %rax
+  movb $'U', fail_step(%rip)
+  cmp tbl+0xff8(%rip), %rax
+  jne fail
+  /* V: SET_LDT: more than 8192 entries, or a misaligned base, is refused */
+  movq $8193, op+16(%rip)
+  EXT $13, $0
+  EXPECT $-22, 'V'
+  movq $1, op+16(%rip)
+  EXT $13, $0x123
+  EXPECT $-22, 'V'
+  movq $0, op+16(%rip)
+  EXT $13, $0
+  EXPECT $0, 'W'
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
 fail:
@@ -161,6 +191,7 @@ iopl: .long 0
   .p2align 3
 mc: .quad 14, 0, 0, 0, 0, 0, 0, 0       /* update_va_mapping */
   .quad 17, 0, 0, 0, 0, 0, 0, 0         /* xen_version */
+  .quad 13, 0, 0, 1, 0, 0, 0, 0         /* multicall: refused inside one */
   .p2align 12
 tbl: .fill 4096, 1, 0
   .p2align 12
