@@ -135,6 +135,8 @@ class MemoryForwarder:
         if rc < 0:
             return rc
         done = gfns[:rc]
+        if domid not in (DOMID_SELF, self.mmu.domid):
+            return start + rc  # another domain's (privileged): nothing of ours changed
         if op == XenMemOp.XENMEM_decrease_reservation:
             self.mmu.released.update(done)
         else:

@@ -120,6 +120,9 @@ class Mmu:
     def mmu_update(self, reqs: int, count: int, done_ptr: int, foreigndom: int,
                    copy_in: CopyIn, copy_out: CopyOut) -> int:
         err = self._foreign(foreigndom & 0xFFFF)
+        pt_dom = foreigndom >> 16  # 1 + the page tables' owner ("PFD"), 0: the caller
+        if not err and pt_dom and pt_dom - 1 != self.domid:
+            err = XenErrno.XEN_ESRCH if pt_dom - 1 >= DOMID_SELF else XenErrno.XEN_EPERM
         if err:
             return -err
         done = 0
