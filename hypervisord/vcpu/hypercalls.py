@@ -236,7 +236,7 @@ class VcpuHypercalls:
             raise traps.BadFrame(f"iret frame unreadable: {e}") from None
 
     def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
-        return self.mmu.update_va_mapping(va, val, flags)
+        return self.mmu.update_va_mapping(va, val, flags, self._mm_copy_in)
 
     def mmu_update(self, reqs: int, count: int, done: int, foreigndom: int, *_: int) -> int:
         return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF_FFFF,

@@ -34,8 +34,8 @@ import struct
 from collections.abc import Callable
 
 from hypervisord.public.errno import XenErrno
-from hypervisord.public.xen import (DOMID_SELF, MMU_UPDATE, MMUEXT_OP, PAGE_SIZE,
-                                    MmuextCmd, MmuUpdateCmd)
+from hypervisord.public.xen import (DOMID_SELF, MMU_UPDATE, MMUEXT_OP, PAGE_SIZE, UVMF_ALL,
+                                    UVMF_FLUSHTYPE_MASK, UVMF_LOCAL, MmuextCmd, MmuUpdateCmd)
 from unicorn import x86_const as X
 
 from . import paging
@@ -98,13 +98,22 @@ class Mmu:
             table = pte & paging.PADDR_MASK
         return table >> paging.PAGE_SHIFT, paging.table_index(va, 1)
 
-    def update_va_mapping(self, va: int, val: int, flags: int) -> int:
+    def update_va_mapping(self, va: int, val: int, flags: int,
+                          copy_in: CopyIn | None = None) -> int:
         try:
             frame, index = self._l1_slot(va)
             self.types.mod_entry(frame, index, val)
         except MmuError as e:
             return -e.errno
         self._flush()  # whatever UVMF_* asked: a full flush is always enough
+        bmap_ptr = flags & ~UVMF_FLUSHTYPE_MASK
+        if flags & UVMF_FLUSHTYPE_MASK and bmap_ptr not in (UVMF_LOCAL, UVMF_ALL) and copy_in:
+            # UVMF_MULTI: the vCPU mask is read after the update (an unreadable one
+            # is -EFAULT, the entry stays written: __do_update_va_mapping)
+            try:
+                copy_in(bmap_ptr, 8)
+            except MmuError as e:
+                return -e.errno
         return 0
 
     # -- mmu_update --------------------------------------------------------------------------

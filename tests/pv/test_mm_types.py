@@ -79,6 +79,10 @@ def test_a_typed_table_is_never_writable(world) -> None:
     assert errno_of(t.get_type, 12, pt.PGT_writable_page) == XenErrno.XEN_EINVAL
     t.mod_entry(13, 3, pte(12, P))  # read-only is fine
     assert t.type_of(12) == 2
+    # XSA-182: flipping only the RW bit of an existing read-only entry is no
+    # fast path, it is validated like any new entry
+    assert errno_of(t.mod_entry, 13, 1, pte(13, P | RW | U)) == XenErrno.XEN_EINVAL
+    assert m.read_u64(13 * 4096 + 8) == pte(13, P | U)
 
 
 def test_a_writable_mapped_frame_cannot_become_a_table(world) -> None:

@@ -92,6 +92,13 @@ _start:
   EXPECT $0, '3'
   REMAP new_l1, $P_U
   EXPECT $0, '3'
+  /* i: NEW_BASEPTR validates an unpinned L4 on the fly (new_guest_cr3); back again */
+  EXT $5, %rbx
+  EXPECT $0, 'i'
+  mov %r14, %rax
+  shr $12, %rax
+  EXT $5, %rax
+  EXPECT $0, 'i'
   EXT $3, %rbx
   EXPECT $0, '4'
   /* 5: a pinned table cannot be made writable again */

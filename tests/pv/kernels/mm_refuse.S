@@ -171,6 +171,14 @@ _start:
   movq $0, op+16(%rip)
   EXT $13, $0
   EXPECT $0, 'W'
+  /* Y: update_va_mapping(UVMF_TLB_FLUSH | UVMF_MULTI, unreadable mask): -EFAULT */
+  movabs $SPARE, %rdi
+  lea tbl(%rip), %rsi
+  sub %r13, %rsi
+  or $7, %rsi
+  mov $0x1001, %edx                     /* mask pointer 0x1000 | UVMF_TLB_FLUSH */
+  HCALL update_va_mapping
+  EXPECT $-14, 'Y'
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
 fail:
