@@ -12,6 +12,9 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 (local answers for the sub-ops that need no global state), ``vm_assist``,
 ``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block;
 ``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU.
+Page tables (``update_va_mapping``, ``mmu_update``, ``mmuext_op``): :mod:`.mmu`
+over :mod:`.pagetype`; ``multicall``: :mod:`.multicall`; ``physdev_op``:
+:mod:`.physdev`; ``memory_op``/``grant_table_op`` are forwarded (:mod:`.forward_mm`).
 Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 """
 

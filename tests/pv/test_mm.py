@@ -44,3 +44,12 @@ def test_a_new_address_space_is_validated_pinned_and_entered(tmp_path) -> None:
     # only the builder's writable mapping of it is left: the new L1's two went with it
     assert mmu.types.type_of(marker) == pagetype.PGT_writable_page
     assert mmu.types.count_of(marker) == 1
+
+
+def test_an_iret_inside_a_multicall_ends_the_batch(tmp_path) -> None:
+    """XSA-213: after the privilege-changing iret nothing else of the batch runs."""
+    g = Guest("mc_iret", tmp_path)
+    reason = g.run()
+    assert b"".join(g.console) == b"mc_iret ok\n"
+    assert reason == ShutdownReason.SHUTDOWN_poweroff
+    assert not g.hc.in_multicall
