@@ -165,3 +165,65 @@ def test_rewriting_an_entry_keeps_what_it_points_at(world) -> None:
 def test_a_non_table_frame_is_no_target_for_mod_entry(world) -> None:
     m, t = world
     assert errno_of(t.mod_entry, 13, 0, 0) == XenErrno.XEN_EINVAL
+
+
+def _references(m: Mem, t: PageTypes) -> dict[int, tuple[int, int]]:
+    """What the counts must be, recomputed from the tables: frame -> (type, refs)."""
+    refs: dict[int, list[int]] = {}
+    for frame in list(t.count):
+        level = t.type_of(frame)
+        if level not in pt.TABLE_TYPES:
+            continue
+        for i in range(512):
+            e = m.read_u64(frame * 4096 + 8 * i)
+            if not e & P or (level == 4 and i in pt.XEN_L4_SLOTS):
+                continue
+            child = e >> 12 & ((1 << 40) - 1)
+            if level == 1:
+                if e & RW and child != SHARED:
+                    r = refs.setdefault(child, [pt.PGT_writable_page, 0])
+                    assert r[0] == pt.PGT_writable_page, f"page table {child} mapped writable"
+                    r[1] += 1
+                continue
+            r = refs.setdefault(child, [level - 1, 0])
+            assert r[0] == level - 1, f"frame {child} referenced as two types"
+            r[1] += 1
+    for frame in t.pinned:
+        refs.setdefault(frame, [t.type_of(frame), 0])[1] += 1
+    return {f: (ty, n) for f, (ty, n) in refs.items()}
+
+
+def test_random_operations_keep_the_counts_and_the_invariant() -> None:
+    """Model check: after any sequence of accepted or refused operations, every
+    count equals the references the tables hold, and no page table is mapped
+    writable anywhere (the invariant of XSA-148/182)."""
+    import random
+
+    rng = random.Random(8)
+    m = Mem()
+    t = PageTypes(m, lambda f: 0 <= f < 16, lambda f: f == SHARED)
+    frames = list(range(16)) + [SHARED, NR + 3]
+    seen: set[int] = set()
+    for _ in range(2000):
+        f = rng.choice(frames[:16])
+        op = rng.random()
+        try:
+            if op < 0.15:
+                t.pin(f, rng.randint(1, 4))
+            elif op < 0.25:
+                t.unpin(f)
+            else:
+                flags = rng.choice([0, P, P | RW, P | U, P | RW | U, P | PSE])
+                new = pte(rng.choice(frames), flags)
+                index = rng.choice([0, 1, 2, 256, 511])
+                if t.type_of(f) in pt.TABLE_TYPES:
+                    t.mod_entry(f, index, new)
+                else:  # an ordinary page: the guest writes it as it likes
+                    m.set(f, index, new)
+        except MmuError as e:
+            assert e.errno == XenErrno.XEN_EINVAL
+        expected = _references(m, t)
+        actual = {f: (t.type_of(f), t.count_of(f)) for f in t.count}
+        assert actual == expected
+        seen.update(ty for ty, _ in actual.values())
+    assert seen == {1, 2, 3, 4, pt.PGT_writable_page}, "the walk never built every level"
