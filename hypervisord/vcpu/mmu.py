@@ -26,6 +26,12 @@ and records the new entry in :attr:`Mmu.m2p` (nothing maps the M2P at
 enough (~1 us). Foreign page owners (``foreigndom``) need privilege, which
 no guest on a vCPU has: ``-EPERM`` (naming itself by domid: Xen's
 ``-ESRCH``).
+
+For save/restore: the type counts are derived state (recomputed by
+validating from the pins and base pointers); what a snapshot must carry is
+:attr:`Mmu.types` ``.pinned``, :attr:`Mmu.base`, :attr:`Mmu.user_base`,
+:attr:`Mmu.released`, :attr:`Mmu.grant_frames`, :attr:`Mmu.m2p` and
+:attr:`Mmu.ldt`.
 """
 
 from __future__ import annotations
