@@ -21,7 +21,9 @@ frames become mappable once ``GNTTABOP_setup_table`` made them.
   (arg: a ``domid_t``), ``maximum_ram_page`` (arg NULL).
 * ``XENMEM_memory_map``: the toolstack sets no E820 for a PV guest, so
   Xen's answer is ``-ENOSYS`` (after reading the struct: ``-EFAULT`` first);
-  ``XENMEM_machine_memory_map``: ``-EPERM`` (``XSM_PRIV``).
+  ``XENMEM_machine_memory_map``: ``-EPERM`` (``XSM_PRIV``);
+  ``XENMEM_add_to_physmap``: ``-EACCES`` (translated guests only).
+  An unreadable reservation struct is "``start_extent`` done", as in Xen.
 * anything else, ``XENMEM_increase_reservation`` included (it hands out
   arbitrary MFNs; Linux balloons with ``populate_physmap``): ``-ENOSYS``.
 
@@ -92,6 +94,9 @@ class MemoryForwarder:
         if op in (M.XENMEM_populate_physmap, M.XENMEM_decrease_reservation):
             return self._reservation(op, start, arg)
         if op in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation,
+                  M.XENMEM_maximum_gpfn, M.XENMEM_maximum_ram_page) and start:
+            return -XenErrno.XEN_EINVAL  # no continuation of these
+        if op in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation,
                   M.XENMEM_maximum_gpfn):
             (domid,) = DOMID_T.unpack(self.copy_in(arg, DOMID_T.size))
             return self._call(Hypercall.memory_op, op, domid=domid)[0]
@@ -100,6 +105,9 @@ class MemoryForwarder:
         if op == M.XENMEM_memory_map:
             self.copy_in(arg, 16)  # struct xen_memory_map { uint nr_entries; handle buffer; }
             return -XenErrno.XEN_ENOSYS
+        if op == M.XENMEM_add_to_physmap:
+            self.copy_in(arg, 24)  # struct xen_add_to_physmap
+            return -XenErrno.XEN_EACCES  # xatp_permission_check: translated guests only
         if op == M.XENMEM_machine_memory_map:
             return -XenErrno.XEN_EPERM
         return -XenErrno.XEN_ENOSYS
@@ -115,8 +123,11 @@ class MemoryForwarder:
         return out
 
     def _reservation(self, op: int, start: int, arg: int) -> int:
-        handle, nr, order, _flags, domid = XEN_MEMORY_RESERVATION.unpack(
-            self.copy_in(arg, XEN_MEMORY_RESERVATION.size))
+        try:
+            handle, nr, order, _flags, domid = XEN_MEMORY_RESERVATION.unpack(
+                self.copy_in(arg, XEN_MEMORY_RESERVATION.size))
+        except self.fault:
+            return start  # Xen: an unreadable reservation is "start_extent done"
         nr = min(nr, start + self.mmu.nr_pages)  # no more than the domain has: bounded work
         if start >= nr:
             return start

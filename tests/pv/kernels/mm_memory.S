@@ -106,6 +106,20 @@ _start:
   lea resv(%rip), %rsi
   HCALL memory_op
   EXPECT $-38, 'b'
+  /* c: an unreadable reservation struct: 0 extents done; add_to_physmap: -EACCES */
+  mov $6, %edi
+  mov $0x1000, %esi
+  HCALL memory_op
+  EXPECT $0, 'c'
+  mov $7, %edi
+  lea resv(%rip), %rsi
+  HCALL memory_op
+  EXPECT $-13, 'c'
+  /* d: a "continuation" of current_reservation is -EINVAL */
+  mov $(3 | 1 << 6), %edi
+  lea self(%rip), %rsi
+  HCALL memory_op
+  EXPECT $-22, 'd'
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
 fail:
