@@ -53,3 +53,76 @@ def test_an_iret_inside_a_multicall_ends_the_batch(tmp_path) -> None:
     assert b"".join(g.console) == b"mc_iret ok\n"
     assert reason == ShutdownReason.SHUTDOWN_poweroff
     assert not g.hc.in_multicall
+
+
+class FakeHypervisord:
+    """The domain's hypercall connection, answering as hypervisord does (recorded)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, dict]] = []
+
+    def call(self, hypercall: int, subop: int, **args):
+        from hypervisord.public.xen import Hypercall
+
+        self.calls.append((hypercall, subop, args))
+        if hypercall == Hypercall.grant_table_op:
+            return 0, {"status": 0, "frame_list": [1 + i for i in range(args["nr_frames"])]}
+        return len(args.get("extent_start", [])), {}
+
+
+def _forwarded(tmp_path):
+    from hypervisord.vcpu.forward_mm import MemoryForwarder
+    from hypervisord.vcpu.hypercalls import GuestFault, copy_from_guest
+
+    g = Guest("ptupdate", tmp_path)
+    xc = FakeHypervisord()
+    fwd = MemoryForwarder(xc, g.hc.mmu, lambda va, n: copy_from_guest(g.cpu, va, n),
+                          g.hc.copy_to_guest, GuestFault)
+    g.hc.forward.update(fwd.table())
+    return g, xc
+
+
+def test_setup_table_names_the_grant_frames_the_guest_may_map(tmp_path) -> None:
+    import struct
+
+    from hypervisord.public.grant_table import GNTTAB_SETUP_TABLE, GntSt
+    from hypervisord.vcpu.memory import GNTTAB_MFN
+
+    g, xc = _forwarded(tmp_path)
+    spare = g.image.notes.virt_base + 0xF0000
+    assert g.hc.mmu.update_va_mapping(spare, (GNTTAB_MFN << 12) | 7, 0) == -22  # not yet
+    va = g.image.boot.rsp - 256  # the boot stack: writable guest memory
+    g.hc.copy_to_guest(va, GNTTAB_SETUP_TABLE.pack(0x7FF0, 2, 0, va + 64))
+    assert g.hc.call(20, [2, va, 1, 0, 0]) == 0
+    dom, nr, status, _ = GNTTAB_SETUP_TABLE.unpack(g.hc._mm_copy_in(va, 24))
+    assert (nr, status) == (2, GntSt.GNTST_okay)
+    assert struct.unpack("<2Q", g.hc._mm_copy_in(va + 64, 16)) == (GNTTAB_MFN, GNTTAB_MFN + 1)
+    assert g.hc.mmu.update_va_mapping(spare, (GNTTAB_MFN << 12) | 7, 0) == 0  # shared RW
+    assert g.hc.mmu.update_va_mapping(spare, ((GNTTAB_MFN + 2) << 12) | 7, 0) == -22
+    # an unwritable frame_list: GNTST_bad_virt_addr in the op's status, rc 0
+    g.hc.copy_to_guest(va, GNTTAB_SETUP_TABLE.pack(0x7FF0, 1, 0, 0x1000))
+    assert g.hc.call(20, [2, va, 1, 0, 0]) == 0
+    assert GNTTAB_SETUP_TABLE.unpack(g.hc._mm_copy_in(va, 24))[2] == GntSt.GNTST_bad_virt_addr
+    # a bad uop pointer: -EFAULT
+    assert g.hc.call(20, [2, 0x1000, 1, 0, 0]) == -14
+
+
+def test_a_page_table_frame_is_not_given_back(tmp_path) -> None:
+    import struct
+
+    from hypervisord.public.memory import XEN_MEMORY_RESERVATION
+
+    g, xc = _forwarded(tmp_path)
+    va = g.image.boot.rsp - 256
+    l4 = g.image.pt_pfns.start
+    data = (g.symbols["target"] - g.image.notes.virt_base) >> 12
+    g.hc.copy_to_guest(va + 64, struct.pack("<3Q", data, l4, data + 1))
+    g.hc.copy_to_guest(va, XEN_MEMORY_RESERVATION.pack(va + 64, 3, 0, 0, 0x7FF0))
+    assert g.hc.call(12, [1, va, 0, 0, 0]) == 1  # XENMEM_decrease_reservation: stops at l4
+    assert xc.calls[-1][2]["extent_start"] == [data]
+    assert g.hc.mmu.released == {data}
+    assert g.hc.mmu.update_va_mapping(g.image.notes.virt_base + 0xF0000,
+                                      (data << 12) | 5, 0) == -22  # no longer ours
+    g.hc.copy_to_guest(va, XEN_MEMORY_RESERVATION.pack(va + 64, 1, 0, 0, 0x7FF0))
+    assert g.hc.call(12, [6, va, 0, 0, 0]) == 1  # XENMEM_populate_physmap
+    assert g.hc.mmu.released == set()
