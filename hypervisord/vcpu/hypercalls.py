@@ -32,7 +32,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import paging, traps
+from . import paging, segments, traps
 from .cpu import VCpu
 from .mmu import Mmu
 
@@ -262,6 +262,10 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.mmu_update: VcpuHypercalls.mmu_update,
     Hypercall.callback_op: VcpuHypercalls.callback_op,
     Hypercall.set_callbacks: VcpuHypercalls.set_callbacks,
+    Hypercall.stack_switch: segments.stack_switch,
+    Hypercall.set_segment_base: segments.set_segment_base,
+    Hypercall.set_gdt: segments.set_gdt,
+    Hypercall.update_descriptor: segments.update_descriptor,
 }
 
 _REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,
