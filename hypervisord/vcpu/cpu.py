@@ -296,10 +296,17 @@ class VCpu:
         return 2 if before == bytes((0xCD, intno)) else 0
 
     def _code_before(self, rip: int, n: int) -> bytes:
+        """The ``n`` bytes before ``rip`` (unreadable ones as 0)."""
+        cr3 = self.cr3
+        if (rip - n) >> paging.PAGE_SHIFT == (rip - 1) >> paging.PAGE_SHIFT:
+            try:  # the usual case: one page, one walk
+                return self.mem.read(paging.walk(self.mem.read_u64, cr3, rip - n), n)
+            except (paging.PageFault, IndexError):
+                return bytes(n)
         out = b""
-        for va in range(rip - n, rip):  # byte by byte: they may straddle pages
+        for va in range(rip - n, rip):  # byte by byte across the page boundary
             try:
-                out += self.mem.read(paging.walk(self.mem.read_u64, self.cr3, va), 1)
+                out += self.mem.read(paging.walk(self.mem.read_u64, cr3, va), 1)
             except (paging.PageFault, IndexError):
                 out += b"\0"
         return out

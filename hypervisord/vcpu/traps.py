@@ -65,7 +65,6 @@ TRAP_BP, TRAP_OF, TRAP_UD, TRAP_GP, TRAP_PF = 3, 4, 6, 13, 14
 PFEC_USER = 1 << 2
 X86_XEC_IDT = 1 << 1  # #GP error code: the fault names an IDT vector
 IRET_CONTEXT = arch_x86.IRET_CONTEXT  # rax, r11, rcx, flags, rip, cs, rflags, rsp, ss
-_Q = struct.Struct("<Q")
 X86_EFLAGS_TF, X86_EFLAGS_IF, X86_EFLAGS_DF = 1 << 8, 1 << 9, 1 << 10
 X86_EFLAGS_IOPL, X86_EFLAGS_NT, X86_EFLAGS_RF = 3 << 12, 1 << 14, 1 << 16
 X86_EFLAGS_VM, X86_EFLAGS_AC, X86_EFLAGS_MBS = 1 << 17, 1 << 18, 1 << 1
@@ -132,8 +131,12 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
     frame = [rcx, r11] + ([error_code & 0xFFFF_FFFF] if error_code is not None else []) \
         + [rip, cs | saved_mask << 32, frame_rflags, rsp, arch_x86.FLAT_KERNEL_SS64]
     sp -= 8 * len(frame)
-    for i, w in enumerate(frame):  # word by word: a frame may straddle pages
-        copy_to_guest(sp + 8 * i, _Q.pack(w & 0xFFFF_FFFF_FFFF_FFFF))
+    data = struct.pack(f"<{len(frame)}Q", *(w & 0xFFFF_FFFF_FFFF_FFFF for w in frame))
+    if (sp & (PAGE_SIZE - 1)) + len(data) <= PAGE_SIZE:
+        copy_to_guest(sp, data)  # one page: one walk
+    else:
+        for i in range(0, len(data), 8):  # word by word across the page boundary
+            copy_to_guest(sp + i, data[i:i + 8])
     if interrupt:
         set_upcall_mask(cpu, 1)
     cpu.set_reg("rflags", rflags & ~_BOUNCE_CLEARS)

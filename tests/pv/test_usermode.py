@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import struct
 
-import pytest
 
 from hypervisord.public import arch_x86
 from hypervisord.public.sched import ShutdownReason
