@@ -14,7 +14,7 @@ Traps are **recorded, not served** inside Unicorn hooks (STYLE.md rule 11):
 each hook notes what happened in :attr:`VCpu.exit` and calls ``emu_stop``;
 :meth:`VCpu.run_slice` returns that record and the caller serves it.
 Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
-``tests/pv/test_vcpu.py``:
+``tests/pv/test_vcpu.py`` (``tests/pv/test_traps.py`` for int N):
 
 * **RIP after the syscall hook**: Unicorn adds the instruction length
   *after* the hook, so the exit record keeps the address of the ``syscall``
@@ -25,6 +25,11 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
   re-runs the faulting instruction once before it stops; offset calibrated
   on the first fault).
 * **missing #PF/#GP error code**: read from the same blob in the hook.
+* **int N / int3 look like faults**: UC_HOOK_INTR gets them with RIP past
+  the instruction and the IDT unread; they are told apart by the bytes
+  before RIP (:meth:`VCpu._software_interrupt`) and never re-run.
+* **syscall has no SYSCALL semantics**: RCX/R11 are not written, so a
+  user-mode syscall gets them from :func:`.traps.syscall`.
 * **ring 3**: ``reg_write`` of CS/SS leaves QEMU's CPL at 0, so the boot
   enters ring 3 by ``iretq`` (:meth:`VCpu.boot`).
 * **code rewritten by another process**: :meth:`VCpu.code_changed` drops

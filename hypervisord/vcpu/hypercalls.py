@@ -11,7 +11,9 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``console_io`` to its console with the ``(dN)`` prefix), ``xen_version``
 (local answers for the sub-ops that need no global state), ``vm_assist``,
 ``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block;
-``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU.
+``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
+``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
+``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
 Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 """
 

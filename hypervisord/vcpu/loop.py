@@ -7,9 +7,9 @@ destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
 take effect at once even while the guest spins; the bounded slices are what
 lets the Python side (signals, a stop request, later event upcalls) run.
 
-A trap goes to the guest's handler (:mod:`.traps`) when it registered one;
-else, or when the bounce itself faults, the domain crashes. Not yet: event
-upcalls, guest user mode.
+A trap, or a syscall from guest user mode, goes to the guest's handler
+(:func:`.traps.deliver`) when it registered one; else, or when the bounce
+itself faults, the domain crashes. Not yet: event upcalls.
 """
 
 from __future__ import annotations
