@@ -5,6 +5,8 @@ honoured (Xen's ``domain_crash`` -> SHUTDOWN_crash -> libxl's action)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.pv.test_xl_pv import launcher_log, proc_state, write_pv
@@ -40,3 +42,23 @@ def test_on_crash_restart_rebuilds_the_domain(stack, tmp_path):
                and stack.domid_of("again") != first, "the new domain")
     stack.wait(lambda: "not restarting" in launcher_log(stack), "the restart limit", timeout=30)
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
+
+
+def test_on_crash_preserve_keeps_the_crashed_domain_until_destroy(stack, tmp_path):
+    stack.xl_ok("create", str(write_pv(tmp_path, "kept", "fault", 'on_crash = "preserve"\n')))
+    domid = stack.domid_of("kept")
+
+    def state() -> str:
+        row = next((x.split() for x in stack.xl_ok("list").out.splitlines()[1:]
+                    if x.split()[:2] == ["kept", str(domid)]), None)
+        return row[4] if row else "gone"
+
+    # the shutdown columns: "s" and the reason "c" (the run/blocked columns are
+    # hypervisord's view of the idle process)
+    stack.wait(lambda: state()[3:5] == "sc", "xl list state c")
+    time.sleep(0.5)
+    assert state()[3:5] == "sc"  # kept: nothing acted on the crash
+    assert "unhandled trap 14" in stack.guest_log("kept")
+    stack.xl_ok("destroy", "kept")
+    stack.wait(lambda: stack.domids() == [0], "the domain to go")
+    stack.wait(lambda: "(kept) destroyed" in launcher_log(stack), "the launcher's cleanup")
