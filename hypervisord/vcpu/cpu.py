@@ -27,7 +27,7 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
 * **missing #PF/#GP error code**: read from the same blob in the hook.
 * **int N / int3 look like faults**: UC_HOOK_INTR gets them with RIP past
   the instruction and the IDT unread; they are told apart by the bytes
-  before RIP (:meth:`VCpu._software_interrupt`) and never re-run.
+  before RIP (:mod:`.softint`) and never re-run.
 * **syscall has no SYSCALL semantics**: RCX/R11 are not written, so a
   user-mode syscall gets them from :func:`.traps.syscall`.
 * **ring 3**: ``reg_write`` of CS/SS leaves QEMU's CPL at 0, so the boot
@@ -55,7 +55,7 @@ from unicorn.unicorn_py3.unicorn import uclib as _uclib
 from hypervisord.public import arch_x86
 from hypervisord.public.xen import PAGE_SIZE
 
-from . import paging
+from . import softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
 
 TCG_BUFFER = 32 << 20
@@ -264,7 +264,7 @@ class VCpu:
 
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
         rip = self._get(X.UC_X86_REG_RIP)
-        insn_len = self._software_interrupt(intno, rip)
+        insn_len = softint.length(self.mem.read, self.mem.read_u64, self.cr3, intno, rip)
         if insn_len:
             # int N / int3: a trap with RIP past the instruction; nothing to re-run
             # (re-running would execute the *next* instruction). Measured: it leaves
@@ -280,41 +280,6 @@ class VCpu:
         # and old_exception must be cleared now (see _take_exception_state).
         self.exit.error_code = self._take_exception_state(intno)
         uc.emu_stop()
-
-    def _software_interrupt(self, intno: int, rip: int) -> int:
-        """Length of the ``int3`` (1) / ``int N`` (2) that raised ``intno``, else 0.
-
-        Quirk: UC_HOOK_INTR gets software interrupts and CPU exceptions alike
-        (the IDT is never consulted), and neither the vector nor QEMU's state
-        that is public tells them apart; RIP differs (past a software
-        interrupt, at a faulting instruction). Vectors >= 32 are always
-        software (Unicorn raises no external interrupts); #BP only comes from
-        an instruction; a lower vector is software when the two bytes before
-        RIP are ``cd <vector>`` (a fault whose instruction follows such bytes
-        would be misread: a guest can only confuse itself with that).
-        """
-        if intno >= 32:
-            return 2
-        before = self._code_before(rip, 2)
-        if intno == 3 and before[-1:] == b"\xcc":
-            return 1
-        return 2 if before == bytes((0xCD, intno)) else 0
-
-    def _code_before(self, rip: int, n: int) -> bytes:
-        """The ``n`` bytes before ``rip`` (unreadable ones as 0)."""
-        cr3 = self.cr3
-        if (rip - n) >> paging.PAGE_SHIFT == (rip - 1) >> paging.PAGE_SHIFT:
-            try:  # the usual case: one page, one walk
-                return self.mem.read(paging.walk(self.mem.read_u64, cr3, rip - n), n)
-            except (paging.PageFault, IndexError):
-                return bytes(n)
-        out = b""
-        for va in range(rip - n, rip):  # byte by byte across the page boundary
-            try:
-                out += self.mem.read(paging.walk(self.mem.read_u64, cr3, va), 1)
-            except (paging.PageFault, IndexError):
-                out += b"\0"
-        return out
 
     def _on_invalid(self, uc: Uc, _user: object) -> bool:
         self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=TRAP_UD)
