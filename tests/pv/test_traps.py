@@ -17,8 +17,9 @@ import pytest
 from hypervisord.public import arch_x86
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
-from hypervisord.vcpu import cpuid
-from hypervisord.vcpu.cpu import ExitKind
+from hypervisord.vcpu import cpuid, traps
+from hypervisord.vcpu.cpu import Exit, ExitKind
+from hypervisord.vcpu.hypercalls import GuestFault
 from hypervisord.vcpu.memory import SHARED_INFO_MFN
 from tests.pv.test_vcpu import Guest
 
@@ -136,3 +137,34 @@ def test_int3_exit_is_past_the_instruction_and_not_rerun(tmp_path) -> None:
     g.cpu.set_reg("rip", s["site_hlt"])
     ex = g.cpu.run_slice()
     assert (ex.vector, ex.error_code, ex.software, ex.rip) == (13, 0, False, s["site_hlt"])
+
+
+def _until_first_trap(g: Guest):
+    while (ex := g.cpu.run_slice()).kind is not ExitKind.TRAP:
+        if ex.kind is ExitKind.HYPERCALL:
+            g.hc.dispatch()
+    return ex
+
+
+def test_a_bounce_onto_an_unwritable_stack_crashes_the_domain(tmp_path) -> None:
+    """Xen's create_bounce_frame: a fault writing the frame is domain_crash."""
+    g = Guest("traps_all", tmp_path)
+    ex = _until_first_trap(g)
+    assert ex.vector == 0 and 0 in g.hc.trap_table
+    g.cpu.set_reg("rsp", 0x10000)  # not mapped
+    with pytest.raises(GuestFault):
+        traps.deliver(g.cpu, g.hc, ex)
+    g.cpu.set_reg("rip", g.symbols["site_de"])
+    g.cpu.set_reg("rsp", 0x10000)
+    assert g.run() == ShutdownReason.SHUTDOWN_crash
+    assert read_log(g) == []
+
+
+def test_an_unreadable_iret_frame_crashes_the_domain(tmp_path) -> None:
+    g = Guest("traps_all", tmp_path)
+    _until_first_trap(g)
+    g.hc.trap_table.clear()  # the next fault would crash anyway: make it the iret's doing
+    assert traps.deliver(g.cpu, g.hc, Exit(ExitKind.TRAP, vector=0)) is False
+    g.cpu.set_reg("rsp", 0x10000)
+    with pytest.raises(traps.BadFrame, match="unreadable"):
+        g.hc.iret()
