@@ -53,7 +53,7 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from hypervisord.public import arch_x86
-from hypervisord.public.xen import PAGE_SIZE
+from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
 
 from . import softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
@@ -157,6 +157,11 @@ class VCpu:
         self.kernel_sp = 0
         #: the inactive GS base (Xen's GS shadow): user's in kernel mode, and back
         self.gs_base_shadow = 0
+        #: guest-physical address of this vCPU's struct vcpu_info (where the upcall
+        #: mask and cr2 live): its shared_info slot until VCPUOP_register_vcpu_info
+        #: (vCPUs past the legacy 32 have none before that: 0)
+        self.vcpu_info_gpa = SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(vcpu_id) \
+            if vcpu_id < arch_x86.XEN_LEGACY_MAX_VCPUS else 0
         #: the guest's GDT (set_gdt): its frames and number of entries
         self.gdt_frames: tuple[int, ...] = ()
         self.gdt_ents = 0

@@ -50,11 +50,10 @@ from unicorn import x86_const as X
 
 from hypervisord.public import arch_x86
 from hypervisord.public.callback import CALLBACKF_mask_events, CallbackType
-from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
+from hypervisord.public.xen import PAGE_SIZE
 
 from . import cpuid
 from .cpu import Exit, ExitKind, VCpu
-from .memory import SHARED_INFO_MFN
 
 if TYPE_CHECKING:
     from .hypercalls import VcpuHypercalls
@@ -98,7 +97,7 @@ def toggle_guest_mode(cpu: VCpu) -> None:
 
 
 def _vcpu_info(cpu: VCpu, field: int) -> int:
-    return SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(cpu.vcpu_id) + field
+    return cpu.vcpu_info_gpa + field
 
 
 def upcall_mask(cpu: VCpu) -> int:
