@@ -96,16 +96,24 @@ def toggle_guest_mode(cpu: VCpu) -> None:
     cpu.kernel_mode = not cpu.kernel_mode
 
 
-def _vcpu_info(cpu: VCpu, field: int) -> int:
-    return cpu.vcpu_info_gpa + field
-
+# A vCPU without a vcpu_info yet (vcpu_info_gpa 0: past the legacy 32) has
+# Xen's dummy_vcpu_info: events masked, nothing written.
 
 def upcall_mask(cpu: VCpu) -> int:
-    return cpu.mem.read(_vcpu_info(cpu, VCPU_INFO_UPCALL_MASK), 1)[0]
+    if not cpu.vcpu_info_gpa:
+        return 1
+    return cpu.mem.read(cpu.vcpu_info_gpa + VCPU_INFO_UPCALL_MASK, 1)[0]
 
 
 def set_upcall_mask(cpu: VCpu, mask: int) -> None:
-    cpu.mem.write(_vcpu_info(cpu, VCPU_INFO_UPCALL_MASK), bytes((1 if mask else 0,)))
+    if cpu.vcpu_info_gpa:
+        cpu.mem.write(cpu.vcpu_info_gpa + VCPU_INFO_UPCALL_MASK, bytes((1 if mask else 0,)))
+
+
+def set_cr2(cpu: VCpu, cr2: int) -> None:
+    """``vcpu_info.arch.cr2``, where a PV guest reads the #PF address."""
+    if cpu.vcpu_info_gpa:
+        cpu.mem.write_u64(cpu.vcpu_info_gpa + VCPU_INFO_CR2, cr2)
 
 
 # -- the bounce ------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def inject_exception(cpu: VCpu, hc: VcpuHypercalls, vector: int, error_code: int
         return False
     flags, _cs, address = entry
     if vector == TRAP_PF:
-        cpu.mem.write_u64(_vcpu_info(cpu, VCPU_INFO_CR2), cr2)
+        set_cr2(cpu, cr2)
         error_code = (error_code & ~PFEC_USER) | (0 if cpu.kernel_mode else PFEC_USER)
     has_ec = vector in ERROR_CODE_VECTORS
     create_bounce_frame(cpu, hc.copy_to_guest, address, error_code=error_code if has_ec else None,
