@@ -9,7 +9,9 @@ What a guest's end means (``xl_vmcontrol.c``, ``handle_domain_death``): the
 exit status carries the SHUTDOWN_* reason (``frontends.runtime``); a process
 that died any other way crashed. The configured action for that reason is
 then applied: ``destroy`` (and ``preserve``, ``coredump-destroy``: the
-domain is already gone with its process) cleans up; ``restart`` (and
+domain is already gone with its process; a PV kernel's process is told the
+``preserve`` reasons, :func:`preserved_reasons`, and stays with its domain
+shut down until ``xl destroy``) cleans up; ``restart`` (and
 ``rename-restart``, ``coredump-restart``, ``soft-reset``) cleans up and
 builds the domain again from its configuration, at most
 :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW` seconds. A domain that
