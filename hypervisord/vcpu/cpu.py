@@ -6,9 +6,10 @@ long mode with paging on (CR0.PG|PE, CR4.PAE, EFER.LME|LMA|SCE|NX), CR3 =
 the guest's own L4, and the kernel in **ring 3** with Xen's flat selectors
 ``FLAT_KERNEL_CS64`` (0xe033) / ``FLAT_KERNEL_SS64`` (0xe02b), which are
 entries 262/261 of Xen's reserved GDT page (``FIRST_RESERVED_GDT_ENTRY``).
-That GDT lives in a hypervisor-private frame; ring 3 is entered with an
-``iretq`` while paging is still off (linear = physical), so the guest's
-tables never need to map it (the segment caches hold the descriptors).
+That GDT lives in hypervisor-private frames; ring 3 is entered with an
+``iretq`` while paging is still off (linear = physical); after that the
+GDT is mapped in Xen's L4 slot of every L4 the vCPU runs on (:mod:`.gdt`),
+so later selector loads find it.
 
 Traps are **recorded, not served** inside Unicorn hooks (STYLE.md rule 11):
 each hook notes what happened in :attr:`VCpu.exit` and calls ``emu_stop``;
@@ -32,6 +33,8 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
   user-mode syscall gets them from :func:`.traps.syscall`.
 * **ring 3**: ``reg_write`` of CS/SS leaves QEMU's CPL at 0, so the boot
   enters ring 3 by ``iretq`` (:meth:`VCpu.boot`).
+* **descriptor loads go through paging**: GDTR holds a linear address, so
+  the GDT is mapped for the CPU in every L4 (:meth:`VCpu.load_cr3`, :mod:`.gdt`).
 * **code rewritten by another process**: :meth:`VCpu.code_changed` drops
   translated blocks of those frames (``ctl_remove_cache``).
 * the default 1 GiB translation buffer does not fit a confined guest's
@@ -55,7 +58,7 @@ from unicorn.unicorn_py3.unicorn import uclib as _uclib
 from hypervisord.public import arch_x86
 from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
 
-from . import softint
+from . import gdt, softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
 
 TCG_BUFFER = 32 << 20
@@ -192,9 +195,9 @@ class VCpu:
         Paging is switched on after the ``iretq``, before any guest code.
         """
         uc = self.uc
-        gdt = self._write_gdt()
+        gdt_base = self._write_gdt()
         limit = 8 * (arch_x86.FIRST_RESERVED_GDT_ENTRY + 8) - 1
-        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt, limit, 0))
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, gdt_base, limit, 0))
         tramp = (HV_PRIVATE_MFN + 1) * PAGE_SIZE  # page 1 of the private frames
         frame = struct.pack("<5Q", state.rip, arch_x86.FLAT_KERNEL_CS64, state.rflags,
                             state.rsp, arch_x86.FLAT_KERNEL_SS64)
@@ -212,8 +215,10 @@ class VCpu:
         uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | CR4_PAE
                      | CR4_OSFXSR | CR4_OSXMMEXCPT)
         uc.msr_write(MSR_EFER, EFER_SCE | EFER_LME | EFER_LMA | EFER_NX)
+        gdt.ensure_slot(self, state.cr3)
         uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PG | CR0_WP | CR0_ET | CR0_PE)
+        gdt.install(self)  # from now on descriptors load through the guest's tables
         uc.reg_write(_REG["rsi"], state.rsi)
         self.kernel_sp = state.rsp  # xg_dom_x86.c: kernel_ss/kernel_sp = ss/rsp
 
@@ -252,6 +257,12 @@ class VCpu:
     @property
     def cr3(self) -> int:
         return self.uc.reg_read(X.UC_X86_REG_CR3)
+
+    def load_cr3(self, cr3: int) -> None:
+        """Run on the L4 at ``cr3`` (guest-physical): Xen's slot put in it first
+        (:func:`.gdt.ensure_slot`); Unicorn flushes its TLB on a CR3 write."""
+        gdt.ensure_slot(self, cr3)
+        self.uc.reg_write(X.UC_X86_REG_CR3, cr3)
 
     @property
     def cpl(self) -> int:

@@ -12,9 +12,9 @@ the methods of its dispatch table do.
   -> the live GS base (hypercalls come from kernel mode); SEGBASE_GS_USER ->
   the inactive one, swapped in on the way to user mode
   (:func:`.traps.toggle_guest_mode`); non-canonical bases are -EINVAL.
-  SEGBASE_GS_USER_SEL loads a user %gs selector: only the null selector is
-  loadable here (the guest's GDT is not mapped for the CPU, below), which
-  Xen's own error path does too (it NULs the selector, never fails).
+  SEGBASE_GS_USER_SEL loads a user %gs selector: only the null selector
+  here (GS is live for the kernel; the user one waits in the shadow), which
+  is what Xen's own error path does (it NULs the selector, never fails).
 * ``set_gdt(frames, entries)``: at most FIRST_RESERVED_GDT_ENTRY entries,
   frames the domain's own; each descriptor passes ``check_descriptor``.
 * ``update_descriptor(maddr, desc)``: 8-byte aligned, own frame, the
@@ -26,12 +26,10 @@ to 3 (``__fixup_guest_selector``); everything else (TSS, LDT, interrupt and
 trap gates) is refused. Call gates are refused too (Xen rewrites them for
 emulation; pvxen has no gate emulation): a documented subset.
 
-Not yet: the CPU does not load selectors from the guest's GDT. Xen maps the
-GDT frames into a per-vCPU area of its hole in every guest address space;
-pvxen's GDT register points at the hypervisor's private frame, reachable
-only by guest-physical address, so guest code keeps to the flat selectors
-(and the null one). The accepted GDT is kept (:attr:`VCpu.gdt_frames`,
-``gdt_ents``) for save/restore and for when that mapping exists.
+The CPU loads descriptors from the vCPU's own copy of the GDT (:mod:`.gdt`):
+set_gdt copies the checked entries there, update_descriptor updates both.
+Code segments other than the flat 64-bit one are not reachable yet:
+``HYPERVISOR_iret`` keeps CS at ``FLAT_USER_CS64`` (:mod:`.traps`).
 """
 
 from __future__ import annotations
@@ -44,7 +42,7 @@ from unicorn import x86_const as X
 from hypervisord.public import arch_x86
 from hypervisord.public.errno import XenErrno
 
-from . import paging
+from . import gdt, paging
 
 if TYPE_CHECKING:
     from .hypercalls import VcpuHypercalls
@@ -122,6 +120,7 @@ def set_gdt(hc: VcpuHypercalls, frame_list: int, entries: int, *_: int) -> int:
     for frame, descs in fixed:  # check_descriptor fixes DPLs in place
         mem.write(frame * paging.PAGE_SIZE, struct.pack(f"<{DESCS_PER_FRAME}Q", *descs))
     hc.cpu.gdt_frames, hc.cpu.gdt_ents = tuple(frames), entries
+    gdt.load_guest_entries(hc.cpu, [d for _, descs in fixed for d in descs][:entries])
     return 0
 
 
@@ -130,4 +129,9 @@ def update_descriptor(hc: VcpuHypercalls, maddr: int, desc: int, *_: int) -> int
     if maddr & 7 or fixed is None or not _own_frame(hc, maddr >> paging.PAGE_SHIFT):
         return -XenErrno.XEN_EINVAL
     hc.cpu.mem.write_u64(maddr, fixed)
+    cpu = hc.cpu
+    frame, index = maddr >> paging.PAGE_SHIFT, (maddr & (paging.PAGE_SIZE - 1)) // 8
+    for i, f in enumerate(cpu.gdt_frames):  # in the loaded GDT: the CPU's copy too
+        if f == frame and i * DESCS_PER_FRAME + index < cpu.gdt_ents:
+            gdt.update_entry(cpu, i * DESCS_PER_FRAME + index, fixed)
     return 0

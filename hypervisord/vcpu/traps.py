@@ -87,9 +87,9 @@ def toggle_guest_mode(cpu: VCpu) -> None:
     uc = cpu.uc
     if cpu.kernel_mode:
         cpu.kernel_cr3 = cpu.cr3
-        uc.reg_write(X.UC_X86_REG_CR3, cpu.user_cr3)  # Unicorn flushes its TLB on CR3 writes
+        cpu.load_cr3(cpu.user_cr3)
     else:
-        uc.reg_write(X.UC_X86_REG_CR3, cpu.kernel_cr3)
+        cpu.load_cr3(cpu.kernel_cr3)
     gs = uc.reg_read(X.UC_X86_REG_GS_BASE)
     uc.reg_write(X.UC_X86_REG_GS_BASE, cpu.gs_base_shadow)
     cpu.gs_base_shadow = gs

@@ -9,7 +9,7 @@ import struct
 from unicorn import x86_const as X
 
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.vcpu import segments, traps
+from hypervisord.vcpu import gdt, segments, traps
 from tests.pv.test_vcpu import Guest
 
 EINVAL = -22
@@ -54,3 +54,26 @@ def test_check_descriptor_rules() -> None:
     assert segments.check_descriptor(0x0000890000000067) is None  # TSS
     assert segments.check_descriptor(0x00008E0000080000) is None  # interrupt gate
     assert segments.check_descriptor(0x0000EC0000080000) is None  # call gate (subset)
+
+
+def test_selectors_load_through_the_vcpus_gdt(tmp_path) -> None:
+    """Quirk: a descriptor load reads the GDT at a linear address, through the
+    guest's tables; the vCPU maps its GDT in Xen's L4 slot 260 (gdt.py)."""
+    from tests.pv.test_traps import read_log
+
+    g = Guest("segload", tmp_path)
+    assert g.run() == ShutdownReason.SHUTDOWN_poweroff
+    vb, s = g.image.notes.virt_base, g.symbols
+    ds, es, rc_gdt, guest_ds, rc_update = struct.unpack(
+        "<5q", g.mem.read(s["sels"] - vb, 40))
+    assert (ds, es) == (0xE02B, 0xE02B)  # Xen's flat data selector
+    assert (rc_gdt, guest_ds, rc_update) == (0, 0x0B, 0)
+    log = read_log(g)
+    assert [(e.tag, e.ec, e.rip) for e in log] == [
+        (11, 0x08, s["site_np"]),  # not present after update_descriptor: #NP(selector)
+        (13, 0x320, s["site_gp"]),  # past the guest's entries: #GP(selector)
+        (14, 1, s["site_pf"]),  # the GDT's mapping is Xen's: present, not the guest's
+    ]
+    # the L4 holds Xen's slot, which no guest-table walk counts as the guest's
+    accessed = 1 << 5  # set by the CPU's walk
+    assert g.mem.read_u64(g.cpu.cr3 + 8 * gdt.GDT_L4_SLOT) & ~accessed == gdt.l4_entry()
