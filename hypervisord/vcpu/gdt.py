@@ -99,3 +99,46 @@ def load_guest_entries(cpu: VCpu, descs: list[int]) -> None:
 
 def update_entry(cpu: VCpu, index: int, desc: int) -> None:
     cpu.uc.mem_write(private_gpa(0) + 8 * index, struct.pack("<Q", desc))
+
+
+# -- loading a selector by hand (HYPERVISOR_iret, the bounce) --------------------------------
+# Measured: Unicorn's reg_write of CS/SS reads the descriptor through GDTR
+# but checks nothing and keeps the CPL; so the checks a CPU's iretq makes
+# to CPL 3 are made here first.
+
+_D_ACCESSED_WRITABLE = 1 << 41
+_D_CODE = 1 << 43
+_D_S = 1 << 44
+_D_DPL3 = 3 << 45
+_D_P = 1 << 47
+_D_L = 1 << 53
+_D_DB = 1 << 54
+
+
+def descriptor(cpu: VCpu, sel: int) -> int | None:
+    """The descriptor ``sel`` names in the vCPU's GDT; None when none (or an LDT one)."""
+    index = sel >> 3
+    if sel & 4 or not (index < cpu.gdt_ents or arch_x86.FIRST_RESERVED_GDT_ENTRY <= index
+                       < arch_x86.FIRST_RESERVED_GDT_ENTRY + 8):
+        return None
+    return struct.unpack("<Q", bytes(cpu.uc.mem_read(private_gpa(0) + 8 * index, 8)))[0]
+
+
+def is_user_code64(cpu: VCpu, sel: int) -> bool:
+    """A present 64-bit code segment of DPL 3 (what an iretq to CPL 3 needs here)."""
+    d = descriptor(cpu, sel)
+    want = _D_P | _D_S | _D_CODE | _D_DPL3 | _D_L
+    return d is not None and sel & 3 == 3 and d & (want | _D_DB) == want
+
+
+def is_user_stack(cpu: VCpu, sel: int) -> bool:
+    """A present writable data segment of DPL 3 (SS at CPL 3)."""
+    d = descriptor(cpu, sel)
+    want = _D_P | _D_S | _D_DPL3 | _D_ACCESSED_WRITABLE
+    return d is not None and sel & 3 == 3 and d & (want | _D_CODE) == want
+
+
+def load_selector(cpu: VCpu, reg: int, sel: int) -> None:
+    """Load CS or SS with ``sel`` (checked by the caller) unless it is loaded already."""
+    if cpu.uc.reg_read(reg) != sel:
+        cpu.uc.reg_write(reg, sel)

@@ -28,8 +28,9 @@ emulation; pvxen has no gate emulation): a documented subset.
 
 The CPU loads descriptors from the vCPU's own copy of the GDT (:mod:`.gdt`):
 set_gdt copies the checked entries there, update_descriptor updates both.
-Code segments other than the flat 64-bit one are not reachable yet:
-``HYPERVISOR_iret`` keeps CS at ``FLAT_USER_CS64`` (:mod:`.traps`).
+``HYPERVISOR_iret`` loads CS/SS from it too (:mod:`.traps`): any present
+64-bit DPL-3 code segment and writable data segment (no 32-bit user code,
+no LDT: a documented subset).
 """
 
 from __future__ import annotations

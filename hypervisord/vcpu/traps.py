@@ -52,7 +52,7 @@ from hypervisord.public import arch_x86
 from hypervisord.public.callback import CALLBACKF_mask_events, CallbackType
 from hypervisord.public.xen import PAGE_SIZE
 
-from . import cpuid
+from . import cpuid, gdt
 from .cpu import Exit, ExitKind, VCpu
 
 if TYPE_CHECKING:
@@ -124,11 +124,12 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
     if handler == 0:
         raise BadFrame("bounce to a null handler")
     rcx, r11, rip, rflags, rsp = cpu.regs(("rcx", "r11", "rip", "rflags", "rsp"))
+    cs, ss = cpu.uc.reg_read(X.UC_X86_REG_CS), cpu.uc.reg_read(X.UC_X86_REG_SS)
     if cpu.kernel_mode:
-        sp, cs = rsp, arch_x86.FLAT_KERNEL_CS64 & ~3  # "kernel context" for the guest
+        sp, cs = rsp, cs & ~3  # "kernel context" for the guest
     else:
         toggle_guest_mode(cpu)
-        sp, cs = cpu.kernel_sp, arch_x86.FLAT_USER_CS64
+        sp = cpu.kernel_sp
     sp &= ~15
     if _BAD_SP[0] < sp < _BAD_SP[1]:
         raise BadFrame(f"bounce frame at {sp:#x}, inside Xen's hole")
@@ -136,7 +137,7 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
     frame_rflags = (rflags & ~(X86_EFLAGS_IF | X86_EFLAGS_IOPL)) \
         | (0 if saved_mask else X86_EFLAGS_IF)
     frame = [rcx, r11] + ([error_code & 0xFFFF_FFFF] if error_code is not None else []) \
-        + [rip, cs | saved_mask << 32, frame_rflags, rsp, arch_x86.FLAT_KERNEL_SS64]
+        + [rip, cs | saved_mask << 32, frame_rflags, rsp, ss]
     sp -= 8 * len(frame)
     data = struct.pack(f"<{len(frame)}Q", *(w & 0xFFFF_FFFF_FFFF_FFFF for w in frame))
     if (sp & (PAGE_SIZE - 1)) + len(data) <= PAGE_SIZE:
@@ -146,6 +147,9 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
             copy_to_guest(sp + i, data[i:i + 8])
     if interrupt:
         set_upcall_mask(cpu, 1)
+    # the kernel runs on Xen's flat selectors (user code may have others)
+    gdt.load_selector(cpu, X.UC_X86_REG_CS, arch_x86.FLAT_KERNEL_CS64)
+    gdt.load_selector(cpu, X.UC_X86_REG_SS, arch_x86.FLAT_KERNEL_SS64)
     cpu.set_reg("rflags", rflags & ~_BOUNCE_CLEARS)
     cpu.set_reg("rsp", sp)
     cpu.set_reg("rip", handler)
@@ -220,16 +224,18 @@ def iret(cpu: VCpu, copy_from_guest) -> None:
     """``do_iret``: restore the context at the guest's rsp, to kernel or user mode.
 
     The frame's CS RPL says where to: 3 is user mode (a kernel-context frame
-    has RPL 0, see :func:`create_bounce_frame`), which needs a user L4.
+    has RPL 0, see :func:`create_bounce_frame`), which needs a user L4. CS
+    and SS must name a 64-bit DPL-3 code and a writable data segment of the
+    vCPU's GDT (:mod:`.gdt`): the checks the CPU's iretq would make.
     """
     rsp = cpu.reg("rsp")
     rax, r11, rcx, flags, rip, cs, rflags, new_rsp, ss = IRET_CONTEXT.unpack(
         copy_from_guest(rsp, IRET_CONTEXT.size))  # copied once: the guest may race us
     to_user = (cs & 3) == 3
     cs, ss = (cs | 3) & 0xFFFF, (ss | 3) & 0xFFFF  # force guest privilege
-    if cs != arch_x86.FLAT_USER_CS64 or ss not in (arch_x86.FLAT_USER_SS64, 3):
-        # Unicorn keeps the flat selectors loaded; others would need a descriptor load
-        raise BadFrame(f"iret to cs {cs:#x} ss {ss:#x}: only the flat 64-bit selectors")
+    if not gdt.is_user_code64(cpu, cs) or not gdt.is_user_stack(cpu, ss):
+        # Xen's iretq would fault here and bounce to the failsafe callback
+        raise BadFrame(f"iret to cs {cs:#x} ss {ss:#x}: not a 64-bit code / stack selector")
     if to_user:
         if cpu.user_cr3 == 0:
             raise BadFrame("iret to user mode with no user page tables")
@@ -243,4 +249,6 @@ def iret(cpu: VCpu, copy_from_guest) -> None:
     for name, value in (("rax", rax), ("r11", r11), ("rcx", rcx), ("rip", rip),
                         ("rflags", rflags), ("rsp", new_rsp)):
         cpu.set_reg(name, value)
+    gdt.load_selector(cpu, X.UC_X86_REG_CS, cs)
+    gdt.load_selector(cpu, X.UC_X86_REG_SS, ss)
     set_upcall_mask(cpu, 0 if guest_if else 1)  # the upcall mask from the frame's IF

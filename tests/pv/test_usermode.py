@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+from unicorn import x86_const as X
+
 
 from hypervisord.public import arch_x86
 from hypervisord.public.sched import ShutdownReason
-from hypervisord.vcpu import paging
+from hypervisord.vcpu import paging, traps
 from tests.pv.test_traps import NO_EC, read_log, vcpu_info
 from tests.pv.test_vcpu import Guest
 
@@ -43,15 +46,17 @@ def user_guest(tmp_path, cmdline: str = "") -> Guest:
 
 
 def user_out(g: Guest) -> tuple[int, ...]:
+    """magic, syscall's rax, rcx, r11; user cs, ss; set_gdt's rc; the kernel's cs"""
     vb = g.image.notes.virt_base
-    return struct.unpack("<4Q", g.mem.read(g.symbols["user_out"] - vb, 32))
+    return struct.unpack("<8Q", g.mem.read(g.symbols["user_out"] - vb, 64))
 
 
 def test_user_mode_round_trips(tmp_path) -> None:
     g = user_guest(tmp_path)
     assert g.run() == ShutdownReason.SHUTDOWN_poweroff, b"".join(g.console)
     s = g.symbols
-    magic, sys_rax, sys_rcx, sys_r11 = user_out(g)
+    magic, sys_rax, sys_rcx, sys_r11, user_cs, user_ss, _, kernel_cs = user_out(g)
+    assert (user_cs, user_ss, kernel_cs) == (0xE033, 0xE02B, 0xE033)
     assert magic == MAGIC  # user mode ran on the user page tables
     assert sys_rax == 7 + 42  # the syscall's result came back
     # iret with VGCF_in_syscall returns as sysretq: rcx = rip, r11 = rflags
@@ -105,3 +110,32 @@ def test_kernel_stack_in_xens_hole_crashes_the_domain(tmp_path) -> None:
     assert g.run() == ShutdownReason.SHUTDOWN_crash  # the first bounce from user mode
     assert read_log(g) == []
     assert user_out(g)[0] == MAGIC  # user mode ran until its syscall
+
+
+def test_user_mode_on_the_kernels_own_gdt_selectors(tmp_path) -> None:
+    """Linux's way: user code on __USER_CS 0x33 / __USER_DS 0x2b from its GDT;
+    the kernel entered on Xen's flat selectors; the frame keeps the user's."""
+    g = user_guest(tmp_path, cmdline="g")
+    assert g.run() == ShutdownReason.SHUTDOWN_poweroff, b"".join(g.console)
+    magic, sys_rax, _, _, user_cs, user_ss, rc, kernel_cs = user_out(g)
+    assert (rc, magic, sys_rax) == (0, MAGIC, 49)
+    assert (user_cs, user_ss, kernel_cs) == (0x33, 0x2B, arch_x86.FLAT_KERNEL_CS64)
+    log = read_log(g)
+    assert [e.cs for e in log] == [0x33] * 6 + [arch_x86.FLAT_KERNEL_CS64 & ~3]
+    assert g.cpu.uc.reg_read(X.UC_X86_REG_CS) == arch_x86.FLAT_KERNEL_CS64
+
+
+def test_iret_to_a_selector_that_is_no_user_code_crashes(tmp_path) -> None:
+    """A data or absent descriptor as CS: Xen's iretq faults (failsafe); here a crash."""
+    g = user_guest(tmp_path)
+    ex = None
+    while ex is None or ex.kind.value != "hypercall" or g.cpu.reg("rax") != 23:
+        ex = g.cpu.run_slice()  # up to the first iret (to user mode)
+        if ex.kind.value == "hypercall" and g.cpu.reg("rax") != 23:
+            g.hc.dispatch()
+    frame = g.cpu.reg("rsp")
+    for bad_cs in (0xE02B, 0x33, 0x1003):  # data; past the GDT's (none set); LDT
+        g.hc.copy_to_guest(frame + 8 * 5, struct.pack("<Q", bad_cs))
+        with pytest.raises(traps.BadFrame, match="not a 64-bit code"):
+            g.hc.dispatch()
+    assert g.cpu.kernel_mode

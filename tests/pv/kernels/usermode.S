@@ -6,10 +6,14 @@
    User code: reads 0x400000, syscall(7) -> 49, int $0x80 (DPL 3),
    int $0x81 (DPL 0: #GP), a #PF, int3, then syscall(0): the kernel reads
    0x400000 itself (a kernel-mode #PF) and powers off. Every entry is logged
-   (record.inc); results in user_out. */
+   (record.inc); results in user_out. With a command line starting with 'g'
+   user mode runs on the kernel's own GDT selectors, as Linux's
+   (__USER_CS 0x33, __USER_DS 0x2b after set_gdt), not Xen's flat ones. */
 .include "xen.inc"
 .include "record.inc"
 .set stack_switch, 3
+.set set_gdt, 2
+.set VB, 0xffffffff80000000
 .set VGCF_in_syscall, 0x100
   .text
   .globl _start, user_main, site_sys, site_sys_ret, site_int80, site_int81, site_pf
@@ -30,12 +34,28 @@ _start:
   lea reg_syscall(%rip), %rsi
   HCALL callback_op
 1:
+  mov $0xe02b, %r14                     /* user ss, cs: Xen's flat ones ... */
+  mov $0xe033, %r15
+  cmpb $'g', 128(%r12)
+  jne 2f
+  lea gdt_page(%rip), %rax              /* ... or the kernel's GDT's */
+  movabs $VB, %rcx
+  sub %rcx, %rax
+  shr $12, %rax                         /* a pvxen mfn is its pfn */
+  mov %rax, gdt_frames(%rip)
+  lea gdt_frames(%rip), %rdi
+  mov $16, %esi
+  HCALL set_gdt
+  mov %rax, user_out+48(%rip)
+  mov $0x2b, %r14
+  mov $0x33, %r15
+2:
   /* HYPERVISOR_iret to user mode: flags, rip, cs, rflags, rsp, ss */
-  pushq $0xe02b
+  push %r14
   lea ustack_top(%rip), %rax
   push %rax
   pushq $0x202
-  pushq $0xe033
+  push %r15
   lea user_main(%rip), %rax
   push %rax
   pushq $0
@@ -44,6 +64,10 @@ _start:
 user_main:
   movabs 0x400000, %rax                 /* mapped by the user tables only */
   mov %rax, user_out(%rip)
+  mov %cs, %rax
+  mov %rax, user_out+32(%rip)
+  mov %ss, %rax
+  mov %rax, user_out+40(%rip)
   mov $7, %edi
   mov $0x1111, %ecx
   mov $0x2222, %r11d
@@ -71,6 +95,10 @@ site_exit:
 sys_entry:                              /* rcx, r11, rip, cs, rflags, rsp, ss */
   pop %rcx
   pop %r11
+  push %rax
+  mov %cs, %rax
+  mov %rax, user_out+56(%rip)           /* the kernel's cs */
+  pop %rax
   push %rdi
   push %rsi
   push %rdx
@@ -121,7 +149,14 @@ reg_syscall:                            /* struct callback_register */
   .word 2, 0                            /* CALLBACKTYPE_syscall, no flags */
   .long 0
   .quad sys_entry
-user_out: .fill 32, 1, 0
+user_out: .fill 64, 1, 0
+gdt_frames: .quad 0
+  .p2align 12
+gdt_page:                               /* Linux's layout: user data 5, user code 6 */
+  .quad 0, 0, 0, 0, 0
+  .quad 0x00CFF2000000FFFF              /* 0x2b: data, DPL 3 */
+  .quad 0x00AFFA000000FFFF              /* 0x33: 64-bit code, DPL 3 */
+  .fill 4096 - 56, 1, 0
   .p2align 4
   .fill 1024, 1, 0
 kstack_top:
