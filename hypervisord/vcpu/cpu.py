@@ -239,6 +239,11 @@ class VCpu:
             out.append(val.value)
         return out
 
+    def seg(self, reg_id: int) -> int:
+        """A segment selector (``UC_X86_REG_CS`` ...) through the C API, as :meth:`regs`."""
+        self._val.value = 0  # a selector fills only the low bytes
+        return self._get(reg_id) & 0xFFFF
+
     def set_reg(self, name: str, value: int) -> None:
         self._set(_REG[name], value)
 

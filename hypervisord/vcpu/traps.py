@@ -124,7 +124,8 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
     if handler == 0:
         raise BadFrame("bounce to a null handler")
     rcx, r11, rip, rflags, rsp = cpu.regs(("rcx", "r11", "rip", "rflags", "rsp"))
-    cs, ss = cpu.uc.reg_read(X.UC_X86_REG_CS), cpu.uc.reg_read(X.UC_X86_REG_SS)
+    cs = loaded_cs = cpu.seg(X.UC_X86_REG_CS)
+    ss = cpu.seg(X.UC_X86_REG_SS)
     if cpu.kernel_mode:
         sp, cs = rsp, cs & ~3  # "kernel context" for the guest
     else:
@@ -148,8 +149,8 @@ def create_bounce_frame(cpu: VCpu, copy_to_guest, handler: int, *,
     if interrupt:
         set_upcall_mask(cpu, 1)
     # the kernel runs on Xen's flat selectors (user code may have others)
-    gdt.load_selector(cpu, X.UC_X86_REG_CS, arch_x86.FLAT_KERNEL_CS64)
-    gdt.load_selector(cpu, X.UC_X86_REG_SS, arch_x86.FLAT_KERNEL_SS64)
+    gdt.load_selector(cpu, X.UC_X86_REG_CS, arch_x86.FLAT_KERNEL_CS64, loaded_cs)
+    gdt.load_selector(cpu, X.UC_X86_REG_SS, arch_x86.FLAT_KERNEL_SS64, ss)
     cpu.set_reg("rflags", rflags & ~_BOUNCE_CLEARS)
     cpu.set_reg("rsp", sp)
     cpu.set_reg("rip", handler)
