@@ -180,10 +180,12 @@ def software_interrupt(cpu: VCpu, hc: VcpuHypercalls, ex: Exit) -> bool:
     else:
         dpl = arch_x86.TI_GET_DPL(entry[0]) if entry else 0
         permitted = dpl >= (1 if cpu.kernel_mode else 3)  # permit_softint
-    if not permitted or entry is None or entry[2] == 0:
+    if not permitted:
         # the IDT gate's DPL 0 made it #GP(vector << 3 | IDT) at the instruction
         cpu.set_reg("rip", ex.rip - ex.insn_len)
         return inject_exception(cpu, hc, TRAP_GP, ex.vector << 3 | X86_XEC_IDT)
+    if entry is None or entry[2] == 0:
+        return False  # Xen: a null trap bounce, the domain crashes
     create_bounce_frame(cpu, hc.copy_to_guest, entry[2],
                         interrupt=bool(arch_x86.TI_GET_IF(entry[0])))
     return True

@@ -168,3 +168,16 @@ def test_an_unreadable_iret_frame_crashes_the_domain(tmp_path) -> None:
     g.cpu.set_reg("rsp", 0x10000)
     with pytest.raises(traps.BadFrame, match="unreadable"):
         g.hc.iret()
+
+
+def test_int3_without_a_handler_crashes_not_gp(tmp_path) -> None:
+    """#BP's DPL is never checked: with no handler it is a null bounce (crash),
+    not a #GP the guest's #GP handler would see."""
+    g = Guest("traps_all", tmp_path)
+    _until_first_trap(g)
+    del g.hc.trap_table[3]
+    g.cpu.set_reg("rip", g.symbols["site_bp"])
+    ex = g.cpu.run_slice()
+    assert ex.vector == 3 and ex.software
+    assert traps.deliver(g.cpu, g.hc, ex) is False
+    assert read_log(g) == []
