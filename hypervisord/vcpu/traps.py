@@ -27,8 +27,10 @@ handler at all, crashes the domain (``domain_crash``).
 Worked example: user code at rip U with rsp S reads an unmapped address A.
 Xen: kernel mode, CR3 = kernel L4, ``vcpu_info.arch.cr2 = A``, error code
 with PFEC_user set, new rsp = (kernel_sp & ~15) - 64, frame [rcx, r11, 4 or
-6, U, 0xe033, rflags|IF, S, 0xe02b], rip = the #PF handler. The handler's
-``HYPERVISOR_iret`` with that frame (cs RPL 3) goes back to user mode.
+6, U, user CS (0xe033, or the guest's 0x33) | mask << 32, rflags (IF = events
+were on), S, user SS], rip = the #PF handler, CS/SS = Xen's flat kernel
+selectors. The handler's ``HYPERVISOR_iret`` with that frame (CS RPL 3)
+goes back to user mode, CS/SS loaded after the checks an ``iretq`` makes.
 
 **What raises what** (``xen/arch/x86/traps.c``, ``pv/traps.c``):
 exceptions go to their trap_table vector (#PF's error code gets PFEC_user
