@@ -11,7 +11,7 @@ back; pv-guest-abi.md §1). Guest-physical address space of a vCPU::
     SHARED_INFO_MFN << 12          the shared_info slot (start_info.shared_info)
     GNTTAB_MFN << 12 ..            the grant-table slots (GNTTABOP_setup_table's
                                    frame_list names these frames to a PV guest)
-    HV_PRIVATE_MFN << 12 ..        the hypervisor's own frames (GDT), never
+    HV_PRIVATE_MFN << 12 ..        the hypervisor's own frames (GDT, see gdt.py), never
                                    reachable through a guest PTE
 
 Guest PTEs may only name frames below ``nr_pages``, the shared_info frame or
@@ -35,7 +35,7 @@ SHARED_INFO_MFN = (1 << 26) - 64
 GNTTAB_MFN = SHARED_INFO_MFN + 1
 #: the first frame of hypervisor-private memory (the vCPU's GDT)
 HV_PRIVATE_MFN = (1 << 26) - 32
-HV_PRIVATE_FRAMES = 16  # a GDT up to Xen's reserved page 14 (FIRST_RESERVED_GDT_PAGE)
+HV_PRIVATE_FRAMES = 18  # a GDT up to Xen's reserved page 14, and 3 tables mapping it (gdt.py)
 MAX_PV_PAGES = SHARED_INFO_MFN  # guest frames must stay below shared_info
 
 _Q = struct.Struct("<Q")

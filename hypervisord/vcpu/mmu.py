@@ -21,7 +21,8 @@ Served here:
 pvxen specifics: a PV guest's machine frame is its own frame number, so
 the M2P starts as the identity; ``MMU_MACHPHYS_UPDATE`` validates the frame
 and records the new entry in :attr:`Mmu.m2p` (nothing maps the M2P at
-``RO_MPT_VIRT_START``: the L4 slots 256..271 stay empty). One vCPU: every
+``RO_MPT_VIRT_START``: of the L4 slots 256..271 only the vCPU's GDT slot,
+:mod:`.gdt`, is filled, in every validated L4). One vCPU: every
 "flush on these vCPUs" is a flush of Unicorn's TLB, which is always
 enough (~1 us). Foreign page owners (``foreigndom``) need privilege, which
 no guest on a vCPU has: ``-EPERM`` (naming itself by domid: Xen's
@@ -42,9 +43,7 @@ from collections.abc import Callable
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.xen import (DOMID_SELF, MMU_UPDATE, MMUEXT_OP, PAGE_SIZE, UVMF_ALL,
                                     UVMF_FLUSHTYPE_MASK, UVMF_LOCAL, MmuextCmd, MmuUpdateCmd)
-from unicorn import x86_const as X
-
-from . import paging
+from . import gdt, paging
 from .memory import SHARED_INFO_MFN
 from .pagetype import PGT_l4_page_table, PGT_writable_page, MmuError, PageTypes
 
@@ -71,7 +70,7 @@ class Mmu:
         #: M2P entries that differ from the identity (MMU_MACHPHYS_UPDATE)
         self.m2p: dict[int, int] = {}
         self.ldt: tuple[int, int] = (0, 0)  # (linear base, entries): MMUEXT_SET_LDT
-        self.types = PageTypes(cpu.mem, self.owns, self.shared_with_guest)
+        self.types = PageTypes(cpu.mem, self.owns, self.shared_with_guest, _xen_l4e)
         # The builder's tables: the L4 pinned (xc_dom_boot pins it) and held as
         # the vCPU's base pointer, which validates the whole bootstrap tree.
         self.base = cpu.cr3 >> paging.PAGE_SHIFT
@@ -257,7 +256,7 @@ class Mmu:
         if frame != self.base:
             self.types.get_type(frame, PGT_l4_page_table)
             old, self.base = self.base, frame
-            self.cpu.uc.reg_write(X.UC_X86_REG_CR3, frame << paging.PAGE_SHIFT)
+            self.cpu.load_cr3(frame << paging.PAGE_SHIFT)
             self.types.put_type(old)
         self._flush()
 
@@ -297,6 +296,11 @@ class Mmu:
         return t not in (0, PGT_writable_page)
 
 
+def _xen_l4e(slot: int) -> int:
+    """Xen's entry in L4 slot ``slot``: the vCPU's GDT mapping (:mod:`.gdt`), else none."""
+    return gdt.l4_entry() if slot == gdt.GDT_L4_SLOT else 0
+
+
 def _guest_addr(va: int) -> bool:
     """``__addr_ok``: canonical and outside Xen's range (L4 slots 256..271)."""
-    return paging.is_canonical(va) and not 256 <= paging.table_index(va, 4) <= 271
+    return paging.is_canonical(va) and paging.is_guest_l4_slot(paging.table_index(va, 4))

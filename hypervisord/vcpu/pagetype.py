@@ -54,7 +54,7 @@ TABLE_TYPES = (PGT_l1_page_table, PGT_l2_page_table, PGT_l3_page_table, PGT_l4_p
 
 #: PV 64-bit L4 slots 256..271 are Xen's (``ROOT_PAGETABLE_{FIRST,LAST}_XEN_SLOT``,
 #: ``xen/arch/x86/include/asm/config.h``): never the guest's to fill
-XEN_L4_SLOTS = range(256, 272)
+XEN_L4_SLOTS = paging.XEN_L4_SLOTS
 
 _AVAIL = 0xE00  # _PAGE_AVAIL: PTE bits 9..11
 _AVAIL_HIGH = 0x7FF << 52  # _PAGE_AVAIL_HIGH: PTE bits 52..62
@@ -106,8 +106,11 @@ class PageTypes:
     """
 
     def __init__(self, mem: TableMemory, owns: Callable[[int], bool],
-                 foreign_ok: Callable[[int], bool]) -> None:
+                 foreign_ok: Callable[[int], bool],
+                 xen_l4e: Callable[[int], int] = lambda _slot: 0) -> None:
         self.mem, self.owns, self.foreign_ok = mem, owns, foreign_ok
+        #: what Xen's L4 slot ``i`` holds in every validated L4 (init_xen_l4_slots)
+        self.xen_l4e = xen_l4e
         self.type: dict[int, int] = {}  # frame -> PGT_*; present with count 0 = validating
         self.count: dict[int, int] = {}  # frame -> type count (> 0)
         self.pinned: set[int] = set()
@@ -232,8 +235,11 @@ class PageTypes:
         try:
             for i, pte in enumerate(self._entries(frame)):
                 if level == 4 and i in XEN_L4_SLOTS:
-                    if pte:  # Xen writes its own slots (init_xen_l4_slots): none here
-                        self.mem.write_u64(base + 8 * i, 0)
+                    # Xen writes its own slots (init_xen_l4_slots), whatever the
+                    # guest left there while the frame was an ordinary page
+                    xen = self.xen_l4e(i)
+                    if pte & ~paging._PAGE_ACCESSED != xen:
+                        self.mem.write_u64(base + 8 * i, xen)
                     continue
                 if not pte & paging._PAGE_PRESENT:
                     continue

@@ -12,10 +12,10 @@ _start:
   mov %rsp, %rbx
   /* the iret frame above what the stub pushes (rcx, r11) and the call (rip):
      ..., flags, rip, cs, rflags, rsp, ss */
-  push $0xe02b                          /* ss: FLAT_KERNEL_SS64 */
+  push $0xe028                          /* ss: FLAT_KERNEL_SS64, RPL 0 = kernel context */
   push %rbx                             /* rsp */
   push $0x202                           /* rflags */
-  push $0xe033                          /* cs: FLAT_KERNEL_CS64 */
+  push $0xe030                          /* cs: FLAT_KERNEL_CS64, RPL 0: back to kernel mode (do_iret) */
   lea after(%rip), %rax
   push %rax                             /* rip */
   push $0                               /* flags */
