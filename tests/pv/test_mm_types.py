@@ -227,3 +227,21 @@ def test_random_operations_keep_the_counts_and_the_invariant() -> None:
         assert actual == expected
         seen.update(ty for ty, _ in actual.values())
     assert seen == {1, 2, 3, 4, pt.PGT_writable_page}, "the walk never built every level"
+
+
+def test_xens_own_l4_slots_get_xens_entries(world) -> None:
+    """init_xen_l4_slots: whatever the guest left in 256..271, Xen's values go in
+    (here the vCPU's GDT slot, see hypervisord/vcpu/gdt.py), and stay Xen's."""
+    m, _ = world
+    xen = pte(0x3FFFFE0, P | RW)  # a hypervisor-private frame
+    t = PageTypes(m, lambda f: 0 <= f < NR, lambda f: f == SHARED,
+                  lambda slot: xen if slot == 260 else 0)
+    m.set(10, 260, pte(20, P | RW | U))  # the guest's attempt at Xen's slot
+    m.set(10, 261, pte(20, P | RW | U))
+    t.pin(10, 4)
+    assert m.read_u64(10 * 4096 + 260 * 8) == xen
+    assert m.read_u64(10 * 4096 + 261 * 8) == 0
+    assert t.count_of(20) == 1  # only L1 13's mapping: nothing taken for Xen's slots
+    assert errno_of(t.mod_entry, 10, 260, 0) == XenErrno.XEN_EINVAL
+    t.unpin(10)  # devalidation leaves Xen's slots alone
+    assert m.read_u64(10 * 4096 + 260 * 8) == xen
