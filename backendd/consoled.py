@@ -123,7 +123,11 @@ class Consoled:
     async def _scan(self) -> None:
         try:
             children = await self.xs.directory("/local/domain")
-        except (XsError, XsConnectionLost) as e:
+        except XsError as e:
+            if e.name != "ENOENT":  # ENOENT: no domain yet
+                log.warning("cannot list domains: %s", e)
+            return
+        except XsConnectionLost as e:
             log.warning("cannot list domains: %s", e)
             return
         for child in children:
@@ -184,6 +188,9 @@ class Consoled:
                         domid, e)
         except OSError as e:  # hypervisord went (its domains with it)
             log.warning("d%d: console closed: %s", domid, e)
+        except Exception:  # a bug here costs this console alone
+            self.closed.add(domid)
+            log.exception("d%d: console failed", domid)
         finally:
             if self.consoles.get(domid) is scope:
                 del self.consoles[domid]
@@ -271,12 +278,13 @@ class Consoled:
                      f", log {logpath}" if logpath else "")
             pump = _Pump(domid, ring, evtchn, local, master, logfd,
                          OutputBuffer(keys.limit), self.config)
+            failed: list[Exception] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump.ring_to_buffer)
-                nursery.start_soon(pump.buffer_to_pty)
-                nursery.start_soon(pump.pty_to_ring)
-                await self._until_gone(domid, keys, events)
-                nursery.cancel_scope.cancel()
+                for job in (pump.ring_to_buffer, pump.buffer_to_pty, pump.pty_to_ring,
+                            lambda: self._until_gone(domid, keys, events)):
+                    nursery.start_soon(_first_failure, job, failed, nursery.cancel_scope)
+            if failed:  # one plain exception, not a group: the caller names it
+                raise failed[0]
             log.info("d%d (%s): console closed (domain gone)", domid, keys.name)
         finally:
             for fd in (master, slave, logfd):
@@ -288,9 +296,24 @@ class Consoled:
         async for _ in events:
             now = await self._read(f"/local/domain/{domid}/console/ring-ref")
             if now is None:
-                return
+                raise _Gone()
             if now != str(keys.gfn).encode():
                 raise ConsoleError(f"ring-ref changed to {now[:40]!r} while connected")
+
+
+class _Gone(Exception):
+    """The domain's console went from the store: the console ends, no error."""
+
+
+async def _first_failure(job, failed: list[Exception], scope: trio.CancelScope) -> None:
+    """Run one of a console's tasks; whatever ends it ends the others too."""
+    try:
+        await job()
+    except _Gone:
+        pass
+    except (ConsoleError, OSError, XsError, XsConnectionLost) as e:
+        failed.append(e)
+    scope.cancel()
 
 
 class _Pump:

@@ -71,7 +71,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "xenconsoled: /var/log/xen/console; default <rundir>/backendd/console)")
     p.add_argument("--no-console-log", action="store_true",
                    help="keep no console logs (xenconsoled --log=none)")
-    return p.parse_args(argv)
+    p.add_argument("--console-rate-limit", type=int, default=consoled.RATE_LIMIT_ALLOWANCE,
+                   metavar="EVENTS", help="console events served per domain each 200 ms "
+                   f"(xenconsoled's RATE_LIMIT_ALLOWANCE, {consoled.RATE_LIMIT_ALLOWANCE})")
+    args = p.parse_args(argv)
+    if args.console_rate_limit < 1:
+        p.error("--console-rate-limit: at least 1 event per period")
+    return args
 
 
 def load_driver(spec: str) -> None:
@@ -283,7 +289,8 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
 def _consoled_config(args: argparse.Namespace, rundir: Path) -> consoled.ConsoledConfig:
     log_dir = None if args.no_console_log else Path(
         args.console_log_dir or rundir / "backendd" / "console")
-    return consoled.ConsoledConfig(log_dir, backend_domid=args.backend_domid)
+    return consoled.ConsoledConfig(log_dir, backend_domid=args.backend_domid,
+                                   rate_allowance=args.console_rate_limit)
 
 
 def main(argv: list[str] | None = None) -> int:
