@@ -54,7 +54,7 @@ def test_demo_boots_two_guests_and_shows_the_store(tmp_path):
         consoles = out.split("printed on their consoles", 1)[1].split("== dom0", 1)[0]
         for name in ("web", "client"):
             assert f"{name}: console on /dev/pts/" in consoles, consoles
-        assert "  web: web: listening on 10.0.0.2 port 80" in consoles
+        assert "  web: web: listening on 10.0.0.2/24 port 80" in consoles
         assert "  client: GET http://10.0.0.2/ -> HTTP/1.0 200 OK" in consoles
         assert "xl console web" in out  # how to attach
         assert "client: ping 10.0.0.2: 3/3 replies" in out
