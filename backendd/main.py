@@ -264,7 +264,9 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
                         for dtype in sorted(set(TYPES) | set(DRIVERS)):
                             await devices.start(b.watch_type, dtype)
                         await services.start(serve_status, b, rundir / "backendd" / "socket")
-                        await services.start(consoled.Consoled(xs, link, _consoled_config(
+                        # beside the devices: the consoles too unbind their ports
+                        # before the hypervisord link goes
+                        await devices.start(consoled.Consoled(xs, link, _consoled_config(
                             args, rundir)).run)
                         task_status.started()
                         await stop.wait()
