@@ -159,7 +159,8 @@ class Consoled:
         except XenError as e:
             if e.rc == -XenErrno.XEN_ESRCH:
                 return False
-            raise
+            log.warning("d%d: getdomaininfo: %s", domid, e)
+            return True
         except OSError:
             return True  # hypervisord away: the store tells when the domain goes
         info = ctrl.DomainInfo.from_result(r)
