@@ -100,6 +100,7 @@ class Consoled:
         self.config = config
         self.consoles: dict[int, trio.CancelScope] = {}
         self.ttys: dict[int, str] = {}
+        self.names: dict[int, str] = {}
         #: domains whose console was closed for cause: left alone until released
         self.closed: set[int] = set()
         self._nursery: trio.Nursery | None = None
@@ -179,8 +180,14 @@ class Consoled:
                             if not await self._exists(f"/local/domain/{domid}"):
                                 return
                             continue  # no console yet
+                        self.names[domid] = keys.name
                         await self._attach(domid, keys, events)
+                        break  # its ~/console went with it
+                    else:
                         return
+                log.info("d%d (%s): console closed (domain gone)", domid, keys.name)
+            if scope.cancelled_caught and domid in self.names:  # @releaseDomain
+                log.info("d%d (%s): console closed (domain gone)", domid, self.names[domid])
         except ConsoleError as e:
             self.closed.add(domid)
             log.warning("d%d: console closed: %s", domid, e)
@@ -196,6 +203,7 @@ class Consoled:
             if self.consoles.get(domid) is scope:
                 del self.consoles[domid]
             self.ttys.pop(domid, None)
+            self.names.pop(domid, None)
 
     async def _exists(self, path: str) -> bool:
         try:
@@ -286,7 +294,6 @@ class Consoled:
                     nursery.start_soon(_first_failure, job, failed, nursery.cancel_scope)
             if failed:  # one plain exception, not a group: the caller names it
                 raise failed[0]
-            log.info("d%d (%s): console closed (domain gone)", domid, keys.name)
         finally:
             for fd in (master, slave, logfd):
                 if fd >= 0:

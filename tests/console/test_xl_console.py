@@ -114,3 +114,13 @@ def test_debian_xenconsole_attaches_to_our_pty(stack, backendd, tmp_path):
     child.send("from xenconsole\r")
     child.expect_exact("echo: from xenconsole")
     _detach(child)
+
+
+def test_xl_console_without_a_console_daemon_gives_up_after_5_s(stack, tmp_path):
+    stack.xl_ok("create", str(write_guest(tmp_path, "echo", ECHO_GUEST)))  # no backendd
+    t0 = time.monotonic()
+    r = stack.xl("console", "echo")
+    waited = time.monotonic() - t0
+    assert r.rc == 1
+    assert "Could not read tty from store" in r.err and "Unable to attach console" in r.err
+    assert 5.0 <= waited < 9.0  # xenconsole's get_pty_fd(xs, path, 5)
