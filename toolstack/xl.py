@@ -7,7 +7,8 @@ are parsed with GNU getopt semantics (``getopt.gnu_getopt``), as xl's
 ``getopt_long`` does, so ``xl create g.cfg -p memory=64`` works and an
 unknown option gives ``option `x' not supported.``.
 
-Commands: create (-c: then the console), console, list, info, destroy, pause, unpause, shutdown, reboot,
+Commands: create (-c: then the console), console (``xl_console.py``), list,
+info, destroy, pause, unpause, shutdown, reboot,
 mem-set, mem-max, dmesg, domid, domname, help; block-attach/-list/-detach and
 network-attach/-list/-detach (``xl_devcmds.py``). Domains are named by name
 or id. The runtime directory is ``$PVXEN_RUNDIR`` (see ``hcall.py``).
