@@ -14,8 +14,12 @@ trusted. Like xenconsoled (which discards such data: "Warning, illegal
 out-ring"), the backend then drops what is in the ring by setting ``out_cons``
 to the producer, logs it, and carries on; it never reads outside the ring.
 
-Not yet done (deadline): the per-domain driver (mapping, event channel, pty,
-log file, XenStore ``~/console/tty``) and the guest/``xl console`` sides.
+Beside the ring, the two other pure pieces of xenconsoled's per-console
+state: :class:`OutputBuffer` (``struct buffer`` with ``buffer_append`` /
+``buffer_advance``: output waiting for the pty, bounded by ``~/console/limit``)
+and :class:`RateLimit` (``RATE_LIMIT_ALLOWANCE`` events per
+``RATE_LIMIT_PERIOD``). The service that drives them is
+:mod:`backendd.consoled`.
 """
 
 from __future__ import annotations
@@ -81,3 +85,86 @@ class ConsoleRing:
             self.page[XENCONS_IN_OFF + MASK_XENCONS_IDX(prod + i, XENCONS_IN_SIZE)] = data[i]
         XENCONS_RING_IDX.pack_into(self.page, XENCONS_IN_PROD_OFF, (prod + n) % _U32)
         return n
+
+
+# -- output waiting for the pty (io.c struct buffer) -----------------------------------
+
+class OutputBuffer:
+    """What the guest printed and the pty has not taken yet.
+
+    As xenconsoled with ``discard_overflowed_data`` (its default): the
+    buffer may grow to 5/4 of ``max_capacity``; past that, if more than a
+    quarter was already written out, the written part is dropped, else the
+    middle goes (the first half of the capacity and the newest data stay).
+    So a pty nobody reads costs at most 5/4 of the limit, whatever the
+    guest prints. ``discarded`` counts the bytes thrown away.
+
+    Worked example, ``max_capacity`` 8: 11 bytes ``abcdefghijk`` arrive,
+    none written out: 11 > 10, so ``over`` = 3, and the buffer becomes
+    ``abcd`` + ``ijk`` (first half kept, then the newest bytes)."""
+
+    def __init__(self, max_capacity: int) -> None:
+        self.max_capacity = max(max_capacity, 0)
+        self._data = bytearray()
+        self._consumed = 0
+        self.discarded = 0
+
+    def __len__(self) -> int:
+        return len(self._data) - self._consumed
+
+    def append(self, data: bytes) -> None:
+        self._data += data
+        cap = self.max_capacity
+        if cap and len(self._data) > 5 * cap // 4:
+            if self._consumed > cap // 4:
+                del self._data[:self._consumed]
+                self._consumed = 0
+            else:
+                over = len(self._data) - cap
+                self.discarded += len(self._data) - (cap // 2 + over)
+                del self._data[cap // 2:cap]
+                self._consumed = min(self._consumed, cap // 2)
+
+    def peek(self, limit: int) -> bytes:
+        return bytes(self._data[self._consumed:self._consumed + limit])
+
+    def advance(self, n: int) -> None:
+        self._consumed += n
+        if self._consumed >= len(self._data):
+            self._data = bytearray()
+            self._consumed = 0
+
+
+# -- per-domain rate limit (io.c RATE_LIMIT_*) ------------------------------------------
+
+RATE_LIMIT_ALLOWANCE = 30   # events allowed in each period (tools/console/daemon/io.c)
+RATE_LIMIT_PERIOD = 0.200   # seconds (io.c: 200 ms)
+
+
+class RateLimit:
+    """xenconsoled's event budget: each event channel notification counts
+    one; a domain that used ``allowance`` events in the current period is
+    not served again until the period ends (its notifications coalesce in
+    the pending bit meanwhile). Each event drains at most a ring's worth
+    (2048 bytes), so a flooding guest gets ``allowance * 2048`` bytes per
+    period (300 KiB/s with Xen's numbers) and costs no more."""
+
+    def __init__(self, allowance: int = RATE_LIMIT_ALLOWANCE,
+                 period: float = RATE_LIMIT_PERIOD) -> None:
+        self.allowance = allowance
+        self.period = period
+        self.count = 0
+        self.next_period: float | None = None
+        self.throttled = 0  # periods cut short
+
+    def event(self, now: float) -> float:
+        """Count one event at ``now``; the seconds to pause before the next
+        one is served (0 while under the allowance)."""
+        if self.next_period is None or now >= self.next_period:
+            self.next_period = now + self.period
+            self.count = 0
+        self.count += 1
+        if self.count >= self.allowance:
+            self.throttled += 1
+            return self.next_period - now
+        return 0.0

@@ -14,6 +14,9 @@ hypervisord (reattached whenever it is back). On SIGTERM every device is
 closed (state Closed) before the connection to xenstored goes; a
 restarted backendd picks the devices up from the store.
 
+Beside the devices runs the console service (:mod:`backendd.consoled`,
+xenconsoled's job: every domain's console 0 as a pty and a log file).
+
 ``<rundir>/backendd/socket`` answers every connection with one line per
 device, ``<type> <domid> <devid> <state>``, then closes (what ``pvxen``
 probes; ``xl block-list`` will read it).
@@ -37,7 +40,7 @@ from libxen.evtchn import XenEvtchn
 from libxen.gnttab import GrantMapper
 from libxen.paths import privcmd_path, xenstored_path
 from libxen.xenstore.aio import XsClient, XsConnectionLost, XsError
-from backendd import bridge
+from backendd import bridge, consoled
 from backendd.device import DRIVERS, Device, DeviceDriver, DeviceInfo
 
 log = logging.getLogger("backendd")
@@ -63,7 +66,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend-domid", type=int, default=0, help="the domain serving (default 0)")
     p.add_argument("--device-type", action="append", default=[], metavar="TYPE=MODULE:CLASS",
                    help="load a DeviceDriver for backend/TYPE")
-    return p.parse_args(argv)
+    p.add_argument("--console-log-dir", metavar="DIR",
+                   help="where each guest's console goes, as guest-<name>.log (Xen's "
+                   "xenconsoled: /var/log/xen/console; default <rundir>/backendd/console)")
+    p.add_argument("--no-console-log", action="store_true",
+                   help="keep no console logs (xenconsoled --log=none)")
+    p.add_argument("--console-rate-limit", type=int, default=consoled.RATE_LIMIT_ALLOWANCE,
+                   metavar="EVENTS", help="console events served per domain each 200 ms "
+                   f"(xenconsoled's RATE_LIMIT_ALLOWANCE, {consoled.RATE_LIMIT_ALLOWANCE})")
+    args = p.parse_args(argv)
+    if args.console_rate_limit < 1:
+        p.error("--console-rate-limit: at least 1 event per period")
+    return args
 
 
 def load_driver(spec: str) -> None:
@@ -176,6 +190,8 @@ class Backendd:
             if e.name == "ENOENT":
                 return  # not (or no longer) a complete device directory
             raise
+        if dtype == "console" and frontend == f"/local/domain/{domid}/console":
+            return  # console 0: the console service's (backendd.consoled), as xenconsoled's
         if frontend_id != str(domid) or not frontend.startswith(f"/local/domain/{domid}/device/"):
             log.warning("%s: frontend %r of domain %r does not belong to d%d: ignored",
                         node, frontend, frontend_id, domid)
@@ -248,6 +264,10 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
                         for dtype in sorted(set(TYPES) | set(DRIVERS)):
                             await devices.start(b.watch_type, dtype)
                         await services.start(serve_status, b, rundir / "backendd" / "socket")
+                        # beside the devices: the consoles too unbind their ports
+                        # before the hypervisord link goes
+                        await devices.start(consoled.Consoled(xs, link, _consoled_config(
+                            args, rundir)).run)
                         task_status.started()
                         await stop.wait()
                         log.info("closing %d devices", len(b.devices))
@@ -266,6 +286,13 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
             await trio.sleep_forever()
         finally:
             stop.set()
+
+
+def _consoled_config(args: argparse.Namespace, rundir: Path) -> consoled.ConsoledConfig:
+    log_dir = None if args.no_console_log else Path(
+        args.console_log_dir or rundir / "backendd" / "console")
+    return consoled.ConsoledConfig(log_dir, backend_domid=args.backend_domid,
+                                   rate_allowance=args.console_rate_limit)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 Runs the same commands a user types: ``pvxen up`` (hypervisord, then
 xenstored, each waited for until ready), ``xl create`` for each demo
-guest, ``xl list``, and ``xenstore-ls``. The daemons stay up afterwards so
+guest, ``xl list``, and ``xenstore-ls``; shows what each guest printed on
+its console (backendd's ``guest-<name>.log``) and how to attach to it
+(``xl console web``). The daemons stay up afterwards so
 the tools can be tried by hand; ``make stop`` (``pvxen down``) ends them.
 """
 
@@ -67,6 +69,24 @@ def mark_log(rundir: Path, name: str) -> None:
     _log_start[name] = log.stat().st_size if log.exists() else 0
 
 
+def console_log(rundir: Path, name: str) -> Path:
+    """backendd's copy of the guest's console (xenconsoled's guest-<name>.log)."""
+    return rundir / "backendd" / "console" / f"guest-{name}.log"
+
+
+def console_tail(rundir: Path, name: str, text: str, lines: int = 8,
+                 timeout: float = 10.0) -> list[str]:
+    """The last lines of the guest's console log, once ``text`` has reached it."""
+    log, data = console_log(rundir, name), ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = log.read_text(errors="replace") if log.exists() else ""
+        if text in data:
+            break
+        time.sleep(0.1)
+    return [line.rstrip("\r") for line in data.splitlines()][-lines:]
+
+
 def wait_for(rundir: Path, name: str, text: str, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -81,6 +101,10 @@ def wait_for(rundir: Path, name: str, text: str, timeout: float = 60.0) -> bool:
 #: where the disk images go: ``<dir>/images/<guest>.img``; xl runs in ``<dir>``, so
 #: the configs' relative ``target=images/...`` finds them (tests use their own)
 DEMO_DIR = Path(os.environ.get("PVXEN_DEMO_DIR", EXAMPLES))
+
+
+def domid_of(xl: str, name: str) -> str:
+    return subprocess.run([xl, "domid", name], capture_output=True, text=True).stdout.strip()
 
 
 def make_images() -> None:
@@ -165,11 +189,15 @@ def main() -> int:
             mark_log(rundir, name)
             run(xl, "create", str(cfg), cwd=DEMO_DIR)
         wait_for(rundir, name, ready)
-    banner("what the guests printed (their console output, kept by xl's launcher)")
-    for cfg, _ in GUESTS:
-        for line in guest_log(rundir, cfg.stem).splitlines():
-            if not line[:4].isdigit():  # the program's own lines, not the runtime's log
-                print(f"  {cfg.stem}: {line}")
+    banner("what the guests printed on their consoles (backendd: a pty each, and a log)")
+    for cfg, ready in GUESTS:
+        name = cfg.stem
+        tty = subprocess.run([tool("xenstore-read"), f"/local/domain/{domid_of(xl, name)}"
+                              "/console/tty"], capture_output=True, text=True,
+                             env=dict(os.environ, XENSTORED_PATH=str(socket))).stdout.strip()
+        print(f"{name}: console on {tty or '?'}, log {console_log(rundir, name)}")
+        for line in console_tail(rundir, name, ready):
+            print(f"  {name}: {line}")
     banner("dom0 on the bridge")
     dom0_reaches_web(rundir, xl)
     banner("the domains and their devices, as xl shows them")
@@ -189,6 +217,7 @@ def main() -> int:
     banner("try it yourself")
     print(f"""  export PVXEN_RUNDIR={rundir} {env_hint}
   . .venv/bin/activate
+  xl console web               # attach to web's console (detach with Ctrl-])
   xl list                      # domains, Xen's columns
   xl block-list web            # the disk: state, event channel, ring-ref
   xl network-list client       # the vif, and whether it is on a real bridge
@@ -200,8 +229,8 @@ def main() -> int:
   xenstore-watch /local/domain # watch guests come and go
   pvxen status                 # the daemons
   make stop                    # pvxen down: stop everything
-Logs: {rundir}/log/ (daemons), {rundir}/xl/log/ (guests: what they print)
-(`xl console NAME` is not there yet: the console backend is the next step.)""")
+Logs: {rundir}/log/ (daemons), {rundir}/backendd/console/ (the guests' consoles),
+{rundir}/xl/log/ (the guest processes' own output)""")
     return 0
 
 

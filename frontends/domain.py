@@ -20,6 +20,9 @@
 * ``await domain.open_xenbus()``: a XenStore client over the store ring
   (``frontends.xenbus``), opened on first use so that guests that never
   touch the store do not need it;
+* ``console``: console 0 (``frontends.console.Console`` over the console
+  page and ``start_info.console_evtchn``): ``await domain.console.print(...)``,
+  ``await domain.console.readline()``; backendd shows it as a pty;
 * ``nursery``: for the guest's background tasks;
 * ``shutdown_requested`` (a ``trio.Event``) and ``shutdown_reason``: set
   when the toolstack writes ``control/shutdown``; :meth:`wait_for_shutdown`.
@@ -98,6 +101,7 @@ class Domain:
     _xenbus_lock: trio.Lock = field(default_factory=trio.Lock)
     _evtchn: Any = None
     _gnttab: Any = None
+    _console: Any = None
     _next_free_gfn: int = 0
     _maps: list[mmap.mmap] = field(default_factory=list)
     _shared_info: mmap.mmap | None = None
@@ -180,6 +184,19 @@ class Domain:
 
                 self._gnttab = await GrantTable.open(self.xc, self.memory_fd)
         return self._gnttab
+
+    @property
+    def console(self) -> Any:
+        """Console 0 (``frontends.console.Console``), made on first use."""
+        if self._console is None:
+            from frontends.console import Console, ConsoleFront
+
+            if self._evtchn is None:
+                raise RuntimeError("the console needs the domain's event channels")
+            page = memoryview(self.map_gfn(self.start_info.console_mfn))
+            self._console = Console(ConsoleFront(page), self._evtchn,
+                                    self.start_info.console_evtchn)
+        return self._console
 
     @property
     def evtchn(self) -> Any:

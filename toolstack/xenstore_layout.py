@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONSOLE_LIMIT = 1048576  # libxl's LIBXL_XENCONSOLE_LIMIT
+CONSOLE_PROTOCOL = "vt100"  # LIBXL_XENCONSOLE_PROTOCOL
 DOM0_NAME = "Domain-0"
 
 
@@ -122,14 +123,32 @@ def build_post(e: DomainEntries) -> list[Op]:
 
 
 def console(e: DomainEntries) -> list[Op]:
-    """Console 0's frontend entries in ``~/console`` (``libxl__device_console_add``)."""
+    """Console 0 as ``libxl__device_console_add`` writes it for a PV guest
+    served by xenconsoled: the frontend in ``~/console`` (the directory and
+    ``backend``/``backend-id`` the guest's, the keys the console daemon
+    trusts -- ``limit``, ``type``, ``output``, ``tty``, ``port``,
+    ``ring-ref`` -- owned by dom0 and only readable by the guest, as
+    ``ro_front``), the backend directory ``backend/console/<domid>/0``
+    (``frontend-id``, ``online``, ``state``, ``protocol``; nothing serves it:
+    xenconsoled reads ``~/console`` only) and the toolstack's copy under
+    ``/libxl``. ``tty`` starts empty; the console daemon writes the pty."""
     cp = f"{dom_path(e.domid)}/console"
-    ops = _mknod(cp, (f"n{e.domid}", "r0"))
-    for key, value in (("backend", f"/local/domain/0/backend/console/{e.domid}/0"),
-                       ("backend-id", "0"), ("limit", str(CONSOLE_LIMIT)),
-                       ("type", "xenconsoled"), ("output", "pty"),
-                       ("port", str(e.console_port)), ("ring-ref", str(e.console_gfn))):
-        ops.append(Op("write", f"{cp}/{key}", value))
+    bp = f"{dom_path(0)}/backend/console/{e.domid}/0"
+    lp = f"{libxl_path(e.domid)}/device/console/0"
+    fperms, ro = (f"n{e.domid}", "r0"), ("n0", f"r{e.domid}")
+    ops = [*_mknod(cp, fperms), Op("write", f"{cp}/backend", bp)]
+    ops += _mknod(f"{cp}/backend-id", fperms, "0")
+    for key, value in (("limit", str(CONSOLE_LIMIT)), ("type", "xenconsoled"),
+                       ("output", "pty"), ("tty", ""), ("port", str(e.console_port)),
+                       ("ring-ref", str(e.console_gfn))):
+        ops += _mknod(f"{cp}/{key}", ro, value)
+    bents = [("frontend-id", str(e.domid)), ("online", "1"),
+             ("state", str(XENBUS_INITIALISING)), ("protocol", CONSOLE_PROTOCOL)]
+    ops += [Op("rm", bp), *_mknod(bp, ro), Op("write", f"{bp}/frontend", cp)]
+    ops += [Op("write", f"{bp}/{k}", v) for k, v in bents]
+    ops += [Op("rm", lp), *_mknod(lp, NOPERM), Op("write", f"{lp}/frontend", cp),
+            Op("write", f"{lp}/backend", bp)]
+    ops += [Op("write", f"{lp}/{k}", v) for k, v in bents]
     return ops
 
 
@@ -237,6 +256,8 @@ def destroy_ops(domid: int, uuid: str | None, backend_domids=(0,)) -> list[Op]:
         ops.insert(1, Op("rm", vm_path(uuid)))
     for bd in backend_domids:
         ops += [Op("rm", f"{dom_path(bd)}/backend/{kind}/{domid}") for kind in DEVICE_KINDS]
+    # console 0's backend directory (libxl__devices_destroy removes consoles at once)
+    ops.append(Op("rm", f"{dom_path(0)}/backend/console/{domid}"))
     return ops
 
 

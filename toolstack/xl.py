@@ -7,7 +7,8 @@ are parsed with GNU getopt semantics (``getopt.gnu_getopt``), as xl's
 ``getopt_long`` does, so ``xl create g.cfg -p memory=64`` works and an
 unknown option gives ``option `x' not supported.``.
 
-Commands: create, list, info, destroy, pause, unpause, shutdown, reboot,
+Commands: create (-c: then the console), console (``xl_console.py``), list,
+info, destroy, pause, unpause, shutdown, reboot,
 mem-set, mem-max, dmesg, domid, domname, help; block-attach/-list/-detach and
 network-attach/-list/-detach (``xl_devcmds.py``). Domains are named by name
 or id. The runtime directory is ``$PVXEN_RUNDIR`` (see ``hcall.py``).
@@ -22,7 +23,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolstack import xl_cmds, xl_devcmds
+from toolstack import xl_cmds, xl_console, xl_devcmds
 from toolstack.builder import BuildError, ConnectError, Toolstack
 from toolstack.hcall import XenError
 from toolstack.xlcfg import ConfigErrors
@@ -48,12 +49,13 @@ COMMANDS: dict[str, Command] = {
                       "Create a domain from config file <filename>",
                       "-h                      Print this help.\n"
                       "-p                      Leave the domain paused after it is created.\n"
+                      "-c                      Connect to the console after the domain is created.\n"
                       "-n, --dryrun            Dry run - prints the resulting configuration\n"
                       "                         (deprecated in favour of global -N option).\n"
                       "-q, --quiet             Quiet.\n"
                       "-f FILE, --defconfig=FILE\n"
                       "                     Use the given configuration file.",
-                      "pnqf:", ("dryrun", "quiet", "defconfig=")),
+                      "pnqcf:", ("dryrun", "quiet", "defconfig=")),
     "list": Command(xl_cmds.list_, "[options] [Domain]", "List information about all/some domains",
                     "-l, --long              Output all VM details\n"
                     "-v, --verbose           Prints out UUIDs and security context",
@@ -99,6 +101,15 @@ COMMANDS: dict[str, Command] = {
     "domname": Command(xl_cmds.domname, "<DomainId>", "Convert a domain id to domain name",
                        reqargs=1),
 }
+
+
+# -- the console client (xl_cmdtable.c, tools/xl/xl_console.c) ---------------------------
+COMMANDS["console"] = Command(
+    xl_console.console, "[options] <Domain>\n"
+    "-t <type>       console type, pv, serial or vuart\n"
+    "-n <number>     console number\n"
+    "-e <escape>     escape character", "Attach to domain's console",
+    "", "t:n:e:", (), 1)
 
 
 # -- device commands (xl_cmdtable.c; tools/xl/xl_block.c, xl_nic.c) --------------------

@@ -143,6 +143,10 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
             built.close_fds()
     if "-p" not in opts:
         ctrl.domain_unpause(ts.xc, built.domid)
+    if "-c" in opts:  # xl's console_autoconnect: the console client, as xl console
+        from toolstack.xl_console import attach
+
+        return attach(ts, built.domid, name=dc.name)
     return 0
 
 

@@ -11,8 +11,11 @@ from frontends.blkfront import BlockDevice
 from frontends.netstack import NetStack
 
 
-def say(text: str) -> None:
+async def say(domain, text: str) -> None:
+    """On the guest's console (backendd's pty and guest-<name>.log; ``xl console``)
+    and on stdout (xl's launcher log, which the demo watches)."""
     print(text, flush=True)
+    await domain.console.print(text)
 
 
 async def fetch(net, server: str) -> bytes:
@@ -36,16 +39,17 @@ async def fetch(net, server: str) -> bytes:
 async def main(domain):
     args = dict(a.split("=", 1) for a in domain.args if "=" in a)
     server = args.get("server", "10.0.0.2")
-    say(f"{domain.name}: domain {domain.domid} up, talking to {server}")
+    await say(domain, f"{domain.name}: domain {domain.domid} up, talking to {server}")
     async with BlockDevice.open(domain) as disk, NetStack.open(domain) as net:
         first = await disk.read(0, 512)
-        say(f"disk hda: {disk.sectors} sectors, first sector "
+        await say(domain, f"disk hda: {disk.sectors} sectors, first sector "
             f"{'blank' if first == bytes(512) else 'written'}")
         rtts = await net.ping(server, count=3)
-        say(f"ping {server}: {len(rtts)}/3 replies, " +
+        await say(domain, f"ping {server}: {len(rtts)}/3 replies, " +
             ", ".join(f"{rtt * 1000:.1f} ms" for rtt in rtts))
         page = await fetch(net, server)
         head, _, body = page.partition(b"\r\n\r\n")
-        say(f"GET http://{server}/ -> {head.splitlines()[0].decode()}: {body.decode().strip()}")
+        await say(domain, f"GET http://{server}/ -> {head.splitlines()[0].decode()}: "
+                  f"{body.decode().strip()}")
         reason = await domain.wait_for_shutdown()
-        say(f"shutdown requested (reason {reason}), goodbye")
+        await say(domain, f"shutdown requested (reason {reason}), goodbye")

@@ -17,25 +17,28 @@ from frontends.blkfront import BlockDevice
 from frontends.netstack import NetStack
 
 
-def say(text: str) -> None:
+async def say(domain, text: str) -> None:
+    """On the guest's console (backendd's pty and guest-<name>.log; ``xl console``)
+    and on stdout (xl's launcher log, which the demo watches)."""
     print(text, flush=True)
+    await domain.console.print(text)
 
 
-async def check_disk(disk) -> None:
+async def check_disk(domain, disk) -> None:
     blob, offset = os.urandom(1 << 20), 1 << 20
     await disk.write(offset, blob)
     await disk.flush()
     back = await disk.read(offset, len(blob))
-    say(f"disk xvda: {disk.sectors} sectors of {disk.sector_size} B; wrote {len(blob)} B, "
-        f"flushed, read back: {'OK' if back == blob else 'MISMATCH'} "
-        f"(sha1 {hashlib.sha1(back).hexdigest()[:12]})")
+    await say(domain, f"disk xvda: {disk.sectors} sectors of {disk.sector_size} B; "
+              f"wrote {len(blob)} B, flushed, read back: {'OK' if back == blob else 'MISMATCH'} "
+              f"(sha1 {hashlib.sha1(back).hexdigest()[:12]})")
 
 
 async def serve(net, domain) -> None:
     s = net.socket(net.AF_INET, net.SOCK_STREAM)
     s.bind(("0.0.0.0", 80))
     s.listen()
-    say(f"web: listening on {net.ip} port 80")
+    await say(domain, f"web: listening on {net.ip} port 80")
     served = 0
     while True:
         conn, _ = await net.run(s.accept)
@@ -48,9 +51,10 @@ async def serve(net, domain) -> None:
 
 
 async def main(domain):
-    say(f"{domain.name}: domain {domain.domid} up, {domain.start_info.nr_pages} pages")
+    await say(domain, f"{domain.name}: domain {domain.domid} up, "
+              f"{domain.start_info.nr_pages} pages")
     async with BlockDevice.open(domain) as disk:  # kept connected while the guest runs
-        await check_disk(disk)
+        await check_disk(domain, disk)
         await serve_until_shutdown(domain)
 
 
@@ -58,6 +62,6 @@ async def serve_until_shutdown(domain) -> None:
     async with NetStack.open(domain) as net, trio.open_nursery() as nursery:
         nursery.start_soon(serve, net, domain)
         reason = await domain.wait_for_shutdown()
-        say(f"shutdown requested (reason {reason}), goodbye")
+        await say(domain, f"shutdown requested (reason {reason}), goodbye")
         nursery.cancel_scope.cancel()
     sys.stdout.flush()

@@ -3,7 +3,7 @@
 The demo runs the commands a user types (pvxen up, xl create, xl list,
 xenstore-ls); this checks that what it shows is what the README promises:
 the daemons up (backendd too), both demo guests listed with their disk
-and vif, guest 1 pinging guest 2 and fetching its page over TCP, guest 2's
+and vif, both printing on their consoles, guest 1 pinging guest 2 and fetching its page over TCP, guest 2's
 disk blob read back, the store readable by our tools, and that it can be
 run twice. It runs on backendd's in-process switch (``PVXEN_NET_SWITCH``)
 and with its own images (``PVXEN_DEMO_DIR``), so a ``make run`` on the
@@ -50,6 +50,13 @@ def test_demo_boots_two_guests_and_shows_the_store(tmp_path):
                  if line[:1].isalpha() and not line.startswith(("Name", "$"))]
         assert names[:3] == ["Domain-0", "web", "client"], listing
         assert "read back: OK" in out
+        # what the guests printed, read back from their consoles (backendd's logs)
+        consoles = out.split("printed on their consoles", 1)[1].split("== dom0", 1)[0]
+        for name in ("web", "client"):
+            assert f"{name}: console on /dev/pts/" in consoles, consoles
+        assert "  web: web: listening on 10.0.0.2/24 port 80" in consoles
+        assert "  client: GET http://10.0.0.2/ -> HTTP/1.0 200 OK" in consoles
+        assert "xl console web" in out  # how to attach
         assert "client: ping 10.0.0.2: 3/3 replies" in out
         assert "-> HTTP/1.0 200 OK: hello from web" in out
         assert "on backendd's in-process switch" in out

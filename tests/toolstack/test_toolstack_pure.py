@@ -149,12 +149,28 @@ def test_libxl_layout_permissions():
                 "control/feature-poweroff", "device/suspend/event-channel"):
         assert perms[f"{d}/{sub}"] == ("n7",), sub
     assert perms[f"{d}/console"] == ("n7", "r0")
+    assert perms[f"{d}/console/backend-id"] == ("n7", "r0")
+    for key in ("limit", "type", "output", "tty", "port", "ring-ref"):
+        # what the console daemon trusts is dom0's (libxl's ro_front)
+        assert perms[f"{d}/console/{key}"] == ("n0", "r7"), key
+    assert perms["/local/domain/0/backend/console/7/0"] == ("n0", "r7")
+
+
+def test_console_backend_directory_as_libxl():
+    values, _ = _tree(layout.create_ops(ENTRIES))
+    b = "/local/domain/0/backend/console/7/0"
+    assert {k: v for k, v in values.items() if k.startswith(b + "/")} == {
+        f"{b}/frontend": "/local/domain/7/console", f"{b}/frontend-id": "7",
+        f"{b}/online": "1", f"{b}/state": "1", f"{b}/protocol": "vt100"}
+    assert values["/local/domain/7/console/tty"] == ""
+    assert values["/libxl/7/device/console/0/backend"] == b
 
 
 def test_layout_order_removes_before_creating_and_destroy_ops():
     ops = layout.create_ops(ENTRIES)
     assert ops[0] == layout.Op("rm", "/local/domain/7")
-    backends = ["/local/domain/0/backend/vbd/7", "/local/domain/0/backend/vif/7"]
+    backends = ["/local/domain/0/backend/vbd/7", "/local/domain/0/backend/vif/7",
+                "/local/domain/0/backend/console/7"]
     assert [o.path for o in layout.destroy_ops(7, ENTRIES.uuid)] == [
         "/local/domain/7", "/vm/" + ENTRIES.uuid, "/libxl/7", *backends]
     assert [o.path for o in layout.destroy_ops(7, None)] == [
