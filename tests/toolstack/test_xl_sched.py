@@ -239,3 +239,21 @@ def test_xl_top_errors(stack):
     assert r.rc == 2 and "delay (-d) must be a non-negative number: x" in r.err
     r = stack.xl("top", "-z")
     assert r.rc == 2 and "option `z' not supported." in r.err
+
+
+def test_cpus_in_the_config_pins_the_new_domain(stack, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    cpu = sorted(os.sched_getaffinity(0))[-1]
+    domid, pid = spin(stack, tmp_path, extra=f'cpus = "{cpu}"\n')
+    tids = os.listdir(f"/proc/{pid}/task")
+    assert all(os.sched_getaffinity(int(t)) == {cpu} for t in tids), tids
+    assert fields(vcpu_rows(stack, "spin")[0])[6] == str(cpu)
+
+
+def test_a_bad_cpus_in_the_config_is_refused_before_anything_is_made(stack, tmp_path):
+    r = stack.xl("create", str(write_pv(tmp_path, "bad", "spin", 'cpus = "3-1"\n')))
+    assert r.rc == 1 and "Invalid pcpu range: 3-1." in r.err
+    r = stack.xl("create", str(write_pv(tmp_path, "far", "spin", 'cpus = "4000"\n')))
+    assert r.rc == 1 and 'cpus="4000": no CPU of this host' in r.err
+    assert stack.domids() == [0]
