@@ -257,3 +257,30 @@ def test_a_bad_cpus_in_the_config_is_refused_before_anything_is_made(stack, tmp_
     r = stack.xl("create", str(write_pv(tmp_path, "far", "spin", 'cpus = "4000"\n')))
     assert r.rc == 1 and 'cpus="4000": no CPU of this host' in r.err
     assert stack.domids() == [0]
+
+
+IDLE = """
+import sys, trio
+
+async def main(domain):
+    print("idle", file=sys.stderr, flush=True)
+    await trio.sleep_forever()
+"""
+
+
+def test_a_program_guests_vcpu0_is_its_main_thread(stack, tmp_path):
+    stack.xl_ok("create", str(write_guest(tmp_path, "idle", IDLE)))
+    stack.wait(lambda: "idle" in stack.guest_log("idle"), "the guest to start")
+    domid = stack.domid_of("idle")
+    pid = stack.launcher_guests()[domid]
+    stack.wait(lambda: fields(vcpu_rows(stack, "idle")[0])[4] == "-b-", "the guest to sleep")
+    name, did, vcpu, cpu, state, t, hard, soft = fields(vcpu_rows(stack, "idle")[0])
+    assert (did, vcpu) == (str(domid), "0")
+    expected = xl_sched.vc.thread_stat(pid, pid)
+    assert expected is not None and abs(float(t) - expected.cpu_ns / 1e9) < 0.2
+    cg = guest_cgroup(pid)
+    if cg is not None:  # xl list's Time(s): the whole cgroup's usage
+        usage = int(next(line.split()[1] for line in (cg / "cpu.stat").read_text().splitlines()
+                         if line.startswith("usage_usec"))) / 1e6
+        row = next(r for r in stack.xl_ok("list").out.splitlines() if r.startswith("idle "))
+        assert abs(float(row.split()[-1]) - usage) < 0.2, (row, usage)
