@@ -139,6 +139,7 @@ def _cgroup_base() -> Path:
                 stale.rmdir()
         except OSError:
             pass  # populated: a live guest (of this or another launcher)
+    cpucg.sweep_twins()
     return base
 
 

@@ -216,17 +216,31 @@ def _holds(cgroup: Path, pid: int) -> bool:
 
 
 def _sweep(base: Path) -> None:
-    """Remove v1 twins of guests that are gone (empty, and old enough)."""
+    """Remove v1 twins of guests that are gone: empty, and their guest
+    cgroup removed (or old enough: a twin is only made for a live guest)."""
     if not base.is_dir():
         return
+    mnt = cgroup2_mount()
     for stale in base.iterdir():
         try:
-            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_AFTER \
-                    and not _read(stale / "cgroup.procs"):
+            if not stale.is_dir() or _read(stale / "cgroup.procs"):
+                continue
+            gone = mnt is None or not (mnt / GUEST_CGROUP_DIR / stale.name).exists()
+            if gone or time.time() - stale.stat().st_mtime > STALE_AFTER:
                 stale.rmdir()
         except OSError as e:
             if e.errno not in (errno.EBUSY, errno.ENOENT, errno.ENOTEMPTY):
                 raise
+
+
+def sweep_twins() -> None:
+    """Best effort (the launcher, at start): v1 twins whose guests are gone."""
+    v1 = v1_cpu_mount()
+    if v1 is not None:
+        try:
+            _sweep(v1 / GUEST_CGROUP_DIR)
+        except OSError:
+            pass
 
 
 def remove_twin(cgroup_name: str) -> None:
