@@ -143,7 +143,7 @@ COMMANDS.update({
                             "cgroup cpu.max\n"
                             "-s         --schedparam           Query / modify scheduler "
                             "parameters\n"
-                            "-p CPUPOOL, --cpupool=CPUPOOL     Restrict output to CPUPOOL",
+                            "-p CPUPOOL                        Restrict output to CPUPOOL",
                             "d:w:c:p:t:r:m:s", ("domain=", "weight=", "cap=", "schedparam")),
     "sched-credit2": Command(xl_sched.sched_credit2, "[-d <Domain> [-w[=WEIGHT]]|-c[=CAP]] "
                              "[-p CPUPOOL]",
@@ -155,7 +155,7 @@ COMMANDS.update({
                              "cgroup cpu.max\n"
                              "-s         --schedparam        Query / modify scheduler "
                              "parameters\n"
-                             "-p CPUPOOL, --cpupool=CPUPOOL  Restrict output to CPUPOOL",
+                             "-p CPUPOOL                     Restrict output to CPUPOOL",
                              "d:w:c:p:r:s", ("domain=", "weight=", "cap=", "schedparam")),
     "top": Command(xl_top.top, "[-b] [-d SECONDS] [-i ITERATIONS]",
                    "Monitor a host and the domains in real time",
