@@ -11,7 +11,9 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``console_io`` to its console with the ``(dN)`` prefix), ``xen_version``
 (local answers for the sub-ops that need no global state), ``vm_assist``,
 ``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block;
-``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU.
+``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
+``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
+``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
 Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 """
 
@@ -32,7 +34,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import paging, traps
+from . import paging, segments, traps
 from .cpu import VCpu
 from .mmu import Mmu
 
@@ -262,6 +264,10 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.mmu_update: VcpuHypercalls.mmu_update,
     Hypercall.callback_op: VcpuHypercalls.callback_op,
     Hypercall.set_callbacks: VcpuHypercalls.set_callbacks,
+    Hypercall.stack_switch: segments.stack_switch,
+    Hypercall.set_segment_base: segments.set_segment_base,
+    Hypercall.set_gdt: segments.set_gdt,
+    Hypercall.update_descriptor: segments.update_descriptor,
 }
 
 _REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,

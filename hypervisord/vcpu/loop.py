@@ -7,9 +7,9 @@ destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
 take effect at once even while the guest spins; the bounded slices are what
 lets the Python side (signals, a stop request, later event upcalls) run.
 
-A trap goes to the guest's handler (:mod:`.traps`) when it registered one;
-else, or when the bounce itself faults, the domain crashes. Not yet: event
-upcalls, guest user mode.
+A trap, or a syscall from guest user mode, goes to the guest's handler
+(:func:`.traps.deliver`) when it registered one; else, or when the bounce
+itself faults, the domain crashes. Not yet: event upcalls.
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
                 hc.blocked = False
                 wait_event(BLOCK_WAIT)
             continue
-        if ex.kind is ExitKind.TRAP:
+        if ex.kind in (ExitKind.TRAP, ExitKind.SYSCALL):
             try:
-                if traps.bounce(cpu, hc.trap_table, ex, hc.copy_to_guest):
+                if traps.deliver(cpu, hc, ex):
                     continue
-            except GuestFault as e:  # Xen: a fault while bouncing crashes the domain
+            except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
                 log.error("d%d v%d: cannot bounce trap %d: %s: domain crashed", hc.domid,
                           cpu.vcpu_id, ex.vector, e)
                 return ShutdownReason.SHUTDOWN_crash

@@ -9,7 +9,7 @@ back; pv-guest-abi.md §1). Guest-physical address space of a vCPU::
     0 .. nr_pages << 12            guest frames 0 .. nr_pages - 1 ("machine"
                                    frames: a pvxen PV guest's MFN is its gfn)
     SHARED_INFO_MFN << 12          the shared_info slot (start_info.shared_info)
-    HV_PRIVATE_MFN << 12 ..        the hypervisor's own frames (GDT), never
+    HV_PRIVATE_MFN << 12 ..        the hypervisor's own frames (GDT, see gdt.py), never
                                    reachable through a guest PTE
 
 Guest PTEs may only name frames below ``nr_pages`` or the shared_info frame
@@ -30,7 +30,7 @@ from hypervisord.public.xen import PAGE_SIZE
 SHARED_INFO_MFN = (1 << 26) - 64
 #: the first frame of hypervisor-private memory (the vCPU's GDT)
 HV_PRIVATE_MFN = (1 << 26) - 32
-HV_PRIVATE_FRAMES = 16  # a GDT up to Xen's reserved page 14 (FIRST_RESERVED_GDT_PAGE)
+HV_PRIVATE_FRAMES = 18  # a GDT up to Xen's reserved page 14, and 3 tables mapping it (gdt.py)
 MAX_PV_PAGES = SHARED_INFO_MFN  # guest frames must stay below shared_info
 
 _Q = struct.Struct("<Q")

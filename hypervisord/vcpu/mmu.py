@@ -39,6 +39,8 @@ def table_frames(read_pte, cr3: int) -> dict[int, int]:
         if level == 1:
             continue
         for i in range(paging.PTES_PER_TABLE):
+            if level == 4 and not paging.is_guest_l4_slot(i):
+                continue  # Xen's slots (the vCPU's GDT mapping, gdt.py): not the guest's
             pte = read_pte(frame * PAGE_SIZE + 8 * i)
             if not pte & paging._PAGE_PRESENT or (level in (3, 2) and pte & paging._PAGE_PSE):
                 continue

@@ -51,6 +51,15 @@ class PageFault(Exception):
         self.error_code = error_code
 
 
+#: L4 slots 256..271 map Xen's hole (HYPERVISOR_VIRT_START..END): Xen's own
+#: entries, in every L4, never the guest's (``is_guest_l4_slot``)
+XEN_L4_SLOTS = range(256, 272)
+
+
+def is_guest_l4_slot(index: int) -> bool:
+    return index not in XEN_L4_SLOTS
+
+
 def is_canonical(va: int) -> bool:
     return (va >> 47) in (0, 0x1FFFF)
 
