@@ -60,6 +60,7 @@ from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
 
 from . import gdt, softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
+from .memory import GNTTAB_MFN, NR_GNT_FRAMES
 
 TCG_BUFFER = 32 << 20
 #: a slice's length: a ticker thread (:class:`SliceTimer`) stops the engine this often.
@@ -135,6 +136,8 @@ class VCpu:
         uc.mem_map_ptr(0, mem.nr_pages * PAGE_SIZE, UC_PROT_ALL, mem.host_ptr_of_gfn(0))
         uc.mem_map_ptr(SHARED_INFO_MFN * PAGE_SIZE, PAGE_SIZE, UC_PROT_READ | UC_PROT_WRITE,
                        mem.shared_info_ptr)
+        uc.mem_map_ptr(GNTTAB_MFN * PAGE_SIZE, NR_GNT_FRAMES * PAGE_SIZE,
+                       UC_PROT_READ | UC_PROT_WRITE, mem.grant_table_ptr)
         uc.mem_map(HV_PRIVATE_MFN * PAGE_SIZE, HV_PRIVATE_FRAMES * PAGE_SIZE, UC_PROT_ALL)
         self.uc = uc
         self.exit: Exit | None = None

@@ -37,7 +37,8 @@ from libxen.sync import SyncXenCall, XenError
 from . import loop
 from .cpu import BootState, VCpu
 from .forward import Forwarder
-from .hypercalls import VcpuHypercalls, copy_from_guest
+from .forward_mm import MemoryForwarder
+from .hypercalls import GuestFault, VcpuHypercalls, copy_from_guest
 from .memory import MAX_PV_PAGES, GuestMemory
 
 log = logging.getLogger("vcpu")
@@ -95,6 +96,8 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
                             xen_version=(word >> 16, word & 0xFFFF))
         hc.forward.update(Forwarder(xc, lambda va, n: copy_from_guest(cpu, va, n),
                                     hc.copy_to_guest).table())
+        hc.forward.update(MemoryForwarder(xc, hc.mmu, lambda va, n: copy_from_guest(cpu, va, n),
+                                          hc.copy_to_guest, GuestFault).table())
         reason = loop.run(cpu, hc)
     except Exception:  # noqa: BLE001 - our bug: the domain crashes, with the traceback
         log.exception("vCPU 0 failed")

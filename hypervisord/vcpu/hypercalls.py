@@ -14,6 +14,9 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
 ``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
 ``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
+Page tables (``update_va_mapping``, ``mmu_update``, ``mmuext_op``): :mod:`.mmu`
+over :mod:`.pagetype`; ``multicall``: :mod:`.multicall`; ``physdev_op``:
+:mod:`.physdev`; ``memory_op``/``grant_table_op`` are forwarded (:mod:`.forward_mm`).
 Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 """
 
@@ -34,9 +37,9 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import paging, segments, traps
+from . import multicall, paging, physdev, segments, traps
 from .cpu import VCpu
-from .mmu import Mmu
+from .mmu import Mmu, MmuError
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
 MAX_CONSOLE_WRITE = 16 << 10  # bytes per CONSOLEIO_write we copy (Xen loops in chunks)
@@ -109,9 +112,11 @@ class VcpuHypercalls:
     blocked: bool = False
     count: int = 0
     mmu: Mmu = field(init=False)
+    physdev: physdev.PhysdevState = field(default_factory=physdev.PhysdevState)
+    in_multicall: bool = False
 
     def __post_init__(self) -> None:
-        self.mmu = Mmu(self.cpu)
+        self.mmu = Mmu(self.cpu, self.domid)
 
     def dispatch(self) -> None:
         """Serve the hypercall the vCPU just stopped at; result in %rax."""
@@ -236,12 +241,46 @@ class VcpuHypercalls:
             raise traps.BadFrame(f"iret frame unreadable: {e}") from None
 
     def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
-        return self.mmu.update_va_mapping(va, val, flags)
+        return self.mmu.update_va_mapping(va, val, flags, self._mm_copy_in)
 
     def mmu_update(self, reqs: int, count: int, done: int, foreigndom: int, *_: int) -> int:
-        return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF,
-                                   lambda va, n: copy_from_guest(self.cpu, va, n),
-                                   self.copy_to_guest)
+        return self.mmu.mmu_update(reqs, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF_FFFF,
+                                   self._mm_copy_in, self._mm_copy_out)
+
+    def mmuext_op(self, uops: int, count: int, done: int, foreigndom: int, *_: int) -> int:
+        return self.mmu.mmuext_op(uops, count & 0xFFFF_FFFF, done, foreigndom & 0xFFFF_FFFF,
+                                  self._mm_copy_in, self._mm_copy_out)
+
+    def _mm_copy_in(self, va: int, n: int) -> bytes:
+        try:
+            return copy_from_guest(self.cpu, va, n)
+        except GuestFault as e:
+            raise MmuError(XenErrno.XEN_EFAULT, str(e)) from None
+
+    def _mm_copy_out(self, va: int, data: bytes) -> None:
+        try:
+            self.copy_to_guest(va, data)
+        except GuestFault:
+            pass  # Xen ignores a failed write of the done count
+
+    def multicall(self, calls: int, nr_calls: int, *_: int) -> int:
+        return multicall.run(self, calls, nr_calls & 0xFFFF_FFFF)
+
+    def physdev_op(self, cmd: int, arg: int, *_: int) -> int:
+        return physdev.physdev_op(self.physdev, cmd & 0xFFFF_FFFF, arg,
+                                  lambda va, n: copy_from_guest(self.cpu, va, n))
+
+    def call(self, nr: int, args: list[int]) -> int | None:
+        """One hypercall by number, as :meth:`dispatch` serves it (for multicall)."""
+        handler = _TABLE.get(nr)
+        try:
+            if handler is not None:
+                return handler(self, *args)
+            if nr in self.forward:
+                return self.forward[nr](nr, args)
+        except GuestFault:
+            return -XenErrno.XEN_EFAULT
+        return -XenErrno.XEN_ENOSYS
 
     def copy_to_guest(self, va: int, data: bytes) -> None:
         try:
@@ -264,6 +303,9 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.mmu_update: VcpuHypercalls.mmu_update,
     Hypercall.callback_op: VcpuHypercalls.callback_op,
     Hypercall.set_callbacks: VcpuHypercalls.set_callbacks,
+    Hypercall.mmuext_op: VcpuHypercalls.mmuext_op,
+    Hypercall.multicall: VcpuHypercalls.multicall,
+    Hypercall.physdev_op: VcpuHypercalls.physdev_op,
     Hypercall.stack_switch: segments.stack_switch,
     Hypercall.set_segment_base: segments.set_segment_base,
     Hypercall.set_gdt: segments.set_gdt,

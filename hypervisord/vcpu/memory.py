@@ -9,11 +9,13 @@ back; pv-guest-abi.md §1). Guest-physical address space of a vCPU::
     0 .. nr_pages << 12            guest frames 0 .. nr_pages - 1 ("machine"
                                    frames: a pvxen PV guest's MFN is its gfn)
     SHARED_INFO_MFN << 12          the shared_info slot (start_info.shared_info)
+    GNTTAB_MFN << 12 ..            the grant-table slots (GNTTABOP_setup_table's
+                                   frame_list names these frames to a PV guest)
     HV_PRIVATE_MFN << 12 ..        the hypervisor's own frames (GDT, see gdt.py), never
                                    reachable through a guest PTE
 
-Guest PTEs may only name frames below ``nr_pages`` or the shared_info frame
-(checked by the page-table hypercalls, :mod:`.mmu`).
+Guest PTEs may only name frames below ``nr_pages``, the shared_info frame or
+the grant-table frames (checked by the page-table hypercalls, :mod:`.mmu`).
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ import os
 import struct
 
 from hypervisord.public import memfile
+from hypervisord.public.memfile import NR_GNT_FRAMES
 from hypervisord.public.xen import PAGE_SIZE
 
 #: the "machine frame" of shared_info that start_info.shared_info names
 SHARED_INFO_MFN = (1 << 26) - 64
+#: the first of the NR_GNT_FRAMES "machine frames" of the grant table
+GNTTAB_MFN = SHARED_INFO_MFN + 1
 #: the first frame of hypervisor-private memory (the vCPU's GDT)
 HV_PRIVATE_MFN = (1 << 26) - 32
 HV_PRIVATE_FRAMES = 18  # a GDT up to Xen's reserved page 14, and 3 tables mapping it (gdt.py)
@@ -58,6 +63,10 @@ class GuestMemory:
     def shared_info_ptr(self) -> int:
         return self.host_base + memfile.slot_offset(memfile.SHARED_INFO_SLOT)
 
+    @property
+    def grant_table_ptr(self) -> int:
+        return self.host_base + memfile.slot_offset(memfile.GNT_FIRST_SLOT)
+
     def _offset(self, gpa: int, length: int) -> int:
         """File offset of guest-physical ``gpa .. gpa+length`` (one region)."""
         if 0 <= gpa and gpa + length <= self.nr_pages * PAGE_SIZE:
@@ -65,6 +74,9 @@ class GuestMemory:
         base = SHARED_INFO_MFN * PAGE_SIZE
         if base <= gpa and gpa + length <= base + PAGE_SIZE:
             return memfile.slot_offset(memfile.SHARED_INFO_SLOT) + gpa - base
+        base = GNTTAB_MFN * PAGE_SIZE
+        if base <= gpa and gpa + length <= base + memfile.NR_GNT_FRAMES * PAGE_SIZE:
+            return memfile.slot_offset(memfile.GNT_FIRST_SLOT) + gpa - base
         raise IndexError(f"guest-physical {gpa:#x}+{length} is not guest memory")
 
     def read(self, gpa: int, length: int) -> bytes:
