@@ -91,6 +91,11 @@ class DeviceDriver:
     async def disconnect(self, dev: DeviceInfo) -> None:
         """Unmap and unbind (called once after each successful connect)."""
 
+    def counters(self, dev: DeviceInfo) -> dict[str, int]:
+        """The device's I/O counters while connected (``xl top``; Linux's
+        ``statistics/`` of a vbd, a vif's byte counts); none by default."""
+        return {}
+
 
 DRIVERS: dict[str, Callable[[], DeviceDriver]] = {}
 

@@ -19,7 +19,10 @@ xenconsoled's job: every domain's console 0 as a pty and a log file).
 
 ``<rundir>/backendd/socket`` answers every connection with one line per
 device, ``<type> <domid> <devid> <state>``, then closes (what ``pvxen``
-probes; ``xl block-list`` will read it).
+probes; ``xl block-list`` will read it); ``<rundir>/backendd/stats`` the
+same with each connected device's counters, ``<type> <domid> <devid>
+key=value...`` (what ``xl top`` reads: a vbd's ``rd_req wr_req rd_sect
+wr_sect oo_req``, a vif's ``tx_bytes rx_bytes``, as the guest sees them).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import importlib
 import logging
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -223,8 +227,18 @@ class Backendd:
         return "".join(f"{t} {d} {n} {dev.state.name[11:]}\n"
                        for (t, d, n), dev in sorted(self.devices.items()))
 
+    def stats(self) -> str:
+        """``<type> <domid> <devid> key=value...``: each connected device's counters."""
+        out = []
+        for (t, d, n), dev in sorted(self.devices.items()):
+            counters = dev.driver.counters(dev.info)
+            if counters:
+                out.append(f"{t} {d} {n} " + " ".join(f"{k}={v}" for k, v in counters.items()))
+        return "".join(line + "\n" for line in out)
 
-async def serve_status(backendd: Backendd, path: Path, task_status=trio.TASK_STATUS_IGNORED) -> None:
+
+async def serve_status(backendd: Backendd, path: Path, task_status=trio.TASK_STATUS_IGNORED,
+                       render=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     daemon.claim_socket_path(path)
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
@@ -236,7 +250,7 @@ async def serve_status(backendd: Backendd, path: Path, task_status=trio.TASK_STA
         async with stream:
             try:
                 with trio.move_on_after(2):
-                    await stream.send_all(backendd.status().encode())
+                    await stream.send_all((render or backendd.status)().encode())
             except trio.BrokenResourceError:
                 pass
 
@@ -264,6 +278,8 @@ async def serve(args: argparse.Namespace, rundir: Path, task_status=trio.TASK_ST
                         for dtype in sorted(set(TYPES) | set(DRIVERS)):
                             await devices.start(b.watch_type, dtype)
                         await services.start(serve_status, b, rundir / "backendd" / "socket")
+                        await services.start(partial(serve_status, render=b.stats),
+                                             b, rundir / "backendd" / "stats")
                         # beside the devices: the consoles too unbind their ports
                         # before the hypervisord link goes
                         await devices.start(consoled.Consoled(xs, link, _consoled_config(

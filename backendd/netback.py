@@ -83,6 +83,7 @@ class Vif:
         self.cancel = trio.CancelScope()
         self.done = trio.Event()
         self.tx_packets = self.tx_errors = self.rx_packets = 0
+        self.tx_bytes = self.rx_bytes = 0  # the guest's tx (sent) and rx (delivered)
         self.ro_cache: dict = {}
         self.rw_cache: dict = {}
 
@@ -227,6 +228,7 @@ class Vif:
                 continue
             self._respond_tx(ids, NetifRsp.NETIF_RSP_OKAY)
             self.tx_packets += 1
+            self.tx_bytes += len(frame)
             self.port.send(frame)
         self._respond_tx(bad, NetifRsp.NETIF_RSP_ERROR)
         self._respond_tx(extras, NetifRsp.NETIF_RSP_NULL)
@@ -272,6 +274,7 @@ class Vif:
                     status, flags = len(chunk), 0 if last else NETRXF_more_data
                 self.rx.put_response(NETIF_RX_RESPONSE.pack(rid, 0, flags, status))
             self.rx_packets += 1
+            self.rx_bytes += len(frame)
         if self.rx.push_responses_and_check_notify():
             self.dev.hypervisor.evtchn.notify_soon(self.rx_port)
         return True
@@ -437,6 +440,13 @@ class Netback(DeviceDriver):
                     await dev.hypervisor.mapper.unmap(m)
                 except Exception as e:
                     log.info("%s: unmapping ring: %s", vif.name, e)
+
+    def counters(self, dev: DeviceInfo) -> dict[str, int]:
+        vif = dev.extra.get("vif")
+        if vif is None:
+            return {}
+        return {"tx_bytes": vif.tx_bytes, "tx_packets": vif.tx_packets,
+                "rx_bytes": vif.rx_bytes, "rx_packets": vif.rx_packets}
 
     async def disconnect(self, dev: DeviceInfo) -> None:
         vif = dev.extra.pop("vif", None)

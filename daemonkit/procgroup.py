@@ -65,3 +65,21 @@ def kill_cgroup_of(pid: int) -> bool:
     except OSError:
         return False  # gone already, or not ours to kill (an unprivileged hypervisord)
     return True
+
+
+def cgroup_cpu_usage_ns(pid: int) -> int | None:
+    """CPU time consumed in ``pid``'s guest cgroup, in ns (``cpu.stat``'s
+    ``usage_usec``: every thread and process that ran there, the dead ones
+    included); None where ``pid`` has no guest cgroup."""
+    path = guest_cgroup(pid)
+    if path is None:
+        return None
+    try:
+        with open(path / "cpu.stat") as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) * 1000
+    except (OSError, ValueError):
+        pass
+    return None

@@ -10,10 +10,12 @@ running, blocked, paused, shutdown (with a reason), dying.
 from __future__ import annotations
 
 import mmap
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemonkit import procgroup
 from hypervisord.machmem import DomainMemory
 from hypervisord.public.memfile import SHARED_INFO_SLOT
 from hypervisord.public.domctl import (
@@ -60,16 +62,30 @@ class Domain:
 
     def blocked(self) -> bool:
         """Whether the domain's process is asleep (``S`` in /proc), like a blocked vCPU."""
-        if self.pid is None:
-            return True
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            return True
-        fields = stat[stat.rindex(b")") + 2:].split()
-        self.cpu_time_ns = (int(fields[11]) + int(fields[12])) * 10_000_000
-        return fields[0] not in (b"R",)
+        stat = _proc_stat(self.pid)
+        return stat is None or stat[0] not in (b"R",)
+
+    def process(self) -> int | None:
+        """The process whose threads are the domain's vCPUs: the guest's,
+        and for dom0, whose work is spread over the dom0 daemons, the one
+        dom0 daemon every host has: hypervisord itself (our main thread is
+        Domain-0's vCPU 0)."""
+        return os.getpid() if self.domid == 0 and self.privileged else self.pid
+
+    def cpu_time(self) -> int:
+        """Nanoseconds of CPU the domain has consumed (``getdomaininfo``'s
+        ``cpu_time``): all its threads and the processes it forked, from its
+        guest cgroup's ``cpu.stat`` ``usage_usec`` where it has one, else
+        its process's ``utime + stime``. Kept when the process is gone."""
+        pid = self.process()
+        if pid is not None:
+            now = procgroup.cgroup_cpu_usage_ns(pid)
+            if now is None:
+                stat = _proc_stat(pid)
+                now = None if stat is None else stat[1]
+            if now is not None:
+                self.cpu_time_ns = max(self.cpu_time_ns, now)
+        return self.cpu_time_ns
 
     def info_flags(self) -> int:
         flags = 0
@@ -89,3 +105,19 @@ class Domain:
         if self.shared_info is not None:
             self.shared_info.close()
             self.shared_info = None
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int | None) -> tuple[bytes, int] | None:
+    """``/proc/<pid>/stat``'s state letter and ``utime + stime`` in ns (proc(5))."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return fields[0], (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK

@@ -51,12 +51,15 @@ def domaininfo(dom) -> dict:
         "flags": dom.info_flags(),
         "tot_pages": dom.mem.tot_pages,
         "max_pages": dom.max_pages,
-        "cpu_time": dom.cpu_time_ns,
+        "cpu_time": dom.cpu_time(),
         "nr_online_vcpus": dom.max_vcpus,
         "max_vcpu_id": dom.max_vcpus - 1,
         "handle": dom.handle,
         "ssidref": 0,
         "cpupool": 0,
+        # pvxen: the domain's process (host pid namespace; 0: none yet), whose
+        # threads are its vCPUs (toolstack/vcpus.py); dom0's is hypervisord
+        "pid": dom.process() or 0,
     }
 
 

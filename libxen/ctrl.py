@@ -35,11 +35,12 @@ class DomainInfo:
     cpu_time: int
     vcpus: int
     handle: bytes
+    pid: int = 0  # pvxen: the domain's process, whose threads are its vCPUs (0: none)
 
     @classmethod
     def from_result(cls, r: dict) -> "DomainInfo":
         return cls(r["domain"], r["flags"], r["tot_pages"], r["max_pages"], r["cpu_time"],
-                   r["nr_online_vcpus"], r["handle"])
+                   r["nr_online_vcpus"], r["handle"], int(r.get("pid", 0)))
 
     @property
     def dying(self) -> bool:

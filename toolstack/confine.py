@@ -65,7 +65,7 @@ from pathlib import Path
 from daemonkit.procgroup import GUEST_CGROUP_DIR, cgroup2_mount
 from hypervisord.public.memfile import file_size
 from hypervisord.public.xen import PAGE_SIZE
-from toolstack import seccomp
+from toolstack import cpucg, seccomp
 
 log = logging.getLogger("xl-launcher")
 
@@ -129,6 +129,7 @@ def _cgroup_base() -> Path:
         raise OSError(errno.ENOSYS, "no cgroup.kill (Linux < 5.14)")
     base = mnt / GUEST_CGROUP_DIR
     base.mkdir(mode=0o755, exist_ok=True)
+    cpucg.enable_cpu_controller(base)  # weights and caps per guest (xl sched-credit)
     trial = base / f"probe-{os.getpid()}"  # that it exists is not that we may use it
     trial.mkdir()
     trial.rmdir()
@@ -138,6 +139,7 @@ def _cgroup_base() -> Path:
                 stale.rmdir()
         except OSError:
             pass  # populated: a live guest (of this or another launcher)
+    cpucg.sweep_twins()
     return base
 
 
@@ -155,6 +157,7 @@ def kill_cgroup(path: str | os.PathLike, timeout: float = 1.0) -> bool:
     while True:
         try:
             p.rmdir()
+            cpucg.remove_twin(p.name)  # a hybrid host's cgroup v1 cpu twin, if xl made one
             return True
         except FileNotFoundError:
             return True

@@ -10,7 +10,8 @@ unknown option gives ``option `x' not supported.``.
 Commands: create (-c: then the console), console (``xl_console.py``), list,
 info, destroy, pause, unpause, shutdown, reboot,
 mem-set, mem-max, dmesg, domid, domname, help; block-attach/-list/-detach and
-network-attach/-list/-detach (``xl_devcmds.py``). Domains are named by name
+network-attach/-list/-detach (``xl_devcmds.py``); vcpu-list, vcpu-pin,
+sched-credit, sched-credit2 (``xl_sched.py``) and top (``xl_top.py``). Domains are named by name
 or id. The runtime directory is ``$PVXEN_RUNDIR`` (see ``hcall.py``).
 Imports no trio: a command costs one interpreter start and a few calls.
 """
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from toolstack import xl_cmds, xl_console, xl_devcmds
+from toolstack import xl_cmds, xl_console, xl_devcmds, xl_sched, xl_top
 from toolstack.builder import BuildError, ConnectError, Toolstack
 from toolstack.hcall import XenError
 from toolstack.xlcfg import ConfigErrors
@@ -134,6 +135,48 @@ COMMANDS.update({
                             "f", ("force",), 2),
 })
 
+# -- vCPUs and scheduling on the host's scheduler (xl_vcpu.c, xl_sched.c; xentop) -------
+COMMANDS.update({
+    "vcpu-list": Command(xl_sched.vcpu_list, "[Domain, ...]",
+                         "List the VCPUs for all/some domains"),
+    "vcpu-pin": Command(xl_sched.vcpu_pin, "[option] <Domain> <VCPU|all> <Hard affinity|-|all> "
+                        "<Soft affinity|-|all>",
+                        "Set which CPUs a VCPU can use",
+                        "-f, --force        undo an override pinning done by the kernel",
+                        "fi", ("force", "ignore-global-affinity-masks"), 3),
+    "sched-credit": Command(xl_sched.sched_credit, "[-d <Domain> [-w[=WEIGHT]|-c[=CAP]]] "
+                            "[-s [-t TSLICE] [-r RATELIMIT]] [-p CPUPOOL]",
+                            "Get/set credit scheduler parameters (the domain's cgroup)",
+                            "-d DOMAIN, --domain=DOMAIN        Domain to modify\n"
+                            "-w WEIGHT, --weight=WEIGHT        Weight (int): cgroup cpu.weight "
+                            "= WEIGHT*100/256\n"
+                            "-c CAP, --cap=CAP                 Cap (int): percent of one CPU, "
+                            "cgroup cpu.max\n"
+                            "-s         --schedparam           Query / modify scheduler "
+                            "parameters\n"
+                            "-p CPUPOOL                        Restrict output to CPUPOOL",
+                            "d:w:c:p:t:r:m:s", ("domain=", "weight=", "cap=", "schedparam")),
+    "sched-credit2": Command(xl_sched.sched_credit2, "[-d <Domain> [-w[=WEIGHT]]|-c[=CAP]] "
+                             "[-p CPUPOOL]",
+                             "Get/set credit2 scheduler parameters (the domain's cgroup)",
+                             "-d DOMAIN, --domain=DOMAIN     Domain to modify\n"
+                             "-w WEIGHT, --weight=WEIGHT     Weight (int): cgroup cpu.weight "
+                             "= WEIGHT*100/256\n"
+                             "-c CAP, --cap=CAP              Cap (int): percent of one CPU, "
+                             "cgroup cpu.max\n"
+                             "-s         --schedparam        Query / modify scheduler "
+                             "parameters\n"
+                             "-p CPUPOOL                     Restrict output to CPUPOOL",
+                             "d:w:c:p:r:s", ("domain=", "weight=", "cap=", "schedparam")),
+    "top": Command(xl_top.top, "[-b] [-d SECONDS] [-i ITERATIONS]",
+                   "Monitor a host and the domains in real time",
+                   "-b, --batch             output in batch mode, no user input accepted\n"
+                   "-d, --delay=SECONDS     seconds between updates (default 3)\n"
+                   "-i, --iterations=N      number of updates before exiting",
+                   "bd:i:", ("batch", "delay=", "iterations=")),
+})
+
+
 def help_text(command: str | None) -> str:
     spec = COMMANDS.get(command or "")
     if spec is None:
@@ -182,7 +225,9 @@ def _canonical(spec: Command, opt: str) -> str:
 
 _LONG_TO_SHORT = {"dryrun": "n", "quiet": "q", "defconfig": "f", "long": "l", "verbose": "v",
                   "context": "Z", "cpupool": "c", "numa": "n", "all": "a", "wait": "w",
-                  "clear": "c", "timeout": "t"}
+                  "clear": "c", "timeout": "t", "force": "f", "domain": "d", "weight": "w",
+                  "cap": "c", "schedparam": "s", "batch": "b", "delay": "d",
+                  "iterations": "i", "ignore-global-affinity-masks": "i"}
 
 
 def run(argv: list[str]) -> int:

@@ -118,6 +118,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
     if args:
         cfg.update(parse_overrides(args))
     dc = domain_config(cfg)
+    cpus = _cfg_cpus(dc)
     if dryrun or "-n" in opts:
         print(json.dumps(fmt.config_json(dc), indent=4))
         return 0
@@ -135,7 +136,9 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
                    "start_info_gfn": built.layout.start_info_gfn}
             if built.boot is not None:
                 req["boot"] = built.boot  # a PV kernel's vCPU 0 entry state
-            client.request(req, built.fds)
+            reply = client.request(req, built.fds)
+            if cpus is not None:
+                _pin_process(ts, built.domid, int(reply.get("pid", 0)), cpus)
         except (LaunchError, OSError) as e:
             destroy_domain(ts, built.domid, dc.uuid, quiet=True)
             raise XlError(f"xl: cannot start the domain's process: {e}") from None
@@ -148,6 +151,34 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
 
         return attach(ts, built.domid, name=dc.name)
     return 0
+
+
+def _cfg_cpus(dc) -> set[int] | None:
+    """xl.cfg's ``cpus="0-3"``: every vCPU's hard affinity (``xl_parse.c``)."""
+    text = dc.extra.get("cpus")
+    if text is None:
+        return None
+    from toolstack import vcpus
+
+    try:
+        cpus = vcpus.parse_cpurange(str(text), os.cpu_count() or 1)
+    except vcpus.CpumapError as e:
+        raise XlError(f"{e}\nFailed to parse cpus= (a cpu list such as \"0-3,^1\")") from None
+    if not cpus & set(range(os.cpu_count() or 1)):
+        raise XlError(f"cpus=\"{text}\": no CPU of this host (it has {os.cpu_count()})")
+    return cpus
+
+
+def _pin_process(ts: Toolstack, domid: int, pid: int, cpus: set[int]) -> None:
+    """Every thread of the new domain's process (its vCPUs, and what they start later)."""
+    info = domain_info(ts, domid)
+    for vcpu in range(info.vcpus if info is not None else 1):
+        ctrl.domain_setvcpuaffinity(ts.xc, domid, vcpu, sorted(cpus))
+    for tid in os.listdir(f"/proc/{pid}/task") if pid > 0 else []:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass
 
 
 def _wait_devices(ts: Toolstack, built, dc) -> None:

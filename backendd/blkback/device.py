@@ -135,6 +135,16 @@ class Blkback(DeviceDriver):
             return False
         return await dev.read_uint("feature-persistent", limit=1) == 1
 
+    def counters(self, dev: DeviceInfo) -> dict[str, int]:
+        """Linux blkback's ``statistics/``; ``oo_req`` (requests that waited
+        for a free pending slot) is 0: every ring slot has its job here."""
+        blkif = self.conn.blkif if self.conn is not None else None
+        if blkif is None:
+            return {}
+        s = blkif.stats
+        return {"oo_req": 0, "rd_req": s.rd_req, "wr_req": s.wr_req, "f_req": s.f_req,
+                "ds_req": s.ds_req, "rd_sect": s.rd_sect, "wr_sect": s.wr_sect}
+
     async def disconnect(self, dev: DeviceInfo) -> None:
         conn, self.conn = self.conn, None
         if conn is not None:
