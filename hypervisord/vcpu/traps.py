@@ -71,7 +71,9 @@ def iret(cpu: VCpu, copy_from_guest) -> None:
     rsp = cpu.reg("rsp")
     rax, r11, rcx, _flags, rip, cs, rflags, new_rsp, ss = IRET_CONTEXT.unpack(
         copy_from_guest(rsp, IRET_CONTEXT.size))
-    if (cs & 0xFFFF) != arch_x86.FLAT_KERNEL_CS64 or (ss & 0xFFFF) != arch_x86.FLAT_KERNEL_SS64:
+    # do_iret forces RPL 3 (cs | 3): an event upcall's frame says "kernel context" with RPL 0
+    if ((cs | 3) & 0xFFFF) != arch_x86.FLAT_KERNEL_CS64 \
+            or ((ss | 3) & 0xFFFF) != arch_x86.FLAT_KERNEL_SS64:
         raise BadFrame(f"iret to cs {cs:#x} ss {ss:#x}: guest user mode is not supported yet")
     # as do_iret: never the guest's IOPL or VM, always IF
     rflags = (rflags & ~(X86_EFLAGS_IOPL | X86_EFLAGS_VM)) | X86_EFLAGS_IF | 0x2

@@ -1,0 +1,394 @@
+"""Event upcalls, blocking, polling and timers of one PV vCPU.
+
+How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
+``xen/arch/x86/x86_64/entry.S`` ``test_guest_events``):
+
+1. hypervisord makes a port pending in the domain's ``shared_info`` (slot 0
+   of the memory file, which this process maps): the port's bit, then its
+   word's bit in ``vcpu_info.evtchn_pending_sel``, then
+   ``evtchn_upcall_pending`` (unless the port is masked), and writes the
+   port number on this process's event-channel stream (``evtchn_fd``);
+2. :class:`EventWaker`, a thread reading that stream, cuts the running
+   slice short (``emu_stop``) and wakes a blocked vCPU; the stream is only
+   a doorbell: the bits are the truth, read again between slices;
+3. between slices, :meth:`VcpuEvents.service` sees ``evtchn_upcall_pending
+   && !evtchn_upcall_mask`` and builds the bounce frame Xen's
+   ``create_bounce_frame`` builds for ``TBF_INTERRUPT`` (no error code)::
+
+       rsp ->  rcx, r11, rip, cs | saved_mask << 32, rflags (IF = !saved_mask), rsp, ss
+
+   on the guest's kernel stack (aligned down to 16), sets
+   ``evtchn_upcall_mask`` and jumps to the ``CALLBACKTYPE_event`` callback;
+   ``cs`` has RPL 0, Xen's "interrupted in kernel context";
+4. the handler clears what it consumed and returns with ``HYPERVISOR_iret``,
+   which restores the mask from the saved ``rflags.IF`` (``do_iret``,
+   :meth:`VcpuEvents.restore_mask`).
+
+``VIRQ_TIMER`` is raised **here**, not in hypervisord: a vCPU's timer is the
+vCPU's own state, as in Xen where ``send_guest_vcpu_virq`` runs on the
+vCPU's own CPU. The binding (port allocation) is global and stays in
+hypervisord (``EVTCHNOP_bind_virq`` is forwarded); the forwarder tells us
+the port (:meth:`VcpuEvents.bound_virq`) and a tick sets its bits in
+``shared_info`` directly, with no round trip per tick.
+
+Deviations: an upcall with no event callback registered is left pending
+(Xen would bounce to address 0 and crash the domain); guest user mode is
+not handled yet (the frame always goes on the current stack: kernel
+context). ``vcpu_info`` stays in ``shared_info`` (``VCPUOP_register_vcpu_info``
+is ``-ENOSYS``; Linux then keeps the shared_info copy); every reader must
+use :meth:`VcpuEvents.vcpu_info_gpa`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+from hypervisord.public import arch_x86, memfile
+from hypervisord.public.callback import CallbackType
+from hypervisord.public.errno import XenErrno
+from hypervisord.public.sched import SCHED_POLL
+from hypervisord.public.vcpu import (VCPU_REGISTER_RUNSTATE_MEMORY_AREA, VCPU_RUNSTATE_INFO,
+                                     VCPU_SET_PERIODIC_TIMER, VCPU_SET_SINGLESHOT_TIMER,
+                                     Runstate, VcpuOp)
+from hypervisord.public.xen import (PAGE_SIZE, VCPU_INFO_EVTCHN_UPCALL_MASK_OFF,
+                                    VCPU_INFO_TIME_OFF, Virq, vcpu_info_offset)
+from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
+
+from . import vtime
+from .cpu import VCpu
+from .memory import SHARED_INFO_MFN
+
+log = logging.getLogger("vcpu")
+
+X86_EFLAGS_IF, X86_EFLAGS_IOPL = 1 << 9, 3 << 12
+#: cleared on a bounce, as the CPU clears them on a trap (create_bounce_frame)
+_BOUNCE_CLEARS = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17) | (1 << 18)  # TF NT RF VM AC
+IRET_RFLAGS_OFF = 6 * 8  # iret_context: rax, r11, rcx, flags, rip, cs, rflags, ...
+MAX_POLL_PORTS = 128  # Xen's do_poll: "fairly arbitrary limit"
+#: how often a poll re-reads its ports: hypervisord notifies nobody for a
+#: port that goes pending while masked, and pollers usually mask theirs
+POLL_RECHECK = 0.001
+WAIT_CHUNK = 0.1  # a blocked vCPU still looks at stop() this often
+_Q = struct.Struct("<Q")
+
+CopyIn = Callable[[int, int], bytes]
+CopyOut = Callable[[int, bytes], None]
+
+
+class EventWaker:
+    """The event-channel stream, read in a thread: each notification ends
+    the running slice and wakes a blocked vCPU. ``fd`` None: no stream
+    (in-process tests call :meth:`kick`)."""
+
+    def __init__(self, fd: int | None, stop_engine: Callable[[], None]) -> None:
+        self._event = threading.Event()
+        self._stop_engine = stop_engine
+        self.notifications = 0
+        self.closed = fd is None
+        self._thread: threading.Thread | None = None
+        self._quit_r, self._quit_w = os.pipe()
+        if fd is not None:
+            self._fd = fd
+            self._thread = threading.Thread(target=self._read, name="evtchn-waker", daemon=True)
+            self._thread.start()
+
+    def _read(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._quit_r, select.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._quit_r in ready:
+                return
+            try:
+                data = os.read(self._fd, 4096)  # u32 ports: only a doorbell here
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:  # hypervisord went away: nothing will ever wake us
+                self.closed = True
+                self.kick()
+                return
+            self.notifications += 1
+            self.kick()
+
+    def kick(self) -> None:
+        self._event.set()
+        self._stop_engine()
+
+    def arm(self) -> None:
+        """Forget earlier kicks; the caller checks its condition next, then waits."""
+        self._event.clear()
+
+    def wait(self, timeout: float) -> bool:
+        return self._event.wait(max(timeout, 0.0))
+
+    def close(self) -> None:
+        os.write(self._quit_w, b"q")
+        if self._thread is not None:
+            self._thread.join()
+        os.close(self._quit_r)
+        os.close(self._quit_w)
+
+
+class VcpuEvents:
+    """Event and timer state of one vCPU (the vCPU's own, as in Xen's ``struct vcpu``)."""
+
+    def __init__(self, cpu: VCpu, copy_in: CopyIn, copy_out: CopyOut,
+                 evtchn_fd: int | None = None, clock: vtime.DomainClock | None = None) -> None:
+        self.cpu, self.copy_in, self.copy_out = cpu, copy_in, copy_out
+        self.clock = clock if clock is not None else vtime.DomainClock()
+        self.timers = vtime.VcpuTimers()
+        self.waker = EventWaker(evtchn_fd, cpu.uc.emu_stop)
+        off = memfile.slot_offset(memfile.SHARED_INFO_SLOT)
+        self.shared_info = cpu.mem.view[off:off + PAGE_SIZE]
+        self.bits = SharedInfoBits(self.shared_info)
+        self.virq_ports: dict[int, int] = {}  # per-vCPU VIRQ -> port, learnt from bind_virq
+        self.blocked = False
+        self.poll_ports: list[int] | None = None
+        self.poll_timeout = 0
+        self.upcalls = 0
+        self.timer_events = 0
+        self._last_time_update = -1
+        # runstate: the state, when it began, ns spent in each (vcpu_runstate_info)
+        self.runstate = Runstate.RUNSTATE_running
+        self.runstate_entry = self.clock.now()
+        self.runstate_time = [0, 0, 0, 0]
+        self.runstate_area: int | None = None  # guest VA, VCPUOP_register_runstate_memory_area
+        # Xen's builder masks every vCPU's upcalls (xg_dom_x86.c, shared_info_x86_64);
+        # pvxen's lays out guest frames only, and shared_info is this vCPU's to set
+        self.set_mask(1)
+        self.update_time()
+        sec, nsec = self.clock.wallclock()
+        vtime.write_wallclock(self.shared_info, sec, nsec)
+
+    # -- vcpu_info --------------------------------------------------------------------
+    def vcpu_info_gpa(self) -> int:
+        """Guest-physical address of this vCPU's ``vcpu_info`` (the one accessor)."""
+        return SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(self.cpu.vcpu_id)
+
+    def _vcpu_info_off(self) -> int:
+        return vcpu_info_offset(self.cpu.vcpu_id)  # in self.shared_info
+
+    def mask(self) -> int:
+        return self.shared_info[self._vcpu_info_off() + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF]
+
+    def set_mask(self, value: int) -> None:
+        self.shared_info[self._vcpu_info_off() + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF] = value
+
+    def need_delivery(self) -> bool:
+        """Xen's ``local_events_need_delivery``: pending and not masked."""
+        off = self._vcpu_info_off()
+        return bool(self.shared_info[off]) and not self.shared_info[off + 1]
+
+    def update_time(self) -> None:
+        p = self.clock.refresh()
+        vtime.write_time_info(self.shared_info, self._vcpu_info_off() + VCPU_INFO_TIME_OFF, p)
+        self._last_time_update = p.system_time
+
+    # -- between slices -----------------------------------------------------------------
+    def service(self, callbacks: dict[int, tuple[int, int]]) -> bool:
+        """Timers, time info, then the upcall if one is due; True when bounced."""
+        now = self.clock.now()
+        self._expire(now)
+        if now - self._last_time_update >= vtime.UPDATE_SECONDS * 1e9:
+            self.update_time()
+        if not self.need_delivery():
+            return False
+        cb = callbacks.get(CallbackType.CALLBACKTYPE_event)
+        if cb is None or cb[0] == 0:
+            return False  # see the module doc: left pending
+        self.bounce_upcall(cb[0])
+        return True
+
+    def _expire(self, now: int) -> None:
+        if self.timers.expire(now):
+            self.send_virq(Virq.VIRQ_TIMER)
+
+    def send_virq(self, virq: int) -> None:
+        """``send_guest_vcpu_virq``: nothing when the guest bound no port."""
+        port = self.virq_ports.get(virq)
+        if port is None:
+            return
+        if virq == Virq.VIRQ_TIMER:
+            self.timer_events += 1
+        self.bits.set_pending(port, self.cpu.vcpu_id)
+
+    def bounce_upcall(self, handler: int) -> None:
+        """``create_bounce_frame`` with TBF_INTERRUPT (module doc, step 3)."""
+        cpu = self.cpu
+        rcx, r11, rip, rflags, rsp = cpu.regs(("rcx", "r11", "rip", "rflags", "rsp"))
+        saved_mask = self.mask()
+        cs = (arch_x86.FLAT_KERNEL_CS64 & ~3) | (saved_mask << 32)
+        frame_rflags = (rflags & ~(X86_EFLAGS_IF | X86_EFLAGS_IOPL)) \
+            | (0 if saved_mask else X86_EFLAGS_IF)
+        frame = [rcx, r11, rip, cs, frame_rflags, rsp, arch_x86.FLAT_KERNEL_SS64]
+        new_rsp = (rsp & ~15) - 8 * len(frame)
+        for i, word in enumerate(frame):  # word by word: it may straddle pages
+            self.copy_out(new_rsp + 8 * i, _Q.pack(word & 0xFFFF_FFFF_FFFF_FFFF))
+        self.set_mask(1)
+        cpu.set_reg("rflags", rflags & ~_BOUNCE_CLEARS)
+        cpu.set_reg("rsp", new_rsp)
+        cpu.set_reg("rip", handler)
+        self.upcalls += 1
+
+    # -- iret -----------------------------------------------------------------------------
+    def iret_saved_rflags(self) -> int:
+        """The ``rflags`` of the iret_context at the guest's rsp (read before the iret)."""
+        return _Q.unpack(self.copy_in(self.cpu.reg("rsp") + IRET_RFLAGS_OFF, 8))[0]
+
+    def restore_mask(self, saved_rflags: int) -> None:
+        """``do_iret``: "Restore upcall mask from supplied EFLAGS.IF"."""
+        self.set_mask(0 if saved_rflags & X86_EFLAGS_IF else 1)
+
+    # -- sched_op -------------------------------------------------------------------------
+    def sched_block(self) -> int:
+        """SCHEDOP_block: events on (``local_event_delivery_enable``), then block."""
+        self.set_mask(0)
+        self.blocked = True
+        return 0
+
+    def sched_poll(self, arg: int) -> int:
+        """SCHEDOP_poll: check here (errors are returned at once), wait in :meth:`block`."""
+        ports_va, nr_ports, timeout = SCHED_POLL.unpack(self.copy_in(arg, SCHED_POLL.size))
+        if nr_ports > MAX_POLL_PORTS:
+            return -XenErrno.XEN_EINVAL
+        raw = self.copy_in(ports_va, 4 * nr_ports) if nr_ports else b""
+        ports = list(struct.unpack(f"<{nr_ports}I", raw))
+        if any(p >= NR_PORTS_2L for p in ports):
+            return -XenErrno.XEN_EINVAL
+        if self.need_delivery() or any(self.bits.is_pending(p) for p in ports):
+            return 0
+        if timeout and timeout <= self.clock.now():
+            return 0
+        self.poll_ports, self.poll_timeout, self.blocked = ports, timeout, True
+        return 0
+
+    def block(self, stop: Callable[[], bool] | None = None) -> None:
+        """Wait, as a blocked vCPU, until an event needs delivery, a polled
+        port is pending, the poll times out, or ``stop()``; timers fire meanwhile."""
+        self._set_runstate(Runstate.RUNSTATE_blocked)
+        try:
+            while not (stop is not None and stop()):
+                self.waker.arm()
+                now = self.clock.now()
+                self._expire(now)
+                if self.need_delivery():
+                    return
+                if self.poll_ports is not None:
+                    if any(self.bits.is_pending(p) for p in self.poll_ports):
+                        return
+                    if self.poll_timeout and self.poll_timeout <= now:
+                        return
+                if self.waker.closed and self.timers.next_deadline() is None \
+                        and not self.poll_timeout:
+                    time.sleep(WAIT_CHUNK)  # nothing can wake us; keep looking at stop()
+                    continue
+                self.waker.wait(self._wait_seconds(now))
+        finally:
+            self.blocked, self.poll_ports, self.poll_timeout = False, None, 0
+            self._set_runstate(Runstate.RUNSTATE_running)
+            self.update_time()  # Xen refreshes the time info when a vCPU is scheduled in
+
+    def _wait_seconds(self, now: int) -> float:
+        limit = WAIT_CHUNK
+        if self.poll_ports is not None:
+            limit = POLL_RECHECK
+            if self.poll_timeout:
+                limit = min(limit, (self.poll_timeout - now) / 1e9)
+        deadline = self.timers.next_deadline()
+        if deadline is not None:
+            limit = min(limit, (deadline - now) / 1e9)
+        return limit
+
+    # -- timers -----------------------------------------------------------------------------
+    def set_timer_op(self, timeout: int) -> int:
+        self.timers.set_timer_op(timeout, self.clock.now())
+        return 0
+
+    def bound_virq(self, virq: int, vcpu: int, port: int) -> None:
+        """The forwarder's report of a successful EVTCHNOP_bind_virq."""
+        if vcpu == self.cpu.vcpu_id and virq == Virq.VIRQ_TIMER:
+            self.virq_ports[virq] = port
+
+    def closed_port(self, port: int | None) -> None:
+        """EVTCHNOP_close of ``port`` (None: EVTCHNOP_reset, every port)."""
+        for virq, p in list(self.virq_ports.items()):
+            if port is None or p == port:
+                del self.virq_ports[virq]
+
+    # -- vcpu_op ----------------------------------------------------------------------------
+    def vcpu_op(self, cmd: int, arg: int) -> int:
+        """VCPUOP_* on this vCPU (the caller checked vcpuid and handled down)."""
+        now = self.clock.now()
+        if cmd == VcpuOp.VCPUOP_is_up:
+            return 1
+        if cmd == VcpuOp.VCPUOP_up:
+            return 0  # initialised and up already
+        if cmd == VcpuOp.VCPUOP_initialise:
+            return -XenErrno.XEN_EEXIST  # default_initialise_vcpu: already initialised
+        if cmd == VcpuOp.VCPUOP_set_periodic_timer:
+            (period,) = VCPU_SET_PERIODIC_TIMER.unpack(
+                self.copy_in(arg, VCPU_SET_PERIODIC_TIMER.size))
+            if period < vtime.MILLISECS or period > vtime.STIME_DELTA_MAX:
+                return -XenErrno.XEN_EINVAL
+            self.timers.set_periodic(period, now)
+            return 0
+        if cmd == VcpuOp.VCPUOP_stop_periodic_timer:
+            self.timers.set_periodic(0, now)
+            return 0
+        if cmd == VcpuOp.VCPUOP_set_singleshot_timer:
+            timeout, _flags = VCPU_SET_SINGLESHOT_TIMER.unpack(
+                self.copy_in(arg, VCPU_SET_SINGLESHOT_TIMER.size))
+            if timeout < now:  # Xen HEAD: "just inject the event" (no -ETIME any more)
+                self.timers.singleshot = None
+                self.send_virq(Virq.VIRQ_TIMER)
+            else:
+                self.timers.singleshot = timeout
+            return 0
+        if cmd == VcpuOp.VCPUOP_stop_singleshot_timer:
+            self.timers.singleshot = None
+            return 0
+        if cmd == VcpuOp.VCPUOP_get_runstate_info:
+            self.copy_out(arg, self._runstate_info())
+            return 0
+        if cmd == VcpuOp.VCPUOP_register_runstate_memory_area:
+            (va,) = VCPU_REGISTER_RUNSTATE_MEMORY_AREA.unpack(
+                self.copy_in(arg, VCPU_REGISTER_RUNSTATE_MEMORY_AREA.size))
+            self.runstate_area = va or None
+            self._write_runstate_area()
+            return 0
+        return -XenErrno.XEN_ENOSYS
+
+    def _runstate_info(self) -> bytes:
+        now = self.clock.now()
+        times = list(self.runstate_time)
+        times[self.runstate] += now - self.runstate_entry
+        return VCPU_RUNSTATE_INFO.pack(self.runstate, self.runstate_entry, *times)
+
+    def _set_runstate(self, state: Runstate) -> None:
+        now = self.clock.now()
+        self.runstate_time[self.runstate] += now - self.runstate_entry
+        self.runstate, self.runstate_entry = state, now
+        self._write_runstate_area()
+
+    def _write_runstate_area(self) -> None:
+        if self.runstate_area is None:
+            return
+        from .hypercalls import GuestFault  # here: hypercalls imports this module
+
+        try:
+            self.copy_out(self.runstate_area, self._runstate_info())
+        except GuestFault as e:  # Xen: an unwritable area is just not updated
+            log.debug("runstate area %#x not writable: %s", self.runstate_area, e)
+
+    def close(self) -> None:
+        self.waker.close()
+        self.bits.close()

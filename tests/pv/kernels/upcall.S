@@ -1,0 +1,75 @@
+/* upcall: an event channel offered to dom0 (alloc_unbound, remote 0), the
+   event callback registered, then SCHEDOP_block until the handler has seen
+   NR events on that port. Prints "upcall port <p>", then "upcall <n>" from
+   the handler for each event, "upcall ok" and powers off; "upcall FAIL" and
+   crash when a step fails. The cmdline's first byte, if a digit, is NR. */
+.include "events.inc"
+  .text
+  .globl _start, seen, on_event
+_start:
+  mov %rsi, %r12                        /* start_info */
+  movzbl 128(%r12), %eax                /* cmd_line[0] */
+  sub $'0', %eax
+  cmp $9, %eax
+  ja 1f
+  test %eax, %eax
+  jz 1f
+  mov %rax, wanted(%rip)
+1:
+  MAP_SHARED_INFO
+  test %rax, %rax
+  jnz fail
+  REGISTER_EVENT_CALLBACK on_event
+  test %rax, %rax
+  jnz fail
+  movw $0x7ff0, arg(%rip)               /* dom = DOMID_SELF */
+  movw $0, arg+2(%rip)                  /* remote_dom = 0 */
+  mov $EVTCHNOP_alloc_unbound, %edi
+  lea arg(%rip), %rsi
+  HCALL event_channel_op
+  test %rax, %rax
+  jnz fail
+  mov arg+4(%rip), %eax
+  mov %rax, port(%rip)
+  lea portmsg(%rip), %rsi
+  mov $(portmsg_end - portmsg), %edx
+  call print_num
+wait:
+  BLOCK
+  mov seen(%rip), %rax
+  cmp wanted(%rip), %rax
+  jb wait
+  PRINT ok, $(ok_end - ok)
+  SHUTDOWN $0
+fail:
+  PRINT failmsg, $(failmsg_end - failmsg)
+  SHUTDOWN $3
+
+port_event:                             /* %edi = the port that fired */
+  cmp port(%rip), %rdi
+  jne 1f
+  incq seen(%rip)
+  mov seen(%rip), %rax
+  lea evmsg(%rip), %rsi
+  mov $(evmsg_end - evmsg), %edx
+  call print_num
+1:
+  ret
+
+  EVENT_HANDLER on_event, port_event
+  PRINT_NUM_FN print_num
+
+  .data
+  EVENT_DATA
+arg: .quad 0
+port: .quad 0
+seen: .quad 0
+wanted: .quad 1
+portmsg: .ascii "upcall port "
+portmsg_end:
+evmsg: .ascii "upcall "
+evmsg_end:
+ok: .ascii "upcall ok\n"
+ok_end:
+failmsg: .ascii "upcall FAIL\n"
+failmsg_end:

@@ -1,0 +1,301 @@
+"""Event upcalls, block/poll, timers and guest time of a PV vCPU, in-process.
+
+The guest (tests/pv/kernels/{upcall,timer,time,vcpuop}.S) runs on a thread;
+this test plays hypervisord's part of event delivery exactly as
+hypervisord/evtchn.py does it: the 2-level bits set in the domain's
+shared_info (libxen.shinfo, the same code) and the port number written on
+the process's event-channel stream (a socketpair here). Event-channel ops
+the guest forwards reach a fake hypervisor connection (:class:`FakeXc`).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from hypervisord.public import memfile
+from hypervisord.public.event_channel import EvtchnOp
+from hypervisord.public.sched import ShutdownReason
+from hypervisord.public.xen import PAGE_SIZE, Virq, vcpu_info_offset
+from hypervisord.vcpu import events as ev, loop, vtime
+from hypervisord.vcpu.forward import Forwarder
+from hypervisord.vcpu.hypercalls import VcpuHypercalls, copy_from_guest
+from libxen.shinfo import SharedInfoBits
+from tests.pv.test_vcpu import Guest
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeXc:
+    """hypervisord's side of the forwarded event_channel_op, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict]] = []
+        self.next_port = 5
+
+    def call(self, _hypercall: int, subop: int, **args):
+        self.calls.append((subop, args))
+        if subop in (EvtchnOp.EVTCHNOP_alloc_unbound, EvtchnOp.EVTCHNOP_bind_virq):
+            port, self.next_port = self.next_port, self.next_port + 1
+            return 0, {"port": port}
+        return 0, {}
+
+
+class EventGuest(Guest):
+    """A Guest with an event-channel stream and a forwarder to :class:`FakeXc`."""
+
+    def __init__(self, name: str, tmp_path, cmdline: str = "") -> None:
+        super().__init__(name, tmp_path, cmdline=cmdline)
+        self.stream, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.theirs = theirs
+        self.hc.events.close()  # the harness made one without a stream: replace it
+        self.hc = VcpuHypercalls(self.cpu, 1, self.console.append, evtchn_fd=theirs.fileno())
+        self.xc = FakeXc()
+        self.hc.forward.update(Forwarder(self.xc, lambda va, n: copy_from_guest(self.cpu, va, n),
+                                         self.hc.copy_to_guest, self.hc.events).table())
+        off = memfile.slot_offset(memfile.SHARED_INFO_SLOT)
+        self.shinfo_bits = SharedInfoBits(self.mem.view[off:off + PAGE_SIZE])
+        self.result: list = []
+        self.thread: threading.Thread | None = None
+
+    def start(self, **kw) -> None:
+        self.thread = threading.Thread(target=lambda: self.result.append(self.run(**kw)))
+        self.thread.start()
+
+    def join(self, timeout: float = 10) -> int | None:
+        assert self.thread is not None
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), self.text()
+        return self.result[0]
+
+    def text(self) -> str:
+        return b"".join(self.console).decode(errors="replace")
+
+    def wait_text(self, needle: str, timeout: float = 5) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text():
+            assert time.monotonic() < deadline, f"no {needle!r} in {self.text()!r}"
+            time.sleep(0.001)
+
+    def notify(self, port: int) -> bool:
+        """hypervisord's evtchn.set_pending + Connection.notify."""
+        if self.shinfo_bits.set_pending(port, 0):
+            self.stream.send(struct.pack("<I", port))
+            return True
+        return False
+
+    def vcpu_info(self) -> bytes:
+        off = memfile.slot_offset(memfile.SHARED_INFO_SLOT) + vcpu_info_offset(0)
+        return bytes(self.mem.view[off:off + 64])
+
+    def close(self) -> None:
+        self.shinfo_bits.close()
+        self.hc.events.close()
+        self.stream.close()
+        self.theirs.close()
+
+
+@pytest.fixture
+def guests():
+    made: list[EventGuest] = []
+
+    def make(name, tmp_path, **kw) -> EventGuest:
+        g = EventGuest(name, tmp_path, **kw)
+        made.append(g)
+        return g
+
+    yield make
+    for g in made:
+        if g.thread is not None and g.thread.is_alive():
+            g.thread.join(5)
+        g.close()
+
+
+def test_a_notified_port_reaches_the_guests_event_handler(guests, tmp_path) -> None:
+    g = guests("upcall", tmp_path, cmdline="3")
+    g.start()
+    g.wait_text("upcall port 5\n")
+    assert g.xc.calls[0] == (EvtchnOp.EVTCHNOP_alloc_unbound, {"dom": 0x7FF0, "remote_dom": 0})
+    for n in (1, 2, 3):
+        # wait until the guest consumed the previous event (its bit clear again)
+        deadline = time.monotonic() + 5
+        while g.shinfo_bits.is_pending(5):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert g.notify(5)
+        g.wait_text(f"upcall {n}\n")
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff
+    assert "upcall ok\n" in g.text()
+    assert 1 <= g.hc.events.upcalls <= 3  # the handler also takes events that come meanwhile
+    info = g.vcpu_info()
+    assert info[0] == 0 and struct.unpack_from("<Q", info, 8)[0] == 0  # all consumed
+
+
+def test_the_upcall_frame_and_mask_are_xens(guests, tmp_path) -> None:
+    """The frame of create_bounce_frame(TBF_INTERRUPT) and do_iret's mask rule."""
+    g = guests("upcall", tmp_path)
+    g.start(stop=lambda: "upcall port" in g.text())
+    assert g.join() is None
+    cpu, events = g.cpu, g.hc.events
+    handler = g.symbols["on_event"]
+    assert g.hc.callbacks[0][0] == handler
+    events.set_mask(0)
+    g.notify(5)
+    rcx, r11, rip, rflags, rsp = cpu.regs(("rcx", "r11", "rip", "rflags", "rsp"))
+    assert events.service(g.hc.callbacks)
+    new_rsp = cpu.reg("rsp")
+    assert new_rsp == (rsp & ~15) - 56 and cpu.reg("rip") == handler
+    frame = struct.unpack("<7Q", copy_from_guest(cpu, new_rsp, 56))
+    assert frame[:3] == (rcx, r11, rip)
+    assert frame[3] == 0xE030  # FLAT_KERNEL_CS64 with RPL 0 (kernel context), saved mask 0
+    assert frame[4] & ev.X86_EFLAGS_IF  # IF = !saved mask
+    assert frame[5:] == (rsp, 0xE02B)
+    assert events.mask() == 1
+    assert not events.service(g.hc.callbacks)  # masked now: no second bounce
+    # do_iret: the mask comes back from the saved IF
+    events.restore_mask(0)
+    assert events.mask() == 1
+    events.restore_mask(ev.X86_EFLAGS_IF)
+    assert events.mask() == 0
+
+
+def test_a_masked_upcall_waits_for_the_mask_to_clear(guests, tmp_path) -> None:
+    g = guests("upcall", tmp_path)
+    g.start(stop=lambda: "upcall port" in g.text())
+    g.join()
+    events = g.hc.events
+    assert events.mask() == 1  # as the builder left it: the kernel has not blocked yet
+    g.notify(5)
+    assert g.vcpu_info()[0] == 1  # upcall pending ...
+    assert not events.service(g.hc.callbacks)  # ... but masked: nothing delivered
+    assert events.upcalls == 0
+
+
+def test_block_waits_for_the_event_not_a_fixed_time(guests, tmp_path) -> None:
+    g = guests("upcall", tmp_path)
+    g.start()
+    g.wait_text("upcall port 5\n")
+    time.sleep(0.3)
+    assert g.thread.is_alive()  # blocked: no event yet
+    assert g.hc.events.runstate == 2  # RUNSTATE_blocked
+    slices = g.cpu.slices
+    time.sleep(0.2)
+    assert g.cpu.slices - slices < 10  # not spinning (a 10 ms sleep loop would run ~20)
+    t0 = time.perf_counter()
+    g.notify(5)
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff
+    assert time.perf_counter() - t0 < 0.5
+
+
+def test_the_timer_ticks_on_virq_timer(guests, tmp_path) -> None:
+    g = guests("timer", tmp_path)
+    t0 = time.perf_counter()
+    g.start()
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
+    took = time.perf_counter() - t0
+    assert g.text().count("tick\n") == 4 and "timer ok\n" in g.text(), g.text()
+    assert (EvtchnOp.EVTCHNOP_bind_virq, {"virq": Virq.VIRQ_TIMER, "vcpu": 0}) in g.xc.calls
+    # one 5 ms singleshot, then three ticks of a 5 ms periodic timer
+    assert 0.018 < took < 2.0
+    assert g.hc.events.timer_events == 4
+    assert g.hc.events.timers.next_deadline() is None  # stopped
+
+
+def test_guest_time_is_monotonic_and_close_to_real_time(guests, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(vtime, "UPDATE_SECONDS", 0.002)  # re-publish often, mid-reads
+    g = guests("time", tmp_path)
+    g.start()
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
+    assert "time ok\n" in g.text(), g.text()
+    first, last = struct.unpack("<QQ", g.mem.read(g.symbols["samples"]
+                                                  - g.image.notes.virt_base, 16))
+    now = g.hc.events.clock.now()
+    assert first < last <= now + 1_000_000  # within 1 ms of the host's clock
+    assert now - last < 200_000_000  # and it was read a moment ago
+    assert last - first > 20_000_000  # the kernel spins for 30 ms of its own time
+
+
+def test_version_protocol_never_leaves_an_odd_version(tmp_path) -> None:
+    page = bytearray(PAGE_SIZE)
+    view = memoryview(page)
+    clock = vtime.DomainClock(calibrate=0.001)
+    for _ in range(3):
+        vtime.write_time_info(view, 32, clock.refresh())
+    version, tsc, system_time, mul, shift, flags = struct.unpack_from("<I4xQQIbB", page, 32)
+    assert version == 6 and flags == 1  # XEN_PVCLOCK_TSC_STABLE_BIT
+    ns = system_time + vtime.scale_delta(vtime.rdtsc() - tsc, mul, shift)
+    assert abs(ns - clock.now()) < 1_000_000
+    assert 1 << 31 <= mul < 1 << 32
+
+
+def test_time_scale_is_xens_set_time_scale() -> None:
+    for ns_per_tick in (0.409, 1.0, 3.3, 0.001):
+        mul, shift = vtime.time_scale(ns_per_tick)
+        assert 1 << 31 <= mul < 1 << 32
+        delta = 10 ** 9
+        assert abs(vtime.scale_delta(delta, mul, shift) - delta * ns_per_tick) \
+            <= delta * ns_per_tick * 1e-6 + 1
+
+
+def test_set_timer_op_follows_xen() -> None:
+    t = vtime.VcpuTimers()
+    t.set_timer_op(5_000, now=1_000)
+    assert t.singleshot == 5_000
+    t.set_timer_op(0, now=1_000)
+    assert t.singleshot is None
+    t.set_timer_op((1 << 64) - 5, now=1_000)  # negative: Linux's wrapped jiffies
+    assert t.singleshot == 1_000 + 100 * vtime.MILLISECS
+    t.set_timer_op(1_000 + (1 << 51), now=1_000)  # beyond 2^50 ns: likewise
+    assert t.singleshot == 1_000 + 100 * vtime.MILLISECS
+    assert not t.expire(1_000) and t.expire(1_000 + 100 * vtime.MILLISECS)
+    t.set_periodic(10, now=0)
+    assert [t.expire(n) for n in (5, 10, 15, 20)] == [False, True, False, True]
+
+
+def test_vcpu_op_and_poll_answer_as_xen(guests, tmp_path) -> None:
+    g = guests("vcpuop", tmp_path)
+    g.start()
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
+    results = struct.unpack("<10q", g.mem.read(g.symbols["results"]
+                                                - g.image.notes.virt_base, 80))
+    assert results == (
+        1,  # is_up(0)
+        -2,  # is_up(1): no such vCPU (ENOENT)
+        -17,  # initialise(0): already initialised (EEXIST)
+        0,  # up(0)
+        -22,  # set_periodic_timer(0.5 ms): below 1 ms (EINVAL)
+        0,  # get_runstate_info
+        0,  # RUNSTATE_running in it
+        0,  # poll(port 5, timeout in 20 ms): times out, 0
+        -22,  # poll of port 5000 (beyond the 2-level ABI): EINVAL
+        -38,  # register_vcpu_info: not supported (ENOSYS)
+    )
+    assert "vcpuop ok\n" in g.text()
+    (polled_ns,) = struct.unpack("<Q", g.mem.read(g.symbols["polled_ns"]
+                                                  - g.image.notes.virt_base, 8))
+    assert 19_000_000 <= polled_ns < 500_000_000  # the poll really waited for its timeout
+
+
+def test_down_of_the_last_vcpu_powers_the_domain_off(guests, tmp_path) -> None:
+    g = guests("vcpuop", tmp_path, cmdline="d")
+    g.start()
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff
+    assert "vcpuop ok" not in g.text()  # it went down before reaching the end
+
+
+def test_a_closed_virq_port_is_not_raised_any_more(guests, tmp_path) -> None:
+    g = guests("upcall", tmp_path)
+    events = g.hc.events
+    events.bound_virq(Virq.VIRQ_TIMER, 0, 9)
+    events.bound_virq(Virq.VIRQ_TIMER, 1, 10)  # another vCPU's: not ours
+    assert events.virq_ports == {Virq.VIRQ_TIMER: 9}
+    events.send_virq(Virq.VIRQ_TIMER)
+    assert g.shinfo_bits.is_pending(9)
+    events.closed_port(9)
+    g.shinfo_bits.clear_pending(9)
+    events.send_virq(Virq.VIRQ_TIMER)
+    assert not g.shinfo_bits.is_pending(9)
