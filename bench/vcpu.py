@@ -8,7 +8,12 @@ process runs; the same engine, hooks and slices):
   bare Unicorn (flat memory, one emu_start);
 * guest-issued null hypercalls (xen_version through the hypercall page,
   served by the vCPU layer between slices) vs a bare Unicorn ``syscall``
-  hook round trip (the hook reads and writes RAX).
+  hook round trip (the hook reads and writes RAX);
+* event upcall latency: "dom0" makes the kernel's port pending as
+  hypervisord does (2-level bits in shared_info, the port written on the
+  guest's event-channel stream) while the kernel is blocked in
+  SCHEDOP_block; until its event handler's first hypercall (median and
+  90th percentile over ``--upcalls`` events; tests/pv/kernels/upcall.S).
 
 Last line JSON. Needs binutils (as, ld) for the kernels.
 """
@@ -18,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -95,18 +102,58 @@ def measure_hypercalls(n: int, tmp: Path) -> dict:
             "hypercall_ratio": b / pv}
 
 
+def measure_upcalls(n: int, tmp: Path) -> dict:
+    from tests.pv.test_events import EventGuest  # the tests' stand-in for hypervisord
+
+    g = EventGuest("upcall", tmp, cmdline=str(n))
+    seen = threading.Event()
+    stamp = [0.0]
+
+    def console(data: bytes) -> None:
+        if data.startswith(b"upcall ") and data[7:8].isdigit():
+            stamp[0] = time.perf_counter()
+            seen.set()
+        g.console.append(data)
+
+    g.hc.console = console
+    g.start()
+    try:
+        g.wait_text("upcall port 5\n")
+        lat = []
+        for _ in range(n):
+            while g.shinfo_bits.is_pending(5) or not g.hc.events.blocked:
+                time.sleep(0.0005)  # the last one consumed, the kernel blocked again
+            time.sleep(0.002)  # into the wait for real
+            seen.clear()
+            t0 = time.perf_counter()
+            g.notify(5)
+            if not seen.wait(5):
+                raise RuntimeError(f"no upcall: {g.text()!r}")
+            lat.append(stamp[0] - t0)
+        assert g.join() == 0
+    finally:
+        g.close()
+    lat.sort()
+    return {"upcall_latency_median_us": statistics.median(lat) * 1e6,
+            "upcall_latency_p90_us": lat[int(0.9 * (len(lat) - 1))] * 1e6}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench vcpu", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=50_000_000, help="loop iterations")
     p.add_argument("--calls", type=int, default=100_000, help="null hypercalls")
+    p.add_argument("--upcalls", type=int, default=200, help="events for the upcall latency")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
-        res = measure_loop(args.iters, Path(d)) | measure_hypercalls(args.calls, Path(d))
+        res = measure_loop(args.iters, Path(d)) | measure_hypercalls(args.calls, Path(d)) \
+            | measure_upcalls(args.upcalls, Path(d))
     print(f"hypercall-free loop: pvxen vCPU {res['loop_pv_insn_s'] / 1e9:.2f} G insn/s, "
           f"bare Unicorn {res['loop_bare_insn_s'] / 1e9:.2f} G insn/s "
           f"(ratio {res['loop_ratio']:.2f}, target >= 0.7)")
     print(f"null hypercalls: pvxen vCPU {res['null_hypercalls_pv_s'] / 1e3:.0f} k/s, "
           f"bare syscall hook {res['syscall_hook_bare_s'] / 1e3:.0f} k/s "
           f"(ratio {res['hypercall_ratio']:.2f}, target >= 0.5)")
+    print(f"event upcall latency (notify -> handler, kernel blocked): median "
+          f"{res['upcall_latency_median_us']:.0f} us, p90 {res['upcall_latency_p90_us']:.0f} us")
     print(json.dumps({k: round(v, 3) for k, v in res.items()}))
     return 0

@@ -2,20 +2,28 @@
    event callback registered, then SCHEDOP_block until the handler has seen
    NR events on that port. Prints "upcall port <p>", then "upcall <n>" from
    the handler for each event, "upcall ok" and powers off; "upcall FAIL" and
-   crash when a step fails. The cmdline's first byte, if a digit, is NR. */
+   crash when a step fails. The cmdline, if a decimal number, is NR (else 1). */
 .include "events.inc"
   .text
   .globl _start, seen, on_event
 _start:
   mov %rsi, %r12                        /* start_info */
-  movzbl 128(%r12), %eax                /* cmd_line[0] */
-  sub $'0', %eax
-  cmp $9, %eax
-  ja 1f
-  test %eax, %eax
-  jz 1f
-  mov %rax, wanted(%rip)
+  lea 128(%r12), %rsi                   /* cmd_line: a decimal NR, if any */
+  xor %eax, %eax
 1:
+  movzbl (%rsi), %ecx
+  sub $'0', %ecx
+  cmp $9, %ecx
+  ja 2f
+  imul $10, %rax
+  add %rcx, %rax
+  inc %rsi
+  jmp 1b
+2:
+  test %rax, %rax
+  jz 3f
+  mov %rax, wanted(%rip)
+3:
   MAP_SHARED_INFO
   test %rax, %rax
   jnz fail
