@@ -8,7 +8,7 @@ How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
    word's bit in ``vcpu_info.evtchn_pending_sel``, then
    ``evtchn_upcall_pending`` (unless the port is masked), and writes the
    port number on this process's event-channel stream (``evtchn_fd``);
-2. :class:`EventWaker`, a thread reading that stream, cuts the running
+2. :class:`~.waker.EventWaker`, a thread reading that stream, cuts the running
    slice short (``emu_stop``) and wakes a blocked vCPU; the stream is only
    a doorbell: the bits are the truth, read again between slices;
 3. between slices, :meth:`VcpuEvents.service` sees ``evtchn_upcall_pending
@@ -34,18 +34,16 @@ the port (:meth:`VcpuEvents.bound_virq`) and a tick sets its bits in
 Deviations: an upcall with no event callback registered is left pending
 (Xen would bounce to address 0 and crash the domain); guest user mode is
 not handled yet (the frame always goes on the current stack: kernel
-context). ``vcpu_info`` stays in ``shared_info`` (``VCPUOP_register_vcpu_info``
-is ``-ENOSYS``; Linux then keeps the shared_info copy); every reader must
-use :meth:`VcpuEvents.vcpu_info_gpa`.
+context). ``VCPUOP_register_vcpu_info`` moves the guest's ``vcpu_info`` into
+one of its frames (:meth:`VcpuEvents.register_vcpu_info`); every reader of
+``vcpu_info`` (``arch.cr2`` on a #PF bounce too) must use
+:meth:`VcpuEvents.vcpu_info_gpa`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
 import struct
-import threading
 import time
 from collections.abc import Callable
 
@@ -53,16 +51,20 @@ from hypervisord.public import arch_x86, memfile
 from hypervisord.public.callback import CallbackType
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.sched import SCHED_POLL
-from hypervisord.public.vcpu import (VCPU_REGISTER_RUNSTATE_MEMORY_AREA, VCPU_RUNSTATE_INFO,
+from hypervisord.public.vcpu import (VCPU_REGISTER_RUNSTATE_MEMORY_AREA,
+                                     VCPU_REGISTER_VCPU_INFO,
                                      VCPU_SET_PERIODIC_TIMER, VCPU_SET_SINGLESHOT_TIMER,
                                      Runstate, VcpuOp)
-from hypervisord.public.xen import (PAGE_SIZE, VCPU_INFO_EVTCHN_UPCALL_MASK_OFF,
+from hypervisord.public.xen import (PAGE_SIZE, VCPU_INFO_EVTCHN_PENDING_SEL_OFF,
+                                    VCPU_INFO_EVTCHN_UPCALL_MASK_OFF,
+                                    VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF, VCPU_INFO_SIZE,
                                     VCPU_INFO_TIME_OFF, Virq, vcpu_info_offset)
-from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
+from libxen.shinfo import NR_PORTS_2L, AtomicWord, SharedInfoBits
 
 from . import vtime
 from .cpu import VCpu
 from .memory import SHARED_INFO_MFN
+from .waker import EventWaker
 
 log = logging.getLogger("vcpu")
 
@@ -79,63 +81,6 @@ _Q = struct.Struct("<Q")
 
 CopyIn = Callable[[int, int], bytes]
 CopyOut = Callable[[int, bytes], None]
-
-
-class EventWaker:
-    """The event-channel stream, read in a thread: each notification ends
-    the running slice and wakes a blocked vCPU. ``fd`` None: no stream
-    (in-process tests call :meth:`kick`)."""
-
-    def __init__(self, fd: int | None, stop_engine: Callable[[], None]) -> None:
-        self._event = threading.Event()
-        self._stop_engine = stop_engine
-        self.notifications = 0
-        self.closed = fd is None
-        self._thread: threading.Thread | None = None
-        self._quit_r, self._quit_w = os.pipe()
-        if fd is not None:
-            self._fd = fd
-            self._thread = threading.Thread(target=self._read, name="evtchn-waker", daemon=True)
-            self._thread.start()
-
-    def _read(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._quit_r, select.POLLIN)
-        while True:
-            ready = dict(poller.poll())
-            if self._quit_r in ready:
-                return
-            try:
-                data = os.read(self._fd, 4096)  # u32 ports: only a doorbell here
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:  # hypervisord went away: nothing will ever wake us
-                self.closed = True
-                self.kick()
-                return
-            self.notifications += 1
-            self.kick()
-
-    def kick(self) -> None:
-        self._event.set()
-        self._stop_engine()
-
-    def arm(self) -> None:
-        """Forget earlier kicks; the caller checks its condition next, then waits."""
-        self._event.clear()
-
-    def wait(self, timeout: float) -> bool:
-        return self._event.wait(max(timeout, 0.0))
-
-    def close(self) -> None:
-        os.write(self._quit_w, b"q")
-        if self._thread is not None:
-            self._thread.join()
-        os.close(self._quit_r)
-        os.close(self._quit_w)
 
 
 class VcpuEvents:
@@ -158,11 +103,12 @@ class VcpuEvents:
         self.timer_events = 0
         self._last_time_update = -1
         self._services = 0
-        self._vi_off = vcpu_info_offset(cpu.vcpu_id)  # of vcpu_info in self.shared_info
-        # runstate: the state, when it began, ns spent in each (vcpu_runstate_info)
-        self.runstate = Runstate.RUNSTATE_running
-        self.runstate_entry = self.clock.now()
-        self.runstate_time = [0, 0, 0, 0]
+        # where the guest's vcpu_info is: shared_info's slot, or the frame
+        # VCPUOP_register_vcpu_info named (then _legacy mirrors hypervisord's bits)
+        self._vi_view, self._vi_off = self.shared_info, vcpu_info_offset(cpu.vcpu_id)
+        self._registered_gpa: int | None = None
+        self._legacy: tuple[AtomicWord, AtomicWord] | None = None
+        self.runstate = vtime.RunstateClock(self.clock.now())
         self.runstate_area: int | None = None  # guest VA, VCPUOP_register_runstate_memory_area
         # Xen's builder masks every vCPU's upcalls (xg_dom_x86.c, shared_info_x86_64);
         # pvxen's lays out guest frames only, and shared_info is this vCPU's to set
@@ -173,23 +119,28 @@ class VcpuEvents:
 
     # -- vcpu_info --------------------------------------------------------------------
     def vcpu_info_gpa(self) -> int:
-        """Guest-physical address of this vCPU's ``vcpu_info`` (the one accessor)."""
+        """Guest-physical address of this vCPU's ``vcpu_info`` (the one accessor:
+        after VCPUOP_register_vcpu_info it is in a guest frame)."""
+        if self._registered_gpa is not None:
+            return self._registered_gpa
         return SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(self.cpu.vcpu_id)
 
     def mask(self) -> int:
-        return self.shared_info[self._vi_off + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF]
+        return self._vi_view[self._vi_off + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF]
 
     def set_mask(self, value: int) -> None:
-        self.shared_info[self._vi_off + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF] = value
+        self._vi_view[self._vi_off + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF] = value
 
     def need_delivery(self) -> bool:
         """Xen's ``local_events_need_delivery``: pending and not masked."""
-        off = self._vi_off
-        return bool(self.shared_info[off]) and not self.shared_info[off + 1]
+        if self._legacy is not None:
+            self._pull_legacy()
+        view, off = self._vi_view, self._vi_off
+        return bool(view[off]) and not view[off + 1]
 
     def update_time(self) -> None:
         p = self.clock.refresh()
-        vtime.write_time_info(self.shared_info, self._vi_off + VCPU_INFO_TIME_OFF, p)
+        vtime.write_time_info(self._vi_view, self._vi_off + VCPU_INFO_TIME_OFF, p)
         self._last_time_update = p.system_time
 
     # -- between slices -----------------------------------------------------------------
@@ -209,8 +160,10 @@ class VcpuEvents:
             self._expire(now)
             if now - self._last_time_update >= vtime.UPDATE_SECONDS * 1e9:
                 self.update_time()
-        si, off = self.shared_info, self._vi_off
-        if not si[off] or si[off + 1]:  # need_delivery(), inlined
+        if self._legacy is not None:
+            self._pull_legacy()
+        view, off = self._vi_view, self._vi_off
+        if not view[off] or view[off + 1]:  # need_delivery(), inlined
             return False
         cb = callbacks.get(CallbackType.CALLBACKTYPE_event)
         if cb is None or cb[0] == 0:
@@ -369,6 +322,10 @@ class VcpuEvents:
         if cmd == VcpuOp.VCPUOP_get_runstate_info:
             self.copy_out(arg, self._runstate_info())
             return 0
+        if cmd == VcpuOp.VCPUOP_register_vcpu_info:
+            mfn, offset, _rsvd = VCPU_REGISTER_VCPU_INFO.unpack(
+                self.copy_in(arg, VCPU_REGISTER_VCPU_INFO.size))
+            return self.register_vcpu_info(mfn, offset)
         if cmd == VcpuOp.VCPUOP_register_runstate_memory_area:
             (va,) = VCPU_REGISTER_RUNSTATE_MEMORY_AREA.unpack(
                 self.copy_in(arg, VCPU_REGISTER_RUNSTATE_MEMORY_AREA.size))
@@ -377,16 +334,65 @@ class VcpuEvents:
             return 0
         return -XenErrno.XEN_ENOSYS
 
+    def register_vcpu_info(self, mfn: int, offset: int) -> int:
+        """``VCPUOP_register_vcpu_info`` (``xen/common/domain.c``, ``map_guest_area``).
+
+        hypervisord keeps setting ``evtchn_pending_sel``/``evtchn_upcall_pending``
+        in shared_info's slot (global code does not know where each vCPU's
+        vcpu_info went); :meth:`_pull_legacy` moves them into the registered
+        copy before every look at it. Safe without atomics on the guest's
+        side: the guest runs only between our looks (one thread per vCPU).
+        """
+        gaddr = (mfn << 12) + offset
+        if offset >= PAGE_SIZE or gaddr >> 12 != mfn:
+            return -XenErrno.XEN_EINVAL
+        if self._registered_gpa is not None:
+            return -XenErrno.XEN_EBUSY
+        if (gaddr >> 12) != ((gaddr + VCPU_INFO_SIZE - 1) >> 12) or gaddr % 8:
+            return -XenErrno.XEN_ENXIO
+        if mfn >= self.cpu.mem.nr_pages:
+            return -XenErrno.XEN_EINVAL  # not a frame of ours
+        view, off = self.cpu.mem.view, memfile.gfn_offset(0) + gaddr
+        # vcpu_info_populate: the new one starts as a copy of the old
+        view[off:off + VCPU_INFO_SIZE] = self._vi_view[self._vi_off:self._vi_off + VCPU_INFO_SIZE]
+        legacy = self._vi_off
+        self._legacy = (
+            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF:
+                                        legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF + 1]),
+            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF:
+                                        legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF + 8]))
+        self._vi_view, self._vi_off, self._registered_gpa = view, off, gaddr
+        self.update_time()
+        return 0
+
+    def _pull_legacy(self) -> None:
+        """Move hypervisord's bits from shared_info's slot to the registered vcpu_info.
+
+        ``upcall_pending`` is cleared first, then the selector bits: a bit
+        hypervisord sets in between is moved now and its upcall_pending seen
+        next time (a spurious upcall at worst, never a lost one).
+        """
+        assert self._legacy is not None
+        upcall, sel = self._legacy
+        if not upcall.test_and_clear(0) and not sel.load():
+            return
+        bits = 0
+        word = sel.load()
+        while word:
+            bit = (word & -word).bit_length() - 1
+            if sel.test_and_clear(bit):
+                bits |= 1 << bit
+            word &= word - 1
+        view, off = self._vi_view, self._vi_off
+        old = _Q.unpack_from(view, off + VCPU_INFO_EVTCHN_PENDING_SEL_OFF)[0]
+        _Q.pack_into(view, off + VCPU_INFO_EVTCHN_PENDING_SEL_OFF, old | bits)
+        view[off + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF] = 1
+
     def _runstate_info(self) -> bytes:
-        now = self.clock.now()
-        times = list(self.runstate_time)
-        times[self.runstate] += now - self.runstate_entry
-        return VCPU_RUNSTATE_INFO.pack(self.runstate, self.runstate_entry, *times)
+        return self.runstate.info(self.clock.now())
 
     def _set_runstate(self, state: Runstate) -> None:
-        now = self.clock.now()
-        self.runstate_time[self.runstate] += now - self.runstate_entry
-        self.runstate, self.runstate_entry = state, now
+        self.runstate.enter(state, self.clock.now())
         self._write_runstate_area()
 
     def _write_runstate_area(self) -> None:
@@ -402,3 +408,7 @@ class VcpuEvents:
     def close(self) -> None:
         self.waker.close()
         self.bits.close()
+        if self._legacy is not None:
+            for word in self._legacy:
+                word.close()
+            self._legacy = None

@@ -30,7 +30,8 @@ Timers (:class:`VcpuTimers`, ``xen/common/sched/core.c``): one singleshot
 deadline (``set_timer_op``, ``VCPUOP_set_singleshot_timer``) and one
 periodic timer (``VCPUOP_set_periodic_timer``); on expiry Xen sends
 ``VIRQ_TIMER`` to the vCPU (``send_timer_event``). Pure: the caller passes
-``now``.
+``now``. :class:`RunstateClock`: ``struct vcpu_runstate_info``
+(``xen/include/public/vcpu.h``), what VCPUOP_get_runstate_info returns.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from hypervisord.public.vcpu import VCPU_RUNSTATE_INFO, Runstate
 from hypervisord.public.xen import (SHARED_INFO_WALLCLOCK, SHARED_INFO_WC_VERSION_OFF,
                                     VCPU_TIME_INFO, XEN_PVCLOCK_TSC_STABLE_BIT)
 
@@ -204,3 +206,21 @@ class VcpuTimers:
             self.periodic_next = now + self.period
             fired = True
         return fired
+
+
+class RunstateClock:
+    """The vCPU's runstate, when it began, and ns spent in each RUNSTATE_*."""
+
+    def __init__(self, now: int) -> None:
+        self.state = Runstate.RUNSTATE_running
+        self.entry = now
+        self.time = [0, 0, 0, 0]
+
+    def enter(self, state: Runstate, now: int) -> None:
+        self.time[self.state] += now - self.entry
+        self.state, self.entry = state, now
+
+    def info(self, now: int) -> bytes:
+        times = list(self.time)
+        times[self.state] += now - self.entry
+        return VCPU_RUNSTATE_INFO.pack(self.state, self.entry, *times)

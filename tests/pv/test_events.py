@@ -21,7 +21,7 @@ from hypervisord.public import memfile
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE, Virq, vcpu_info_offset
-from hypervisord.vcpu import events as ev, loop, vtime
+from hypervisord.vcpu import events as ev, vtime
 from hypervisord.vcpu.forward import Forwarder
 from hypervisord.vcpu.hypercalls import VcpuHypercalls, copy_from_guest
 from libxen.shinfo import SharedInfoBits
@@ -181,7 +181,7 @@ def test_block_waits_for_the_event_not_a_fixed_time(guests, tmp_path) -> None:
     g.wait_text("upcall port 5\n")
     time.sleep(0.3)
     assert g.thread.is_alive()  # blocked: no event yet
-    assert g.hc.events.runstate == 2  # RUNSTATE_blocked
+    assert g.hc.events.runstate.state == 2  # RUNSTATE_blocked
     slices = g.cpu.slices
     time.sleep(0.2)
     assert g.cpu.slices - slices < 10  # not spinning (a 10 ms sleep loop would run ~20)
@@ -260,8 +260,8 @@ def test_vcpu_op_and_poll_answer_as_xen(guests, tmp_path) -> None:
     g = guests("vcpuop", tmp_path)
     g.start()
     assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
-    results = struct.unpack("<10q", g.mem.read(g.symbols["results"]
-                                                - g.image.notes.virt_base, 80))
+    results = struct.unpack("<14q", g.mem.read(g.symbols["results"]
+                                                - g.image.notes.virt_base, 14 * 8))
     assert results == (
         1,  # is_up(0)
         -2,  # is_up(1): no such vCPU (ENOENT)
@@ -272,12 +272,40 @@ def test_vcpu_op_and_poll_answer_as_xen(guests, tmp_path) -> None:
         0,  # RUNSTATE_running in it
         0,  # poll(port 5, timeout in 20 ms): times out, 0
         -22,  # poll of port 5000 (beyond the 2-level ABI): EINVAL
-        -38,  # register_vcpu_info: not supported (ENOSYS)
+        -6,  # register_vcpu_info across a page boundary: ENXIO
+        -6,  # ... misaligned: ENXIO
+        -22,  # ... a frame that is not the guest's: EINVAL
+        0,  # ... at vipage + 64
+        -16,  # ... again: EBUSY
     )
+    gpa = g.symbols["vipage"] - g.image.notes.virt_base + 64
+    assert g.hc.events.vcpu_info_gpa() == gpa
+    version = struct.unpack("<I", g.mem.read(gpa + 32, 4))[0]
+    assert version and version % 2 == 0  # the time info is published there now
     assert "vcpuop ok\n" in g.text()
     (polled_ns,) = struct.unpack("<Q", g.mem.read(g.symbols["polled_ns"]
                                                   - g.image.notes.virt_base, 8))
     assert 19_000_000 <= polled_ns < 500_000_000  # the poll really waited for its timeout
+
+
+def test_events_reach_a_registered_vcpu_info(guests, tmp_path) -> None:
+    """After VCPUOP_register_vcpu_info hypervisord still sets shared_info's
+    copy; the vCPU moves the bits to the guest's frame before it looks."""
+    g = guests("upcall", tmp_path, cmdline="r2")
+    g.start()
+    g.wait_text("upcall port 5\n")
+    gpa = g.symbols["vipage"] - g.image.notes.virt_base + 128
+    assert g.hc.events.vcpu_info_gpa() == gpa
+    for n in (1, 2):
+        deadline = time.monotonic() + 5
+        while g.shinfo_bits.is_pending(5):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        assert g.notify(5)
+        g.wait_text(f"upcall {n}\n")
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff
+    assert g.vcpu_info()[0] == 0  # the legacy copy's bits were taken
+    assert g.mem.read(gpa, 1) == b"\0"
 
 
 def test_down_of_the_last_vcpu_powers_the_domain_off(guests, tmp_path) -> None:

@@ -2,13 +2,19 @@
    event callback registered, then SCHEDOP_block until the handler has seen
    NR events on that port. Prints "upcall port <p>", then "upcall <n>" from
    the handler for each event, "upcall ok" and powers off; "upcall FAIL" and
-   crash when a step fails. The cmdline, if a decimal number, is NR (else 1). */
+   crash when a step fails. The cmdline: an optional "r" (register vcpu_info
+   in a frame of ours first), then optionally NR in decimal (else 1). */
 .include "events.inc"
   .text
   .globl _start, seen, on_event
 _start:
   mov %rsi, %r12                        /* start_info */
-  lea 128(%r12), %rsi                   /* cmd_line: a decimal NR, if any */
+  lea 128(%r12), %rsi                   /* cmd_line: ["r"] [a decimal NR] */
+  cmpb $'r', (%rsi)
+  jne 0f
+  movb $1, register(%rip)
+  inc %rsi
+0:
   xor %eax, %eax
 1:
   movzbl (%rsi), %ecx
@@ -27,6 +33,12 @@ _start:
   MAP_SHARED_INFO
   test %rax, %rax
   jnz fail
+  cmpb $0, register(%rip)
+  je 4f
+  REGISTER_VCPU_INFO vipage, 128       /* events then arrive in our own frame */
+  test %rax, %rax
+  jnz fail
+4:
   REGISTER_EVENT_CALLBACK on_event
   test %rax, %rax
   jnz fail
@@ -73,6 +85,9 @@ arg: .quad 0
 port: .quad 0
 seen: .quad 0
 wanted: .quad 1
+register: .byte 0
+  .p2align 12
+vipage: .fill 4096, 1, 0
 portmsg: .ascii "upcall port "
 portmsg_end:
 evmsg: .ascii "upcall "

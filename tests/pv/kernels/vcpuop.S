@@ -8,7 +8,6 @@
 .set VCPUOP_down, 2
 .set VCPUOP_is_up, 3
 .set VCPUOP_get_runstate_info, 4
-.set VCPUOP_register_vcpu_info, 10
 .set SCHEDOP_poll, 3
 
 .macro VOP cmd, vcpu, arg
@@ -29,7 +28,7 @@
 .endm
 
   .text
-  .globl _start, results, polled_ns
+  .globl _start, results, polled_ns, vipage
 _start:
   mov %rsi, %r12                        /* start_info */
   MAP_SHARED_INFO
@@ -63,22 +62,47 @@ _start:
   movl $5000, ports(%rip)
   movq $0, poll+16(%rip)
   POLL
-  VOP VCPUOP_register_vcpu_info, 0, scratch
+  .irp off, 4090, 4
+  REGISTER_VCPU_INFO vipage, \off      /* crosses the page; misaligned: -ENXIO */
+  mov %rax, (%rbx)
+  add $8, %rbx
+  .endr
+  movq $0x100000, vi_reg(%rip)          /* not our frame: -EINVAL */
+  movl $64, vi_reg+8(%rip)
+  mov $VCPUOP_register_vcpu_info, %edi
+  xor %esi, %esi
+  lea vi_reg(%rip), %rdx
+  HCALL vcpu_op
+  mov %rax, (%rbx)
+  add $8, %rbx
+  .irp n, 1, 2
+  REGISTER_VCPU_INFO vipage, 64         /* 0, then -EBUSY */
+  mov %rax, (%rbx)
+  add $8, %rbx
+  .endr
+  call read_time                        /* from the registered copy now */
+  test %rax, %rax
+  jz fail
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
+fail:
+  PRINT failmsg, $(failmsg_end - failmsg)
+  SHUTDOWN $3
 
   READ_TIME_FN read_time
 
   .data
   EVENT_DATA
   .p2align 3
-results: .fill 10, 8, 0x55
+results: .fill 14, 8, 0x55
 polled_ns: .quad 0
 scratch: .fill 64, 1, 0
 halfms: .quad 500000
 runstate: .fill 48, 1, 0x55
 poll: .quad 0, 0, 0                     /* struct sched_poll: ports, nr_ports, timeout */
 ports: .long 5
+  .p2align 12
+vipage: .fill 4096, 1, 0
 ok: .ascii "vcpuop ok\n"
 ok_end:
 failmsg: .ascii "vcpuop FAIL\n"
