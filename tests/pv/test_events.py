@@ -191,6 +191,21 @@ def test_block_waits_for_the_event_not_a_fixed_time(guests, tmp_path) -> None:
     assert time.perf_counter() - t0 < 0.5
 
 
+def test_a_running_guest_is_interrupted_at_once(guests, tmp_path) -> None:
+    """The stream's reader ends the running slice: no wait for the next tick."""
+    g = guests("upcall", tmp_path, cmdline="s")
+    g.start()
+    g.wait_text("upcall port 5\n")
+    while g.hc.events.mask():  # the kernel unmasks, then spins
+        time.sleep(0.001)
+    time.sleep(0.05)
+    notifications = g.hc.events.waker.notifications
+    g.notify(5)
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff
+    assert "upcall 1\nupcall ok\n" in g.text()
+    assert g.hc.events.waker.notifications == notifications + 1
+
+
 def test_the_timer_ticks_on_virq_timer(guests, tmp_path) -> None:
     g = guests("timer", tmp_path)
     t0 = time.perf_counter()

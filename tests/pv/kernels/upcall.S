@@ -2,19 +2,28 @@
    event callback registered, then SCHEDOP_block until the handler has seen
    NR events on that port. Prints "upcall port <p>", then "upcall <n>" from
    the handler for each event, "upcall ok" and powers off; "upcall FAIL" and
-   crash when a step fails. The cmdline: an optional "r" (register vcpu_info
-   in a frame of ours first), then optionally NR in decimal (else 1). */
+   crash when a step fails. The cmdline: optional "r" (register vcpu_info in
+   a frame of ours first) and "s" (spin with events unmasked instead of
+   blocking), then optionally NR in decimal (else 1). */
 .include "events.inc"
   .text
   .globl _start, seen, on_event
 _start:
   mov %rsi, %r12                        /* start_info */
   lea 128(%r12), %rsi                   /* cmd_line: ["r"] [a decimal NR] */
+0:
   cmpb $'r', (%rsi)
-  jne 0f
+  jne 5f
   movb $1, register(%rip)
   inc %rsi
-0:
+  jmp 0b
+5:
+  cmpb $'s', (%rsi)
+  jne 6f
+  movb $1, spin(%rip)
+  inc %rsi
+  jmp 0b
+6:
   xor %eax, %eax
 1:
   movzbl (%rsi), %ecx
@@ -54,11 +63,21 @@ _start:
   lea portmsg(%rip), %rsi
   mov $(portmsg_end - portmsg), %edx
   call print_num
+  cmpb $0, spin(%rip)
+  je wait
+  mov vi_ptr(%rip), %rax
+  movb $0, 1(%rax)                      /* evtchn_upcall_mask = 0: events on */
+7:
+  mov seen(%rip), %rax                  /* spin: the upcall interrupts this loop */
+  cmp wanted(%rip), %rax
+  jb 7b
+  jmp done
 wait:
   BLOCK
   mov seen(%rip), %rax
   cmp wanted(%rip), %rax
   jb wait
+done:
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
 fail:
@@ -86,6 +105,7 @@ port: .quad 0
 seen: .quad 0
 wanted: .quad 1
 register: .byte 0
+spin: .byte 0
   .p2align 12
 vipage: .fill 4096, 1, 0
 portmsg: .ascii "upcall port "
