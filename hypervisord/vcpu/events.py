@@ -154,7 +154,7 @@ class VcpuEvents:
         """
         t = self.timers
         self._services += 1
-        if t.singleshot is not None or t.periodic_next is not None \
+        if t.singleshot is not None or t.period \
                 or not self._services & 255:
             now = self.clock.now()
             self._expire(now)
@@ -302,7 +302,8 @@ class VcpuEvents:
                 self.copy_in(arg, VCPU_SET_PERIODIC_TIMER.size))
             if period < vtime.MILLISECS or period > vtime.STIME_DELTA_MAX:
                 return -XenErrno.XEN_EINVAL
-            self.timers.set_periodic(period, now)
+            if self.timers.set_periodic(period, now):
+                self.send_virq(Virq.VIRQ_TIMER)
             return 0
         if cmd == VcpuOp.VCPUOP_stop_periodic_timer:
             self.timers.set_periodic(0, now)

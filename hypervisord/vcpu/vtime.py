@@ -170,7 +170,7 @@ class VcpuTimers:
 
     singleshot: int | None = None
     period: int = 0
-    periodic_next: int | None = None
+    periodic_last: int = 0  # Xen's periodic_last_event: kept across set/stop
 
     def set_timer_op(self, timeout: int, now: int) -> None:
         """``do_set_timer_op``: 0 stops; a negative or absurdly far timeout
@@ -186,10 +186,23 @@ class VcpuTimers:
         else:
             self.singleshot = timeout
 
-    def set_periodic(self, period: int, now: int) -> None:
-        """``vcpu_set_periodic_timer``: 0 stops; the first tick one period on."""
+    def set_periodic(self, period: int, now: int) -> bool:
+        """``vcpu_set_periodic_timer``: 0 stops; else the periodic work runs at
+        once, so a tick is due now if a period passed since the last one
+        (True: send VIRQ_TIMER)."""
         self.period = period
-        self.periodic_next = now + period if period else None
+        return self._periodic_work(now) if period else False
+
+    def _periodic_work(self, now: int) -> bool:
+        """``vcpu_periodic_timer_work_locked``."""
+        if now >= self.periodic_last + self.period:
+            self.periodic_last = now
+            return True
+        return False
+
+    @property
+    def periodic_next(self) -> int | None:
+        return self.periodic_last + self.period if self.period else None
 
     def next_deadline(self) -> int | None:
         times = [t for t in (self.singleshot, self.periodic_next) if t is not None]
@@ -201,9 +214,7 @@ class VcpuTimers:
         if self.singleshot is not None and self.singleshot <= now:
             self.singleshot = None
             fired = True
-        if self.periodic_next is not None and self.periodic_next <= now:
-            # Xen's vcpu_periodic_timer_work: the next tick one period after now
-            self.periodic_next = now + self.period
+        if self.period and self._periodic_work(now):
             fired = True
         return fired
 

@@ -212,11 +212,13 @@ def test_the_timer_ticks_on_virq_timer(guests, tmp_path) -> None:
     g.start()
     assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
     took = time.perf_counter() - t0
-    assert g.text().count("tick\n") == 4 and "timer ok\n" in g.text(), g.text()
+    # 4, or 5 when a late tick comes before the kernel stops the timer
+    assert g.text().count("tick\n") in (4, 5) and "timer ok\n" in g.text(), g.text()
     assert (EvtchnOp.EVTCHNOP_bind_virq, {"virq": Virq.VIRQ_TIMER, "vcpu": 0}) in g.xc.calls
-    # one 5 ms singleshot, then three ticks of a 5 ms periodic timer
-    assert 0.018 < took < 2.0
-    assert g.hc.events.timer_events == 4
+    # one 5 ms singleshot, then a 5 ms periodic timer: its first tick at once
+    # (Xen's vcpu_periodic_timer_work: a period since the last), two more
+    assert 0.014 < took < 2.0
+    assert g.hc.events.timer_events == g.text().count("tick\n")
     assert g.hc.events.timers.next_deadline() is None  # stopped
 
 
@@ -267,8 +269,12 @@ def test_set_timer_op_follows_xen() -> None:
     t.set_timer_op(1_000 + (1 << 51), now=1_000)  # beyond 2^50 ns: likewise
     assert t.singleshot == 1_000 + 100 * vtime.MILLISECS
     assert not t.expire(1_000) and t.expire(1_000 + 100 * vtime.MILLISECS)
-    t.set_periodic(10, now=0)
+    assert not t.set_periodic(10, now=0)
     assert [t.expire(n) for n in (5, 10, 15, 20)] == [False, True, False, True]
+    t.set_periodic(0, now=22)
+    assert t.next_deadline() is None and not t.expire(100)
+    assert t.set_periodic(10, now=100)  # Xen: a period since the last tick: one now
+    assert t.next_deadline() == 110
 
 
 def test_vcpu_op_and_poll_answer_as_xen(guests, tmp_path) -> None:
@@ -342,3 +348,73 @@ def test_a_closed_virq_port_is_not_raised_any_more(guests, tmp_path) -> None:
     g.shinfo_bits.clear_pending(9)
     events.send_virq(Virq.VIRQ_TIMER)
     assert not g.shinfo_bits.is_pending(9)
+
+
+class Mem:
+    """Guest memory for the forwarder: one struct at a time, by address."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, bytes] = {}
+
+    def copy_in(self, va: int, n: int) -> bytes:
+        return self.data[va][:n]
+
+    def copy_out(self, va: int, data: bytes) -> None:
+        self.data[va] = data
+
+
+class StatusXc(FakeXc):
+    def call(self, hypercall: int, subop: int, **args):
+        rc, r = super().call(hypercall, subop, **args)
+        if subop == EvtchnOp.EVTCHNOP_status:
+            return 0, {"status": 2, "vcpu": 0, "u": {"interdomain": {"dom": 3, "port": 9}}}
+        if subop == EvtchnOp.EVTCHNOP_bind_interdomain:
+            return 0, {"local_port": 12}
+        return rc, r
+
+
+def test_the_forwarded_event_channel_ops_are_event_channel_h() -> None:
+    from hypervisord.public import event_channel as E
+
+    class Events:
+        def __init__(self) -> None:
+            self.bound, self.closed = [], []
+
+        def bound_virq(self, virq, vcpu, port):
+            self.bound.append((virq, vcpu, port))
+
+        def closed_port(self, port):
+            self.closed.append(port)
+
+    xc, mem, events = StatusXc(), Mem(), Events()
+    fw = Forwarder(xc, mem.copy_in, mem.copy_out, events)
+    op = fw.table()[0x20]  # __HYPERVISOR_event_channel_op
+
+    mem.data[1] = E.EVTCHN_BIND_INTERDOMAIN.pack(3, 9, 0)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_bind_interdomain, 1]) == 0
+    assert E.EVTCHN_BIND_INTERDOMAIN.unpack(mem.data[1]) == (3, 9, 12)
+    mem.data[2] = E.EVTCHN_BIND_VIRQ.pack(Virq.VIRQ_TIMER, 0, 0)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_bind_virq, 2]) == 0
+    assert E.EVTCHN_BIND_VIRQ.unpack(mem.data[2]) == (0, 0, 5)
+    assert events.bound == [(0, 0, 5)]
+    mem.data[3] = E.EVTCHN_STATUS.pack(0x7FF0, 12, 0, 0, b"")
+    assert op(0x20, [EvtchnOp.EVTCHNOP_status, 3]) == 0
+    assert E.EVTCHN_STATUS_INTERDOMAIN.unpack(mem.data[3]) == (0x7FF0, 12, 2, 0, 3, 9)
+    mem.data[4] = E.EVTCHN_UNMASK.pack(12)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_unmask, 4]) == 0
+    mem.data[5] = E.EVTCHN_BIND_VCPU.pack(12, 0)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_bind_vcpu, 5]) == 0
+    mem.data[6] = E.EVTCHN_CLOSE.pack(5)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_close, 6]) == 0
+    mem.data[7] = E.EVTCHN_RESET.pack(0x7FF0)
+    assert op(0x20, [EvtchnOp.EVTCHNOP_reset, 7]) == 0
+    assert events.closed == [5, None]
+    assert op(0x20, [EvtchnOp.EVTCHNOP_init_control, 7]) == -38  # FIFO ABI: not here
+    assert [c[0] for c in xc.calls] == [
+        EvtchnOp.EVTCHNOP_bind_interdomain, EvtchnOp.EVTCHNOP_bind_virq,
+        EvtchnOp.EVTCHNOP_status, EvtchnOp.EVTCHNOP_unmask, EvtchnOp.EVTCHNOP_bind_vcpu,
+        EvtchnOp.EVTCHNOP_close, EvtchnOp.EVTCHNOP_reset]
+    assert xc.calls[0][1] == {"remote_dom": 3, "remote_port": 9}
+    assert xc.calls[3][1] == {"port": 12}
+    assert xc.calls[4][1] == {"port": 12, "vcpu": 0}
+    assert xc.calls[6][1] == {"dom": 0x7FF0}
