@@ -418,3 +418,33 @@ def test_the_forwarded_event_channel_ops_are_event_channel_h() -> None:
     assert xc.calls[3][1] == {"port": 12}
     assert xc.calls[4][1] == {"port": 12, "vcpu": 0}
     assert xc.calls[6][1] == {"dom": 0x7FF0}
+
+
+def test_an_event_between_the_check_and_the_wait_is_not_lost(guests, tmp_path,
+                                                              monkeypatch) -> None:
+    """block() arms the waker *before* it looks at the bits (the final-check
+    order of io/ring.h's notification rules): a notification that lands
+    between its look and its wait must end the wait at once, not after
+    WAIT_CHUNK."""
+    g = guests("upcall", tmp_path)
+    g.start(stop=lambda: "upcall port" in g.text())
+    g.join()
+    events = g.hc.events
+    events.set_mask(0)
+    looks = []
+    real = ev.VcpuEvents.need_delivery
+
+    def need_delivery(self) -> bool:
+        seen = real(self)
+        if not looks:  # the event arrives right after the first look
+            g.notify(5)
+        looks.append(seen)
+        return seen
+
+    monkeypatch.setattr(ev.VcpuEvents, "need_delivery", need_delivery)
+    monkeypatch.setattr(ev, "WAIT_CHUNK", 5.0)  # a lost kick would cost seconds
+    events.blocked = True
+    t0 = time.perf_counter()
+    events.block()
+    assert time.perf_counter() - t0 < 1.0
+    assert looks[0] is False and looks[-1] is True
