@@ -448,3 +448,14 @@ def test_an_event_between_the_check_and_the_wait_is_not_lost(guests, tmp_path,
     events.block()
     assert time.perf_counter() - t0 < 1.0
     assert looks[0] is False and looks[-1] is True
+
+
+def test_the_wallclock_plus_system_time_is_the_time_of_day(tmp_path) -> None:
+    g = Guest("hello", tmp_path)
+    off = memfile.slot_offset(memfile.SHARED_INFO_SLOT) + 3072  # shared_info.wc_version
+    version, sec, nsec, sec_hi = struct.unpack_from("<IIII", g.mem.view, off)
+    assert version and version % 2 == 0
+    assert sec_hi == 0 and 0 <= nsec < 1_000_000_000
+    wall = sec * 1_000_000_000 + nsec + g.hc.events.clock.now()
+    assert abs(wall - time.time_ns()) < 50_000_000
+    g.hc.events.close()
