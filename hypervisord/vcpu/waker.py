@@ -27,9 +27,9 @@ class EventWaker:
         self.notifications = 0
         self.closed = fd is None
         self._thread: threading.Thread | None = None
-        self._quit_r, self._quit_w = os.pipe()
         if fd is not None:
             self._fd = fd
+            self._quit_r, self._quit_w = os.pipe()
             self._thread = threading.Thread(target=self._read, name="evtchn-waker", daemon=True)
             self._thread.start()
 
@@ -66,8 +66,10 @@ class EventWaker:
         return self._event.wait(max(timeout, 0.0))
 
     def close(self) -> None:
+        if self._thread is None:
+            return
         os.write(self._quit_w, b"q")
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
+        self._thread = None
         os.close(self._quit_r)
         os.close(self._quit_w)
