@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "blk": ("bench.blk", "PV disk (blkfront -> blkback) vs direct preadv/pwritev on the image"),
     "net": ("bench.net", "netfront/netback guest to guest vs a Unix socketpair"),
     "vcpu": ("bench.vcpu", "PV vCPU layer vs bare Unicorn: guest loop, null hypercalls"),
+    "vcpu-traps": ("bench.vcpu_traps", "PV vCPU layer: trap bounce + iret vs a null hypercall"),
 }
 
 

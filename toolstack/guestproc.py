@@ -95,21 +95,21 @@ def from_spare(conf: Confinement, req: dict, fds: list[int]) -> None:
     by_name = dict(zip(names, fds))
     child(int(req["domid"]), req["name"], req["program"], req["source"], list(req["args"]),
           int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]),
-          boot=req.get("boot"))
+          boot=req.get("boot"), preserve=[int(r) for r in req.get("preserve", ())])
 
 
 def spare_request(domid: int, name: str, program: str, source: str, args: list[str],
                   start_info_gfn: int, maxmem_bytes: int, fd_names: list[str],
-                  boot: dict | None = None) -> dict:
+                  boot: dict | None = None, preserve: list[int] | None = None) -> dict:
     return {"domid": domid, "name": name, "program": program, "source": source,
             "args": list(args), "start_info_gfn": start_info_gfn, "maxmem": maxmem_bytes,
-            "fds": list(fd_names), "boot": boot}
+            "fds": list(fd_names), "boot": boot, "preserve": list(preserve or ())}
 
 
 def child(domid: int, name: str, program: str, source: str, args: list[str],
           start_info_gfn: int, fds: dict[str, int], log_fd: int,
           confinement: Confinement | None = None, maxmem_bytes: int = 0,
-          boot: dict | None = None) -> None:
+          boot: dict | None = None, preserve: list[int] | None = None) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -135,7 +135,7 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
             from hypervisord.vcpu import guest as pvguest
 
             reason = pvguest.run(domid, start_info_gfn, boot, HYPERCALL_FD, EVTCHN_FD,
-                                 MEMORY_FD)
+                                 MEMORY_FD, preserve=frozenset(preserve or ()))
             code = runtime.EXIT_LOST if reason is None else runtime.exit_code_for(reason)
         else:
             spec = runtime.GuestSpec(domid, name, program, source, start_info_gfn,

@@ -9,7 +9,9 @@ What a guest's end means (``xl_vmcontrol.c``, ``handle_domain_death``): the
 exit status carries the SHUTDOWN_* reason (``frontends.runtime``); a process
 that died any other way crashed. The configured action for that reason is
 then applied: ``destroy`` (and ``preserve``, ``coredump-destroy``: the
-domain is already gone with its process) cleans up; ``restart`` (and
+domain is already gone with its process; a PV kernel's process is told the
+``preserve`` reasons, :func:`preserved_reasons`, and stays with its domain
+shut down until ``xl destroy``) cleans up; ``restart`` (and
 ``rename-restart``, ``coredump-restart``, ``soft-reset``) cleans up and
 builds the domain again from its configuration, at most
 :data:`MAX_RESTARTS` times in :data:`RESTART_WINDOW` seconds. A domain that
@@ -117,6 +119,12 @@ def action_for(config: DomainConfig, reason: int) -> str:
     return getattr(config, key) if key else "destroy"
 
 
+def preserved_reasons(config: DomainConfig) -> list[int]:
+    """The SHUTDOWN_* reasons whose action is ``preserve``: a PV guest process
+    keeps its domain (shut down, e.g. ``xl list`` state ``c``) until ``xl destroy``."""
+    return [int(r) for r in ACTION_KEYS if action_for(config, r) == "preserve"]
+
+
 class Launcher:
     def __init__(self, rundir: str | os.PathLike | None = None) -> None:
         self.rundir = rundir
@@ -153,7 +161,8 @@ class Launcher:
             raise LaunchError(f"{cfg.kernel}: {e.strerror}") from None
         req = guestproc.spare_request(domid, cfg.name, cfg.kernel, source, cfg.args,
                                       start_info_gfn, cfg.maxmem_kb * 1024,
-                                      ["hypercall", "evtchn", "memory", "log"], boot=boot)
+                                      ["hypercall", "evtchn", "memory", "log"], boot=boot,
+                                      preserve=preserved_reasons(cfg))
         passed = [fds["hypercall"], fds["evtchn"], fds["memory"], log_fd]
         try:
             for attempt in range(2):  # a spare that died waiting: once more, with a new one

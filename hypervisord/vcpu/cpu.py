@@ -14,7 +14,7 @@ Traps are **recorded, not served** inside Unicorn hooks (STYLE.md rule 11):
 each hook notes what happened in :attr:`VCpu.exit` and calls ``emu_stop``;
 :meth:`VCpu.run_slice` returns that record and the caller serves it.
 Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
-``tests/pv/test_vcpu.py``:
+``tests/pv/test_vcpu.py`` (``tests/pv/test_traps.py`` for int N):
 
 * **RIP after the syscall hook**: Unicorn adds the instruction length
   *after* the hook, so the exit record keeps the address of the ``syscall``
@@ -25,6 +25,11 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
   re-runs the faulting instruction once before it stops; offset calibrated
   on the first fault).
 * **missing #PF/#GP error code**: read from the same blob in the hook.
+* **int N / int3 look like faults**: UC_HOOK_INTR gets them with RIP past
+  the instruction and the IDT unread; they are told apart by the bytes
+  before RIP (:mod:`.softint`) and never re-run.
+* **syscall has no SYSCALL semantics**: RCX/R11 are not written, so a
+  user-mode syscall gets them from :func:`.traps.syscall`.
 * **ring 3**: ``reg_write`` of CS/SS leaves QEMU's CPL at 0, so the boot
   enters ring 3 by ``iretq`` (:meth:`VCpu.boot`).
 * **code rewritten by another process**: :meth:`VCpu.code_changed` drops
@@ -48,8 +53,9 @@ from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib as _uclib
 
 from hypervisord.public import arch_x86
-from hypervisord.public.xen import PAGE_SIZE
+from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
 
+from . import softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
 
 TCG_BUFFER = 32 << 20
@@ -83,6 +89,7 @@ _REG = {name: getattr(X, f"UC_X86_REG_{name.upper()}") for name in GPRS}
 class ExitKind(Enum):
     SLICE = "slice"  # the slice ended (timer tick, or its instruction budget)
     HYPERCALL = "hypercall"  # syscall from guest kernel mode
+    SYSCALL = "syscall"  # syscall from guest user mode: bounced to the syscall callback
     TRAP = "trap"  # an exception (vector, error code, cr2)
     HALT = "halt"  # emulation stopped by itself (hlt at CPL0 cannot happen in PV)
     ERROR = "error"  # Unicorn refused to go on (bad RIP, unmapped fetch ...)
@@ -97,6 +104,10 @@ class Exit:
     cr2: int = 0
     detail: str = ""
     via_intr: bool = False  # came through UC_HOOK_INTR (QEMU's exception state involved)
+    #: ``int N`` / ``int3`` (a trap, not a fault): RIP is already past the instruction,
+    #: which is ``insn_len`` bytes long
+    software: bool = False
+    insn_len: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,26 @@ class VCpu:
         self._val_ref = ctypes.byref(self._val)
         self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
         self.slices = 0
+        # Xen's software view of the vCPU (64-bit PV: kernel and user both run in
+        # ring 3; see traps.py). ``kernel_mode`` is TF_kernel_mode.
+        self.kernel_mode = True
+        #: the user L4 (guest-physical, MMUEXT_NEW_USER_BASEPTR; 0 = none): CR3 in user mode
+        self.user_cr3 = 0
+        #: the kernel L4 while in user mode (CR3 holds the user one then)
+        self.kernel_cr3 = 0
+        #: the kernel stack of a trap from user mode (stack_switch; the builder's at boot)
+        self.kernel_ss = arch_x86.FLAT_KERNEL_SS64
+        self.kernel_sp = 0
+        #: the inactive GS base (Xen's GS shadow): user's in kernel mode, and back
+        self.gs_base_shadow = 0
+        #: guest-physical address of this vCPU's struct vcpu_info (where the upcall
+        #: mask and cr2 live): its shared_info slot until VCPUOP_register_vcpu_info
+        #: (vCPUs past the legacy 32 have none before that: 0)
+        self.vcpu_info_gpa = SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(vcpu_id) \
+            if vcpu_id < arch_x86.XEN_LEGACY_MAX_VCPUS else 0
+        #: the guest's GDT (set_gdt): its frames and number of entries
+        self.gdt_frames: tuple[int, ...] = ()
+        self.gdt_ents = 0
 
     # -- boot state ----------------------------------------------------------------------
 
@@ -184,6 +215,7 @@ class VCpu:
         uc.reg_write(X.UC_X86_REG_CR3, state.cr3)
         uc.reg_write(X.UC_X86_REG_CR0, CR0_PG | CR0_WP | CR0_ET | CR0_PE)
         uc.reg_write(_REG["rsi"], state.rsi)
+        self.kernel_sp = state.rsp  # xg_dom_x86.c: kernel_ss/kernel_sp = ss/rsp
 
     # -- registers -----------------------------------------------------------------------
 
@@ -229,10 +261,23 @@ class VCpu:
     # -- hooks: record and stop ------------------------------------------------------------
 
     def _on_syscall(self, uc: Uc, _user: object) -> None:
-        self.exit = Exit(ExitKind.HYPERCALL, rip=self._get(X.UC_X86_REG_RIP))
+        # Xen's lstar_enter: a syscall in guest kernel mode is a hypercall; from
+        # guest user mode it goes to the kernel's syscall callback.
+        kind = ExitKind.HYPERCALL if self.kernel_mode else ExitKind.SYSCALL
+        self.exit = Exit(kind, rip=self._get(X.UC_X86_REG_RIP))
         uc.emu_stop()
 
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
+        rip = self._get(X.UC_X86_REG_RIP)
+        insn_len = softint.length(self.mem.read, self.mem.read_u64, self.cr3, intno, rip)
+        if insn_len:
+            # int N / int3: a trap with RIP past the instruction; nothing to re-run
+            # (re-running would execute the *next* instruction). Measured: it leaves
+            # no exception in flight.
+            self.exit = Exit(ExitKind.TRAP, rip=rip, vector=intno, via_intr=True,
+                             software=True, insn_len=insn_len)
+            uc.emu_stop()
+            return
         cr2 = uc.reg_read(X.UC_X86_REG_CR2) if intno == TRAP_PF else 0
         self.exit = Exit(ExitKind.TRAP, rip=uc.reg_read(X.UC_X86_REG_RIP), vector=intno,
                          cr2=cr2, via_intr=True)
@@ -262,9 +307,11 @@ class VCpu:
         ex = self.exit
         if ex is None:
             return Exit(ExitKind.SLICE, rip=self._get(X.UC_X86_REG_RIP))
-        if ex.kind is ExitKind.HYPERCALL:
+        if ex.kind in (ExitKind.HYPERCALL, ExitKind.SYSCALL):
             # Quirk: Unicorn adds 2 after the hook; make it exact whatever it did.
             self._set(X.UC_X86_REG_RIP, ex.rip + 2)
+        elif ex.kind is ExitKind.TRAP and ex.software:
+            self._set(X.UC_X86_REG_RIP, ex.rip)
         elif ex.kind is ExitKind.TRAP and ex.via_intr:
             ex = self._precise_trap(ex)
         elif ex.kind is ExitKind.TRAP:  # #UD from UC_HOOK_INSN_INVALID: RIP is exact

@@ -12,17 +12,12 @@ How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
    slice short (``emu_stop``) and wakes a blocked vCPU; the stream is only
    a doorbell: the bits are the truth, read again between slices;
 3. between slices, :meth:`VcpuEvents.service` sees ``evtchn_upcall_pending
-   && !evtchn_upcall_mask`` and builds the bounce frame Xen's
-   ``create_bounce_frame`` builds for ``TBF_INTERRUPT`` (no error code)::
-
-       rsp ->  rcx, r11, rip, cs | saved_mask << 32, rflags (IF = !saved_mask), rsp, ss
-
-   on the guest's kernel stack (aligned down to 16), sets
-   ``evtchn_upcall_mask`` and jumps to the ``CALLBACKTYPE_event`` callback;
-   ``cs`` has RPL 0, Xen's "interrupted in kernel context";
+   && !evtchn_upcall_mask`` (``test_guest_events``) and bounces to the
+   ``CALLBACKTYPE_event`` callback with TBF_INTERRUPT
+   (:func:`.traps.create_bounce_frame`: no error code, the mask set, the
+   frame's ``rflags.IF`` = !saved mask, from user mode onto the kernel stack);
 4. the handler clears what it consumed and returns with ``HYPERVISOR_iret``,
-   which restores the mask from the saved ``rflags.IF`` (``do_iret``,
-   :meth:`VcpuEvents.restore_mask`).
+   which restores the mask from the saved ``rflags.IF`` (:func:`.traps.iret`).
 
 ``VIRQ_TIMER`` is raised **here**, not in hypervisord: a vCPU's timer is the
 vCPU's own state, as in Xen where ``send_guest_vcpu_virq`` runs on the
@@ -31,13 +26,12 @@ hypervisord (``EVTCHNOP_bind_virq`` is forwarded); the forwarder tells us
 the port (:meth:`VcpuEvents.bound_virq`) and a tick sets its bits in
 ``shared_info`` directly, with no round trip per tick.
 
-Deviations: an upcall with no event callback registered is left pending
-(Xen would bounce to address 0 and crash the domain); guest user mode is
-not handled yet (the frame always goes on the current stack: kernel
-context). ``VCPUOP_register_vcpu_info`` moves the guest's ``vcpu_info`` into
-one of its frames (:meth:`VcpuEvents.register_vcpu_info`); every reader of
-``vcpu_info`` (``arch.cr2`` on a #PF bounce too) must use
-:meth:`VcpuEvents.vcpu_info_gpa`.
+Deviation: an upcall with no event callback registered is left pending
+(Xen would bounce to address 0 and crash the domain).
+``VCPUOP_register_vcpu_info`` moves the guest's ``vcpu_info`` into
+one of its frames (:meth:`VcpuEvents.register_vcpu_info`), which updates
+:attr:`.cpu.VCpu.vcpu_info_gpa`, where every reader of ``vcpu_info`` looks
+(the trap bounces' mask and cr2 too).
 """
 
 from __future__ import annotations
@@ -47,7 +41,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from hypervisord.public import arch_x86, memfile
+from hypervisord.public import memfile
 from hypervisord.public.callback import CallbackType
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.sched import SCHED_POLL
@@ -61,17 +55,13 @@ from hypervisord.public.xen import (PAGE_SIZE, VCPU_INFO_EVTCHN_PENDING_SEL_OFF,
                                     VCPU_INFO_TIME_OFF, Virq, vcpu_info_offset)
 from libxen.shinfo import NR_PORTS_2L, AtomicWord, SharedInfoBits
 
-from . import vtime
+from . import traps, vtime
 from .cpu import VCpu
 from .memory import SHARED_INFO_MFN
 from .waker import EventWaker
 
 log = logging.getLogger("vcpu")
 
-X86_EFLAGS_IF, X86_EFLAGS_IOPL = 1 << 9, 3 << 12
-#: cleared on a bounce, as the CPU clears them on a trap (create_bounce_frame)
-_BOUNCE_CLEARS = (1 << 8) | (1 << 14) | (1 << 16) | (1 << 17) | (1 << 18)  # TF NT RF VM AC
-IRET_RFLAGS_OFF = 6 * 8  # iret_context: rax, r11, rcx, flags, rip, cs, rflags, ...
 MAX_POLL_PORTS = 128  # Xen's do_poll: "fairly arbitrary limit"
 #: how often a poll re-reads its ports: hypervisord notifies nobody for a
 #: port that goes pending while masked, and pollers usually mask theirs
@@ -103,9 +93,11 @@ class VcpuEvents:
         self.timer_events = 0
         self._last_time_update = -1
         self._services = 0
-        # where the guest's vcpu_info is: shared_info's slot, or the frame
-        # VCPUOP_register_vcpu_info named (then _legacy mirrors hypervisord's bits)
+        # where the guest's vcpu_info is (cpu.vcpu_info_gpa, as a view and an
+        # offset): shared_info's slot, or the frame VCPUOP_register_vcpu_info
+        # named (then _legacy mirrors hypervisord's bits into it)
         self._vi_view, self._vi_off = self.shared_info, vcpu_info_offset(cpu.vcpu_id)
+        assert cpu.vcpu_info_gpa == SHARED_INFO_MFN * PAGE_SIZE + self._vi_off
         self._registered_gpa: int | None = None
         self._legacy: tuple[AtomicWord, AtomicWord] | None = None
         self.runstate = vtime.RunstateClock(self.clock.now())
@@ -118,13 +110,6 @@ class VcpuEvents:
         vtime.write_wallclock(self.shared_info, sec, nsec)
 
     # -- vcpu_info --------------------------------------------------------------------
-    def vcpu_info_gpa(self) -> int:
-        """Guest-physical address of this vCPU's ``vcpu_info`` (the one accessor:
-        after VCPUOP_register_vcpu_info it is in a guest frame)."""
-        if self._registered_gpa is not None:
-            return self._registered_gpa
-        return SHARED_INFO_MFN * PAGE_SIZE + vcpu_info_offset(self.cpu.vcpu_id)
-
     def mask(self) -> int:
         return self._vi_view[self._vi_off + VCPU_INFO_EVTCHN_UPCALL_MASK_OFF]
 
@@ -186,30 +171,8 @@ class VcpuEvents:
 
     def bounce_upcall(self, handler: int) -> None:
         """``create_bounce_frame`` with TBF_INTERRUPT (module doc, step 3)."""
-        cpu = self.cpu
-        rcx, r11, rip, rflags, rsp = cpu.regs(("rcx", "r11", "rip", "rflags", "rsp"))
-        saved_mask = self.mask()
-        cs = (arch_x86.FLAT_KERNEL_CS64 & ~3) | (saved_mask << 32)
-        frame_rflags = (rflags & ~(X86_EFLAGS_IF | X86_EFLAGS_IOPL)) \
-            | (0 if saved_mask else X86_EFLAGS_IF)
-        frame = [rcx, r11, rip, cs, frame_rflags, rsp, arch_x86.FLAT_KERNEL_SS64]
-        new_rsp = (rsp & ~15) - 8 * len(frame)
-        for i, word in enumerate(frame):  # word by word: it may straddle pages
-            self.copy_out(new_rsp + 8 * i, _Q.pack(word & 0xFFFF_FFFF_FFFF_FFFF))
-        self.set_mask(1)
-        cpu.set_reg("rflags", rflags & ~_BOUNCE_CLEARS)
-        cpu.set_reg("rsp", new_rsp)
-        cpu.set_reg("rip", handler)
+        traps.create_bounce_frame(self.cpu, self.copy_out, handler, interrupt=True)
         self.upcalls += 1
-
-    # -- iret -----------------------------------------------------------------------------
-    def iret_saved_rflags(self) -> int:
-        """The ``rflags`` of the iret_context at the guest's rsp (read before the iret)."""
-        return _Q.unpack(self.copy_in(self.cpu.reg("rsp") + IRET_RFLAGS_OFF, 8))[0]
-
-    def restore_mask(self, saved_rflags: int) -> None:
-        """``do_iret``: "Restore upcall mask from supplied EFLAGS.IF"."""
-        self.set_mask(0 if saved_rflags & X86_EFLAGS_IF else 1)
 
     # -- sched_op -------------------------------------------------------------------------
     def sched_block(self) -> int:
@@ -363,6 +326,7 @@ class VcpuEvents:
             AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF:
                                         legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF + 8]))
         self._vi_view, self._vi_off, self._registered_gpa = view, off, gaddr
+        self.cpu.vcpu_info_gpa = gaddr
         self.update_time()
         return 0
 

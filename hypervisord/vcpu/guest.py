@@ -11,7 +11,12 @@ program:
    (``boot``: what the domain builder computed), and :func:`.loop.run`;
    The event-channel stream ``evtchn_fd`` wakes the vCPU (:mod:`.events`);
 4. on SCHEDOP_shutdown, the reason is passed on to hypervisord (global
-   state) and returned, for the exit status the launcher reads.
+   state) and returned, for the exit status the launcher reads; a crash
+   counts as SHUTDOWN_crash (Xen's ``domain_crash``);
+5. unless the reason's action is ``preserve`` (``preserve``: the launcher
+   passes those reasons): then the process stays, idle, so that the domain
+   stays too, shut down (``xl list`` state ``c`` for a crash), as libxl
+   leaves it, until ``xl destroy`` kills the process.
 
 ``console_io`` text goes to stderr, which is the guest's log file, with
 Xen's ``(dN)`` prefix.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from hypervisord.public import memfile
 from hypervisord.public.sched import ShutdownReason
@@ -69,7 +75,7 @@ def read_nr_pages(memory_fd: int, start_info_gfn: int) -> int:
 
 
 def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_fd: int,
-        memory_fd: int) -> int | None:
+        memory_fd: int, preserve: frozenset[int] = frozenset()) -> int | None:
     """The guest's life; its SHUTDOWN_* reason (None: hypervisord went away)."""
     os.dup(hypercall_fd)  # kept open until exit (see frontends/runtime.run)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -100,4 +106,9 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
         ctrl.shutdown(xc, reason)
     except (XenError, OSError) as e:
         log.error("SCHEDOP_shutdown(%d) failed: %s", reason, e)
+        return reason
+    if reason in preserve:
+        log.info("shut down, reason %d: preserved until xl destroy", reason)
+        while True:  # hypervisord's SIGKILL ends it (xl destroy)
+            time.sleep(3600)
     return reason

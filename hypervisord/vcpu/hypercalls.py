@@ -12,7 +12,9 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 (local answers for the sub-ops that need no global state), ``vm_assist``,
 ``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block/poll,
 ``set_timer_op`` and ``vcpu_op`` (:mod:`.events`);
-``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU.
+``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
+``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
+``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
 Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 """
 
@@ -34,7 +36,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import paging, traps
+from . import paging, segments, traps
 from .cpu import VCpu
 from .events import VcpuEvents
 from .mmu import Mmu
@@ -238,11 +240,9 @@ class VcpuHypercalls:
     def iret(self, *_: int) -> None:
         """``HYPERVISOR_iret`` (never returns to the stub); a bad frame crashes."""
         try:
-            saved_rflags = self.events.iret_saved_rflags()
             traps.iret(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n))
         except GuestFault as e:
             raise traps.BadFrame(f"iret frame unreadable: {e}") from None
-        self.events.restore_mask(saved_rflags)
 
     def set_timer_op(self, timeout: int, *_: int) -> int:
         """``do_set_timer_op`` (x86-64: one 64-bit argument)."""
@@ -288,6 +288,10 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.set_callbacks: VcpuHypercalls.set_callbacks,
     Hypercall.set_timer_op: VcpuHypercalls.set_timer_op,
     Hypercall.vcpu_op: VcpuHypercalls.vcpu_op,
+    Hypercall.stack_switch: segments.stack_switch,
+    Hypercall.set_segment_base: segments.set_segment_base,
+    Hypercall.set_gdt: segments.set_gdt,
+    Hypercall.update_descriptor: segments.update_descriptor,
 }
 
 _REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,

@@ -7,11 +7,12 @@ destroy`` reach the process as SIGSTOP/SIGKILL from hypervisord, so they
 take effect at once even while the guest spins; the bounded slices are what
 lets the Python side (signals, a stop request, later event upcalls) run.
 
-A trap goes to the guest's handler (:mod:`.traps`) when it registered one;
-else, or when the bounce itself faults, the domain crashes. Before each
-slice :meth:`.events.VcpuEvents.service` fires due timers and bounces a
-pending, unmasked event upcall; after SCHEDOP_block/poll the loop waits in
-:meth:`.events.VcpuEvents.block`. Not yet: guest user mode.
+A trap, or a syscall from guest user mode, goes to the guest's handler
+(:func:`.traps.deliver`) when it registered one; else, or when the bounce
+itself faults, the domain crashes. Before each slice
+:meth:`.events.VcpuEvents.service` fires due timers and bounces a pending,
+unmasked event upcall; after SCHEDOP_block/poll the loop waits in
+:meth:`.events.VcpuEvents.block`.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
     while stop is None or not stop():
         try:
             hc.events.service(hc.callbacks)
-        except GuestFault as e:  # Xen: a fault while bouncing crashes the domain
+        except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
             log.error("d%d v%d: cannot deliver an event upcall: %s: domain crashed",
                       hc.domid, cpu.vcpu_id, e)
             return ShutdownReason.SHUTDOWN_crash
@@ -77,11 +78,11 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
             if hc.events.blocked:
                 hc.events.block(stop)
             continue
-        if ex.kind is ExitKind.TRAP:
+        if ex.kind in (ExitKind.TRAP, ExitKind.SYSCALL):
             try:
-                if traps.bounce(cpu, hc.trap_table, ex, hc.copy_to_guest):
+                if traps.deliver(cpu, hc, ex):
                     continue
-            except GuestFault as e:  # Xen: a fault while bouncing crashes the domain
+            except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
                 log.error("d%d v%d: cannot bounce trap %d: %s: domain crashed", hc.domid,
                           cpu.vcpu_id, ex.vector, e)
                 return ShutdownReason.SHUTDOWN_crash

@@ -21,7 +21,7 @@ from hypervisord.public import memfile
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.sched import ShutdownReason
 from hypervisord.public.xen import PAGE_SIZE, Virq, vcpu_info_offset
-from hypervisord.vcpu import events as ev, vtime
+from hypervisord.vcpu import events as ev, traps, vtime
 from hypervisord.vcpu.forward import Forwarder
 from hypervisord.vcpu.hypercalls import VcpuHypercalls, copy_from_guest
 from libxen.shinfo import SharedInfoBits
@@ -133,6 +133,7 @@ def test_a_notified_port_reaches_the_guests_event_handler(guests, tmp_path) -> N
     assert 1 <= g.hc.events.upcalls <= 3  # the handler also takes events that come meanwhile
     info = g.vcpu_info()
     assert info[0] == 0 and struct.unpack_from("<Q", info, 8)[0] == 0  # all consumed
+    assert g.hc.events.mask() == 0  # the handler's iret gave the saved IF back
 
 
 def test_the_upcall_frame_and_mask_are_xens(guests, tmp_path) -> None:
@@ -152,15 +153,10 @@ def test_the_upcall_frame_and_mask_are_xens(guests, tmp_path) -> None:
     frame = struct.unpack("<7Q", copy_from_guest(cpu, new_rsp, 56))
     assert frame[:3] == (rcx, r11, rip)
     assert frame[3] == 0xE030  # FLAT_KERNEL_CS64 with RPL 0 (kernel context), saved mask 0
-    assert frame[4] & ev.X86_EFLAGS_IF  # IF = !saved mask
+    assert frame[4] & traps.X86_EFLAGS_IF  # IF = !saved mask
     assert frame[5:] == (rsp, 0xE02B)
     assert events.mask() == 1
     assert not events.service(g.hc.callbacks)  # masked now: no second bounce
-    # do_iret: the mask comes back from the saved IF
-    events.restore_mask(0)
-    assert events.mask() == 1
-    events.restore_mask(ev.X86_EFLAGS_IF)
-    assert events.mask() == 0
 
 
 def test_a_masked_upcall_waits_for_the_mask_to_clear(guests, tmp_path) -> None:
@@ -300,7 +296,7 @@ def test_vcpu_op_and_poll_answer_as_xen(guests, tmp_path) -> None:
         -16,  # ... again: EBUSY
     )
     gpa = g.symbols["vipage"] - g.image.notes.virt_base + 64
-    assert g.hc.events.vcpu_info_gpa() == gpa
+    assert g.cpu.vcpu_info_gpa == gpa
     version = struct.unpack("<I", g.mem.read(gpa + 32, 4))[0]
     assert version and version % 2 == 0  # the time info is published there now
     assert "vcpuop ok\n" in g.text()
@@ -316,7 +312,7 @@ def test_events_reach_a_registered_vcpu_info(guests, tmp_path) -> None:
     g.start()
     g.wait_text("upcall port 5\n")
     gpa = g.symbols["vipage"] - g.image.notes.virt_base + 128
-    assert g.hc.events.vcpu_info_gpa() == gpa
+    assert g.cpu.vcpu_info_gpa == gpa
     for n in (1, 2):
         deadline = time.monotonic() + 5
         while g.shinfo_bits.is_pending(5):

@@ -1,7 +1,8 @@
 /* trap: set_trap_table with #UD and #PF handlers; ud2 and a read of an
    unmapped address each bounce to their handler, which returns with
    HYPERVISOR_iret past the faulting instruction. "trap ok" + poweroff when
-   both ran (and #PF had error code 4), else "trap FAIL" + crash. */
+   both ran (and #PF had error code 0: a kernel-mode
+   fault has PFEC_user clear, as pv_inject_event sets it from the guest's mode), else "trap FAIL" + crash. */
 .include "xen.inc"
   .text
   .globl _start, do_ud, do_pf
@@ -17,7 +18,7 @@ do_pf:
   movabs 0x10, %rax                     /* 10 bytes: 48 a1 imm64 */
   cmpq $2, hits(%rip)
   jne fail
-  cmpq $4, pf_err(%rip)
+  cmpq $0, pf_err(%rip)
   jne fail
   cmp $0x1234, %r15
   jne fail
