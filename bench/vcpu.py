@@ -103,6 +103,15 @@ def measure_hypercalls(n: int, tmp: Path) -> dict:
             "hypercall_ratio": b / pv}
 
 
+def _state(g) -> str:
+    ev = g.hc.events
+    info = g.vcpu_info()
+    return (f"pending bit {g.shinfo_bits.is_pending(5)}, upcall_pending {info[0]}, "
+            f"mask {info[1]}, sel {int.from_bytes(info[8:16], 'little'):#x}, "
+            f"blocked {ev.blocked}, notifications {ev.waker.notifications}, "
+            f"upcalls {ev.upcalls}, rip {g.cpu.reg('rip'):#x}")
+
+
 def measure_upcalls(n: int, tmp: Path, spin: bool = False) -> dict:
     from tests.pv.test_events import EventGuest  # the tests' stand-in for hypervisord
 
@@ -129,7 +138,7 @@ def measure_upcalls(n: int, tmp: Path, spin: bool = False) -> dict:
             t0 = time.perf_counter()
             g.notify(5)
             if not seen.wait(5):
-                raise RuntimeError(f"no upcall: {g.text()!r}")
+                raise RuntimeError(f"no upcall ({_state(g)}): {g.text()!r}")
             lat.append(stamp[0] - t0)
         assert g.join() == 0
     finally:

@@ -49,7 +49,9 @@ from hypervisord.public.vcpu import (VCPU_REGISTER_RUNSTATE_MEMORY_AREA,
                                      VCPU_REGISTER_VCPU_INFO,
                                      VCPU_SET_PERIODIC_TIMER, VCPU_SET_SINGLESHOT_TIMER,
                                      Runstate, VcpuOp)
-from hypervisord.public.xen import (PAGE_SIZE, VCPU_INFO_EVTCHN_PENDING_SEL_OFF,
+from hypervisord.public.xen import (PAGE_SIZE, SHARED_INFO_EVTCHN_MASK_OFF,
+                                    SHARED_INFO_EVTCHN_PENDING_OFF,
+                                    VCPU_INFO_EVTCHN_PENDING_SEL_OFF,
                                     VCPU_INFO_EVTCHN_UPCALL_MASK_OFF,
                                     VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF, VCPU_INFO_SIZE,
                                     VCPU_INFO_TIME_OFF, Virq, vcpu_info_offset)
@@ -68,6 +70,8 @@ MAX_POLL_PORTS = 128  # Xen's do_poll: "fairly arbitrary limit"
 POLL_RECHECK = 0.001
 WAIT_CHUNK = 0.1  # a blocked vCPU still looks at stop() this often
 _Q = struct.Struct("<Q")
+_PENDING, _MASK = SHARED_INFO_EVTCHN_PENDING_OFF, SHARED_INFO_EVTCHN_MASK_OFF
+_BITMAP = NR_PORTS_2L // 8
 
 CopyIn = Callable[[int, int], bytes]
 CopyOut = Callable[[int, bytes], None]
@@ -90,6 +94,7 @@ class VcpuEvents:
         self.poll_ports: list[int] | None = None
         self.poll_timeout = 0
         self.upcalls = 0
+        self.resyncs = 0  # selector bits given back (resync_selectors)
         self.timer_events = 0
         self._last_time_update = -1
         self._services = 0
@@ -99,7 +104,13 @@ class VcpuEvents:
         self._vi_view, self._vi_off = self.shared_info, vcpu_info_offset(cpu.vcpu_id)
         assert cpu.vcpu_info_gpa == SHARED_INFO_MFN * PAGE_SIZE + self._vi_off
         self._registered_gpa: int | None = None
-        self._legacy: tuple[AtomicWord, AtomicWord] | None = None
+        self._legacy: tuple[AtomicWord, AtomicWord] | None = None  # set once registered
+        legacy = self._vi_off
+        self._legacy_words = (  # shared_info's upcall_pending and pending_sel, atomically
+            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF:
+                                        legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF + 1]),
+            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF:
+                                        legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF + 8]))
         self.runstate = vtime.RunstateClock(self.clock.now())
         self.runstate_area: int | None = None  # guest VA, VCPUOP_register_runstate_memory_area
         # Xen's builder masks every vCPU's upcalls (xg_dom_x86.c, shared_info_x86_64);
@@ -145,6 +156,8 @@ class VcpuEvents:
             self._expire(now)
             if now - self._last_time_update >= vtime.UPDATE_SECONDS * 1e9:
                 self.update_time()
+            if not self._services & 255:
+                self.resync_selectors()
         if self._legacy is not None:
             self._pull_legacy()
         view, off = self._vi_view, self._vi_off
@@ -154,6 +167,47 @@ class VcpuEvents:
         if cb is None or cb[0] == 0:
             return False  # see the module doc: left pending
         self.bounce_upcall(cb[0])
+        return True
+
+    def resync_selectors(self) -> bool:
+        """Give a pending, unmasked port back its selector bit if it lost it.
+
+        Why: Unicorn runs TCG without parallel CPUs, so the guest's ``xchg``
+        and ``lock bts/btr`` on shared_info are a plain load and store, not
+        atomic against hypervisord's process. The handler's ``xchg`` of
+        ``evtchn_pending_sel`` can thus overwrite a selector bit hypervisord
+        set in between, and the port stays pending with no upcall, and no
+        new notification ever (its pending bit is already set): measured,
+        one event lost in a few thousand while the handler ran. Between
+        slices the guest is stopped, so the words can be compared here; the
+        repair costs at most a spurious upcall. (A pending bit itself can be
+        lost the same way when the guest clears another port of its word at
+        that instant; nothing here can see that one.) True when repaired.
+        """
+        si = self.shared_info
+        live = int.from_bytes(si[_PENDING:_PENDING + _BITMAP], "little") \
+            & ~int.from_bytes(si[_MASK:_MASK + _BITMAP], "little")
+        if not live:
+            return False
+        words = 0
+        for w in range(NR_PORTS_2L // 64):
+            if (live >> (64 * w)) & 0xFFFF_FFFF_FFFF_FFFF:
+                words |= 1 << w
+        view, off = self._vi_view, self._vi_off
+        missing = words & ~_Q.unpack_from(view, off + VCPU_INFO_EVTCHN_PENDING_SEL_OFF)[0]
+        if not missing:
+            return False
+        if self._legacy is None:  # hypervisord writes these too: atomically
+            upcall, sel = self._legacy_words
+            for w in range(64):
+                if missing >> w & 1:
+                    sel.test_and_set(w)
+            upcall.test_and_set(0)
+        else:  # the registered copy: only we (and the stopped guest) write it
+            old = _Q.unpack_from(view, off + VCPU_INFO_EVTCHN_PENDING_SEL_OFF)[0]
+            _Q.pack_into(view, off + VCPU_INFO_EVTCHN_PENDING_SEL_OFF, old | missing)
+            view[off + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF] = 1
+        self.resyncs += 1
         return True
 
     def _expire(self, now: int) -> None:
@@ -206,6 +260,7 @@ class VcpuEvents:
                 self.waker.arm()
                 now = self.clock.now()
                 self._expire(now)
+                self.resync_selectors()
                 if self.need_delivery():
                     return
                 if self.poll_ports is not None:
@@ -319,12 +374,7 @@ class VcpuEvents:
         view, off = self.cpu.mem.view, memfile.gfn_offset(0) + gaddr
         # vcpu_info_populate: the new one starts as a copy of the old
         view[off:off + VCPU_INFO_SIZE] = self._vi_view[self._vi_off:self._vi_off + VCPU_INFO_SIZE]
-        legacy = self._vi_off
-        self._legacy = (
-            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF:
-                                        legacy + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF + 1]),
-            AtomicWord(self.shared_info[legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF:
-                                        legacy + VCPU_INFO_EVTCHN_PENDING_SEL_OFF + 8]))
+        self._legacy = self._legacy_words
         self._vi_view, self._vi_off, self._registered_gpa = view, off, gaddr
         self.cpu.vcpu_info_gpa = gaddr
         self.update_time()
@@ -373,7 +423,6 @@ class VcpuEvents:
     def close(self) -> None:
         self.waker.close()
         self.bits.close()
-        if self._legacy is not None:
-            for word in self._legacy:
-                word.close()
-            self._legacy = None
+        self._legacy = None
+        for word in self._legacy_words:
+            word.close()

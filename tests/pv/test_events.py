@@ -455,3 +455,21 @@ def test_the_wallclock_plus_system_time_is_the_time_of_day(tmp_path) -> None:
     wall = sec * 1_000_000_000 + nsec + g.hc.events.clock.now()
     assert abs(wall - time.time_ns()) < 50_000_000
     g.hc.events.close()
+
+
+def test_a_lost_selector_bit_is_given_back(guests, tmp_path) -> None:
+    """The guest's xchg of evtchn_pending_sel is not atomic under Unicorn (see
+    VcpuEvents.resync_selectors): a port left pending with no selector bit
+    and no upcall_pending must still reach the handler."""
+    g = guests("upcall", tmp_path)
+    g.start()
+    g.wait_text("upcall port 5\n")
+    while not g.hc.events.blocked:
+        time.sleep(0.001)
+    off = memfile.slot_offset(memfile.SHARED_INFO_SLOT) + 2048  # evtchn_pending[0]
+    g.mem.view[off] |= 1 << 5  # what is left when the selector bit was overwritten
+    assert g.vcpu_info()[0] == 0 and g.vcpu_info()[8] == 0
+    g.stream.send(struct.pack("<I", 5))  # the notification hypervisord did send
+    assert g.join() == ShutdownReason.SHUTDOWN_poweroff, g.text()
+    assert "upcall 1\n" in g.text()
+    assert g.hc.events.resyncs == 1
