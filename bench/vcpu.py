@@ -8,7 +8,13 @@ process runs; the same engine, hooks and slices):
   bare Unicorn (flat memory, one emu_start);
 * guest-issued null hypercalls (xen_version through the hypercall page,
   served by the vCPU layer between slices) vs a bare Unicorn ``syscall``
-  hook round trip (the hook reads and writes RAX).
+  hook round trip (the hook reads and writes RAX);
+* event upcall latency: "dom0" makes the kernel's port pending as
+  hypervisord does (2-level bits in shared_info, the port written on the
+  guest's event-channel stream) while the kernel is blocked in
+  SCHEDOP_block, and again while it spins with events unmasked; until its
+  event handler's first hypercall (median and 90th percentile over
+  ``--upcalls`` events each; tests/pv/kernels/upcall.S).
 
 Last line JSON. Needs binutils (as, ld) for the kernels.
 """
@@ -18,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +35,7 @@ from unicorn import x86_const as X
 
 from hypervisord.public import memfile
 from hypervisord.vcpu import loop
-from hypervisord.vcpu.cpu import TCG_BUFFER, VCpu
+from hypervisord.vcpu.cpu import SLICE_SECONDS, TCG_BUFFER, VCpu
 from hypervisord.vcpu.hypercalls import VcpuHypercalls
 from hypervisord.vcpu.memory import GuestMemory
 from tests.pv.kernels import assemble
@@ -95,18 +103,72 @@ def measure_hypercalls(n: int, tmp: Path) -> dict:
             "hypercall_ratio": b / pv}
 
 
+def _state(g) -> str:
+    ev = g.hc.events
+    info = g.vcpu_info()
+    return (f"pending bit {g.shinfo_bits.is_pending(5)}, upcall_pending {info[0]}, "
+            f"mask {info[1]}, sel {int.from_bytes(info[8:16], 'little'):#x}, "
+            f"blocked {ev.blocked}, notifications {ev.waker.notifications}, "
+            f"upcalls {ev.upcalls}, rip {g.cpu.reg('rip'):#x}")
+
+
+def measure_upcalls(n: int, tmp: Path, spin: bool = False) -> dict:
+    from tests.pv.test_events import EventGuest  # the tests' stand-in for hypervisord
+
+    g = EventGuest("upcall", tmp, cmdline=("s" if spin else "") + str(n))
+    seen = threading.Event()
+    stamp = [0.0]
+
+    def console(data: bytes) -> None:
+        if data.startswith(b"upcall ") and data[7:8].isdigit():
+            stamp[0] = time.perf_counter()
+            seen.set()
+        g.console.append(data)
+
+    g.hc.console = console
+    g.start()
+    try:
+        g.wait_text("upcall port 5\n")
+        lat = []
+        for _ in range(n):
+            while g.shinfo_bits.is_pending(5) or not (spin or g.hc.events.blocked):
+                time.sleep(0.0005)  # the last one consumed, the kernel blocked again
+            time.sleep(0.002)  # into the wait for real
+            seen.clear()
+            t0 = time.perf_counter()
+            g.notify(5)
+            if not seen.wait(5):
+                raise RuntimeError(f"no upcall ({_state(g)}): {g.text()!r}")
+            lat.append(stamp[0] - t0)
+        assert g.join() == 0
+    finally:
+        g.close()
+    lat.sort()
+    key = "upcall_spin" if spin else "upcall"
+    return {f"{key}_latency_median_us": statistics.median(lat) * 1e6,
+            f"{key}_latency_p90_us": lat[int(0.9 * (len(lat) - 1))] * 1e6}
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench vcpu", description=__doc__.split("\n")[0])
     p.add_argument("--iters", type=int, default=50_000_000, help="loop iterations")
     p.add_argument("--calls", type=int, default=100_000, help="null hypercalls")
+    p.add_argument("--upcalls", type=int, default=200, help="events for the upcall latency")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
-        res = measure_loop(args.iters, Path(d)) | measure_hypercalls(args.calls, Path(d))
+        res = measure_loop(args.iters, Path(d)) | measure_hypercalls(args.calls, Path(d)) \
+            | measure_upcalls(args.upcalls, Path(d)) \
+            | measure_upcalls(args.upcalls, Path(d), spin=True)
     print(f"hypercall-free loop: pvxen vCPU {res['loop_pv_insn_s'] / 1e9:.2f} G insn/s, "
           f"bare Unicorn {res['loop_bare_insn_s'] / 1e9:.2f} G insn/s "
           f"(ratio {res['loop_ratio']:.2f}, target >= 0.7)")
     print(f"null hypercalls: pvxen vCPU {res['null_hypercalls_pv_s'] / 1e3:.0f} k/s, "
           f"bare syscall hook {res['syscall_hook_bare_s'] / 1e3:.0f} k/s "
           f"(ratio {res['hypercall_ratio']:.2f}, target >= 0.5)")
+    print(f"event upcall latency (notify -> handler, kernel blocked): median "
+          f"{res['upcall_latency_median_us']:.0f} us, p90 {res['upcall_latency_p90_us']:.0f} us; "
+          f"kernel spinning: median {res['upcall_spin_latency_median_us']:.0f} us, "
+          f"p90 {res['upcall_spin_latency_p90_us']:.0f} us (slices: "
+          f"{SLICE_SECONDS * 1e6:.0f} us)")
     print(json.dumps({k: round(v, 3) for k, v in res.items()}))
     return 0

@@ -9,6 +9,7 @@ program:
 2. ``start_info`` read from its frame for ``nr_pages`` (copy, then check);
 3. the memory file mapped once, vCPU 0 booted in Xen's entry state
    (``boot``: what the domain builder computed), and :func:`.loop.run`;
+   The event-channel stream ``evtchn_fd`` wakes the vCPU (:mod:`.events`);
 4. on SCHEDOP_shutdown, the reason is passed on to hypervisord (global
    state) and returned, for the exit status the launcher reads; a crash
    counts as SHUTDOWN_crash (Xen's ``domain_crash``);
@@ -93,9 +94,9 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
         cpu = VCpu(mem)
         cpu.boot(BootState(**boot))
         hc = VcpuHypercalls(cpu, domid, ConsoleWriter(domid),
-                            xen_version=(word >> 16, word & 0xFFFF))
+                            xen_version=(word >> 16, word & 0xFFFF), evtchn_fd=evtchn_fd)
         hc.forward.update(Forwarder(xc, lambda va, n: copy_from_guest(cpu, va, n),
-                                    hc.copy_to_guest).table())
+                                    hc.copy_to_guest, hc.events).table())
         hc.forward.update(MemoryForwarder(xc, hc.mmu, lambda va, n: copy_from_guest(cpu, va, n),
                                           hc.copy_to_guest, GuestFault).table())
         reason = loop.run(cpu, hc)

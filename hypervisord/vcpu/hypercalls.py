@@ -10,7 +10,8 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``console_io`` (CONSOLEIO_write to the guest's log, as Xen prints a domU's
 ``console_io`` to its console with the ``(dN)`` prefix), ``xen_version``
 (local answers for the sub-ops that need no global state), ``vm_assist``,
-``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block;
+``set_trap_table`` (stored for trap bounces), ``sched_op`` yield/block/poll,
+``set_timer_op`` and ``vcpu_op`` (:mod:`.events`);
 ``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
 ``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
 ``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
@@ -32,6 +33,7 @@ from hypervisord.public.callback import (CALLBACK_REGISTER, CALLBACK_UNREGISTER,
                                          CALLBACKOP_unregister, CallbackType)
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.sched import SchedOp, ShutdownReason
+from hypervisord.public.vcpu import VcpuOp
 from hypervisord.public.version import XenVerOp
 from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_STUB_SIZE,
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
@@ -39,6 +41,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
 
 from . import multicall, paging, physdev, segments, traps
 from .cpu import VCpu
+from .events import VcpuEvents
 from .mmu import Mmu, MmuError
 
 ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8")
@@ -109,14 +112,19 @@ class VcpuHypercalls:
     callbacks: dict[int, tuple[int, int]] = field(default_factory=dict)
     vm_assist: int = 0
     yields: int = 0
-    blocked: bool = False
     count: int = 0
+    #: the process's event-channel stream (None: no hypervisord, in-process tests)
+    evtchn_fd: int | None = None
     mmu: Mmu = field(init=False)
     physdev: physdev.PhysdevState = field(default_factory=physdev.PhysdevState)
     in_multicall: bool = False
+    #: upcalls, block/poll, timers, vcpu_op (:mod:`.events`)
+    events: VcpuEvents = field(init=False)
 
     def __post_init__(self) -> None:
         self.mmu = Mmu(self.cpu, self.domid)
+        self.events = VcpuEvents(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n),
+                                 self.copy_to_guest, self.evtchn_fd)
 
     def dispatch(self) -> None:
         """Serve the hypercall the vCPU just stopped at; result in %rax."""
@@ -224,8 +232,9 @@ class VcpuHypercalls:
             self.yields += 1
             return 0
         if cmd == SchedOp.SCHEDOP_block:
-            self.blocked = True  # the loop waits for an event (or a short timeout)
-            return 0
+            return self.events.sched_block()  # the loop then waits (events.block)
+        if cmd == SchedOp.SCHEDOP_poll:
+            return self.events.sched_poll(arg)
         if cmd == SchedOp.SCHEDOP_shutdown:
             (reason,) = struct.unpack("<I", copy_from_guest(self.cpu, arg, 4))
             if reason > max(ShutdownReason):
@@ -239,6 +248,19 @@ class VcpuHypercalls:
             traps.iret(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n))
         except GuestFault as e:
             raise traps.BadFrame(f"iret frame unreadable: {e}") from None
+
+    def set_timer_op(self, timeout: int, *_: int) -> int:
+        """``do_set_timer_op`` (x86-64: one 64-bit argument)."""
+        return self.events.set_timer_op(timeout)
+
+    def vcpu_op(self, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
+        """``do_vcpu_op``: only this vCPU exists here (no SMP yet: -ENOENT for others)."""
+        cmd, vcpuid = cmd & 0xFFFF_FFFF, vcpuid & 0xFFFF_FFFF
+        if vcpuid != self.cpu.vcpu_id:
+            return -XenErrno.XEN_ENOENT
+        if cmd == VcpuOp.VCPUOP_down:  # the last vCPU going down: domain_shutdown(poweroff)
+            raise Shutdown(ShutdownReason.SHUTDOWN_poweroff)
+        return self.events.vcpu_op(cmd, arg)
 
     def update_va_mapping(self, va: int, val: int, flags: int, *_: int) -> int:
         return self.mmu.update_va_mapping(va, val, flags, self._mm_copy_in)
@@ -306,6 +328,8 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.mmuext_op: VcpuHypercalls.mmuext_op,
     Hypercall.multicall: VcpuHypercalls.multicall,
     Hypercall.physdev_op: VcpuHypercalls.physdev_op,
+    Hypercall.set_timer_op: VcpuHypercalls.set_timer_op,
+    Hypercall.vcpu_op: VcpuHypercalls.vcpu_op,
     Hypercall.stack_switch: segments.stack_switch,
     Hypercall.set_segment_base: segments.set_segment_base,
     Hypercall.set_gdt: segments.set_gdt,

@@ -9,7 +9,10 @@ lets the Python side (signals, a stop request, later event upcalls) run.
 
 A trap, or a syscall from guest user mode, goes to the guest's handler
 (:func:`.traps.deliver`) when it registered one; else, or when the bounce
-itself faults, the domain crashes. Not yet: event upcalls.
+itself faults, the domain crashes. Before each slice
+:meth:`.events.VcpuEvents.service` fires due timers and bounces a pending,
+unmasked event upcall; after SCHEDOP_block/poll the loop waits in
+:meth:`.events.VcpuEvents.block`.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from .hypercalls import GuestFault, Shutdown, VcpuHypercalls
 
 log = logging.getLogger("vcpu")
 
-BLOCK_WAIT = 0.01  # seconds SCHEDOP_block waits while no event source exists yet
-
 
 @dataclass
 class LoopStats:
@@ -38,7 +39,6 @@ class LoopStats:
 
 
 def run(cpu: VCpu, hc: VcpuHypercalls, *, stop: Callable[[], bool] | None = None,
-        wait_event: Callable[[float], None] = time.sleep,
         stats: LoopStats | None = None) -> int | None:
     """Run ``cpu`` until the guest shuts down; its SHUTDOWN_* reason.
 
@@ -48,14 +48,20 @@ def run(cpu: VCpu, hc: VcpuHypercalls, *, stop: Callable[[], bool] | None = None
     t0 = time.perf_counter()
     try:
         with SliceTimer(cpu):
-            return _run(cpu, hc, stop, wait_event, stats)
+            return _run(cpu, hc, stop, stats)
     finally:
         stats.seconds += time.perf_counter() - t0
 
 
 def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
-         wait_event: Callable[[float], None], stats: LoopStats) -> int | None:
+         stats: LoopStats) -> int | None:
     while stop is None or not stop():
+        try:
+            hc.events.service(hc.callbacks)
+        except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
+            log.error("d%d v%d: cannot deliver an event upcall: %s: domain crashed",
+                      hc.domid, cpu.vcpu_id, e)
+            return ShutdownReason.SHUTDOWN_crash
         ex = cpu.run_slice()
         stats.slices += 1
         if ex.kind is ExitKind.SLICE:
@@ -69,9 +75,8 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
             except traps.BadFrame as e:
                 log.error("d%d v%d: %s: domain crashed", hc.domid, cpu.vcpu_id, e)
                 return ShutdownReason.SHUTDOWN_crash
-            if hc.blocked:
-                hc.blocked = False
-                wait_event(BLOCK_WAIT)
+            if hc.events.blocked:
+                hc.events.block(stop)
             continue
         if ex.kind in (ExitKind.TRAP, ExitKind.SYSCALL):
             try:
