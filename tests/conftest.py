@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.framework.daemons import Hypervisord, Xenstored  # noqa: E402
+from tests.framework.hostres import HOST_WIDE  # noqa: E402
 
 _running: list = []
 
@@ -24,6 +27,40 @@ def pytest_runtest_makereport(item, call):
     if rep.when == "call" and rep.failed:
         for d in _running:
             rep.sections.append((f"{d.name} log", d.log()[-20000:]))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``--dist loadgroup`` (``make test``) every ``xdist_group`` mark
+    must have reached its test's node id (``<id>@<group>``): that suffix is all
+    the scheduler goes by, and without it the group's tests would run side by
+    side, silently (pytest-dev/pytest-xdist#1386)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lost = [item.nodeid for item in items if item.get_closest_marker("xdist_group")
+            and "@" not in item.nodeid.rpartition("]")[2]]
+    if lost:
+        raise pytest.UsageError(f"--dist loadgroup lost the xdist_group of {lost[:3]}: "
+                                "this pytest-xdist does not group with this pytest")
+
+
+@pytest.fixture(autouse=True)
+def _host_wide_lock(request):
+    """A test in a host-wide group (see tests/framework/hostres.py) holds that
+    group's lock file while it runs: the xdist group serialises it within one
+    run, the lock against another run on the same host."""
+    groups = sorted({m.args[0] for m in request.node.iter_markers("xdist_group")
+                     if m.args} & HOST_WIDE)
+    locks = []
+    try:
+        for g in groups:
+            f = open(Path(tempfile.gettempdir()) / f"pvxen-tests-{g}.lock", "a")
+            locks.append(f)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+    finally:
+        for f in locks:
+            f.close()
 
 
 def _daemon(cls, tmp_path):

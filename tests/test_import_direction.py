@@ -17,6 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.framework.hostres import SOURCE_TREE
+
+# the walker test writes a probe module into frontends/, which the other tests walk
+pytestmark = SOURCE_TREE
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: unit -> the units it may import (besides itself). A unit is a top-level

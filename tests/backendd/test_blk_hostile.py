@@ -279,6 +279,7 @@ async def main(domain):
 """
 
 
+@pytest.mark.exclusive  # a latency ratio: other tests' load must not be in it
 def test_event_storm_on_one_port_leaves_another_guest_latency(stack, start_backendd, tmp_path):
     be = start_backendd()
     dirs = {n: tmp_path / n for n in ("lat", "storm")}

@@ -11,11 +11,14 @@ import pytest
 
 from backendd import bridge
 from tests.backendd.netguests import FRAMES
+from tests.framework.hostres import HOST_NET
 from tests.toolstack.stack import stack, start_backendd, write_guest  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 MAC_A, MAC_B = "00:16:3e:00:00:0a", "00:16:3e:00:00:0b"
 REAL = os.geteuid() == 0 and os.access("/dev/net/tun", os.R_OK | os.W_OK)
+#: the real bridge: TAPs named vif<domid>.<devid>, one test at a time on the host
+BRIDGE = pytest.param("bridge", marks=HOST_NET)
 
 
 def _bridge_name() -> str:
@@ -47,7 +50,7 @@ def net(stack, start_backendd, tmp_path, monkeypatch, request):
         subprocess.run(["ip", "link", "del", "dev", br], capture_output=True)
 
 
-@pytest.mark.parametrize("net", ["switch", "bridge"], indirect=True)
+@pytest.mark.parametrize("net", ["switch", BRIDGE], indirect=True)
 @pytest.mark.parametrize("size", [60, 1500, 65535])
 def test_two_guests_exchange_frames(net, tmp_path, size):
     stack, be, br, kind = net
@@ -70,7 +73,7 @@ def test_two_guests_exchange_frames(net, tmp_path, size):
     assert "Traceback" not in be.log(), be.log()[-3000:]
 
 
-@pytest.mark.parametrize("net", ["switch", "bridge"], indirect=True)
+@pytest.mark.parametrize("net", ["switch", BRIDGE], indirect=True)
 def test_spoofed_source_mac_is_dropped(net, tmp_path):
     """A vif sending with another vif's MAC (MAC_B's own) as source: dropped."""
     stack, be, br, kind = net
@@ -88,7 +91,7 @@ def _gone(name):
     return _ip_link(name).returncode != 0
 
 
-@pytest.mark.parametrize("net", ["bridge"], indirect=True)
+@pytest.mark.parametrize("net", [BRIDGE], indirect=True)
 @pytest.mark.parametrize("how", ["destroy", "sigkill"])
 def test_tap_removed_when_the_guest_goes(net, tmp_path, how):
     stack, be, br, kind = net
@@ -107,7 +110,7 @@ def test_tap_removed_when_the_guest_goes(net, tmp_path, how):
     assert _ip_link(br).returncode != 0
 
 
-@pytest.mark.parametrize("net", ["switch", "bridge"], indirect=True)
+@pytest.mark.parametrize("net", ["switch", BRIDGE], indirect=True)
 def test_restarted_backendd_picks_the_vif_up(net, tmp_path, start_backendd):
     stack, be, br, kind = net
     stack.xl_ok("create", str(_guest(tmp_path, "echo", MAC_B, br, "echo")))
@@ -122,7 +125,7 @@ def test_restarted_backendd_picks_the_vif_up(net, tmp_path, start_backendd):
     assert "PINGED 10 10" in log, log + be2.log()[-3000:]
 
 
-@pytest.mark.parametrize("net", ["bridge"], indirect=True)
+@pytest.mark.parametrize("net", [BRIDGE], indirect=True)
 def test_backendd_stopped_removes_its_taps_and_the_bridge_it_made(net, tmp_path):
     """SIGTERM (``make stop``): the vif closes, its TAP goes, and so does the
     bridge backendd created."""

@@ -13,6 +13,7 @@ import pytest
 from backendd import bridge
 from examples.demo import dom0_ping
 from tests.backendd.test_net_live import REAL, _bridge_name
+from tests.framework.hostres import HOST_NET
 from tests.toolstack.stack import stack, start_backendd, write_guest  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
@@ -38,6 +39,7 @@ async def main(domain):
 
 
 @needs_real
+@HOST_NET
 def test_dom0_pings_and_fetches_from_a_guest(stack, start_backendd, tmp_path, monkeypatch):
     br = _bridge_name()
     net = f"10.{os.getpid() % 200 + 20}.{os.getpid() % 250}"
@@ -90,7 +92,7 @@ async def main(domain):
 '''
 
 
-@pytest.mark.parametrize("link", ["switch", pytest.param("bridge", marks=needs_real)])
+@pytest.mark.parametrize("link", ["switch", pytest.param("bridge", marks=[needs_real, HOST_NET])])
 def test_guest_pings_and_fetches_a_page_from_another_guest(stack, start_backendd, tmp_path, monkeypatch, link):
     br = _bridge_name()
     if link == "switch":

@@ -90,23 +90,33 @@ class Stack:
 
     def launcher_guests(self) -> dict[int, int]:
         """domid -> pid of the guest processes the launcher watches."""
-        try:
-            with LauncherClient(socket_path(self.rundir)) as c:
-                return {domid: pid for domid, pid in c.request({"op": "list"})["guests"]}
-        except (OSError, LaunchError):
-            return {}
+        return launcher_guests(self.rundir)
 
     def stop_launcher(self) -> None:
-        for pid in self.launcher_guests().values():
-            _kill(pid, signal.SIGKILL)
-        pidfile = self.xl_dir / "launcher.pid"
-        if pidfile.exists():
-            pid = int(pidfile.read_text())
-            _kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 5
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            _kill(pid, signal.SIGKILL)
+        stop_launcher(self.rundir)
+
+
+def launcher_guests(rundir: Path) -> dict[int, int]:
+    """domid -> pid of the guest processes the launcher in ``rundir`` watches."""
+    try:
+        with LauncherClient(socket_path(rundir)) as c:
+            return {domid: pid for domid, pid in c.request({"op": "list"})["guests"]}
+    except (OSError, LaunchError):
+        return {}
+
+
+def stop_launcher(rundir: Path) -> None:
+    """SIGKILL the guests of the launcher in ``rundir``, then stop the launcher."""
+    for pid in launcher_guests(rundir).values():
+        _kill(pid, signal.SIGKILL)
+    pidfile = rundir / "xl" / "launcher.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text())
+        _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -158,6 +168,11 @@ def start_backendd(hypervisord):
     try:
         yield start
     finally:
+        # The guests go first, while their backends still answer: a launcher
+        # tearing down a guest's devices with no backendd waits out libxl's
+        # 10 s device timeout (and answers nobody meanwhile).
+        if started:
+            stop_launcher(hypervisord.rundir)
         for d in started:
             _running.remove(d)
             d.kill()

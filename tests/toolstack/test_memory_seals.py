@@ -79,6 +79,9 @@ def run_attack(stack, tmp_path, attacks: str, n: int) -> tuple[list[str], int, i
 def daemons_and_peer_unharmed(stack, hypervisord, xenstored) -> None:
     """Make the daemons touch the attacker's memory, then use them for the peer."""
     attacker, peer = stack.domid_of("attacker"), stack.domid_of("peer")
+    for d in (attacker, peer):  # the guests' runtimes offer PV shutdown (xl checks this)
+        stack.wait(lambda: stack.read(f"/local/domain/{d}/control/feature-poweroff") == "1",
+                   f"d{d}'s control/feature-poweroff")
     stack.xl_ok("shutdown", "attacker")  # store ring + shared_info of the attacker
     stack.wait(lambda: attacker not in stack.domids(), "the attacker's shutdown")
     assert hypervisord.alive, hypervisord.log()[-3000:]
