@@ -21,5 +21,7 @@ def test_vcpu_bench_prints_json_last():
     assert r.returncode == 0, r.stderr
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(last) == {"loop_pv_insn_s", "loop_bare_insn_s", "loop_ratio",
-                         "null_hypercalls_pv_s", "syscall_hook_bare_s", "hypercall_ratio"}
+                         "null_hypercalls_pv_s", "syscall_hook_bare_s", "hypercall_ratio",
+                         "upcall_latency_median_us", "upcall_latency_p90_us",
+                         "upcall_spin_latency_median_us", "upcall_spin_latency_p90_us"}
     assert all(v > 0 for v in last.values())
