@@ -4,16 +4,11 @@
    domid and frame first, the flags last), prints "grant ok <ref>" and
    blocks until it is destroyed. On a wrong result: "grant FAIL <step>". */
 .include "xen.inc"
+.include "mm.inc"
 .set VB, 0xffffffff80000000
 .set GNTVA, 0xffffffff800f0000          /* a mapped page nothing uses (pfn 240) */
 .set DOMID_SELF, 0x7ff0
 .set REF, 8                             /* the first ref after the reserved ones */
-
-.macro EXPECT rc, step
-  movb $\step, fail_step(%rip)
-  cmp \rc, %rax
-  jne fail
-.endm
 
 .macro GNTTAB cmd, uop
   mov \cmd, %edi

@@ -3,15 +3,10 @@
    a page table that is kept, and the refusals. Prints "mm_memory ok <pages>"
    and powers off; else "mm_memory FAIL <step>" and crashes. */
 .include "xen.inc"
+.include "mm.inc"
 .set VB, 0xffffffff80000000
 .set SPARE, 0xffffffff800f0000          /* a mapped page nothing uses (pfn 240) */
 .set DOMID_SELF, 0x7ff0
-
-.macro EXPECT rc, step
-  movb $\step, fail_step(%rip)
-  cmp \rc, %rax
-  jne fail
-.endm
 
 /* memory_op(cmd, &resv) with resv = {&extents, 1, order 0, 0, DOMID_SELF} */
 .macro RESV cmd, pfn

@@ -5,40 +5,12 @@
    level are then added with mmu_update. Prints "mm_newas ok" and powers off;
    else "mm_newas FAIL <step>" and crashes. */
 .include "xen.inc"
+.include "mm.inc"
 .set VB, 0xffffffff80000000
 .set DOMID_SELF, 0x7ff0
 .set NEWVA, 0x8000000000               /* L4 slot 1: only the new tables map it */
 .set P_RW_U, 7
 .set P_U, 5
-
-.macro EXPECT rc, step
-  movb $\step, fail_step(%rip)
-  cmp \rc, %rax
-  jne fail
-.endm
-
-.macro MMU ptr, val
-  mov \ptr, %rax
-  mov %rax, req(%rip)
-  mov \val, %rax
-  mov %rax, req+8(%rip)
-  lea req(%rip), %rdi
-  mov $1, %esi
-  lea done(%rip), %rdx
-  mov $DOMID_SELF, %r10d
-  HCALL mmu_update
-.endm
-
-.macro EXT cmd, arg1
-  movl \cmd, op(%rip)
-  mov \arg1, %rax
-  mov %rax, op+8(%rip)
-  lea op(%rip), %rdi
-  mov $1, %esi
-  lea done(%rip), %rdx
-  mov $DOMID_SELF, %r10d
-  HCALL mmuext_op
-.endm
 
 /* machine address of the page at symbol \sym into \reg */
 .macro MADDR sym, reg

@@ -2,41 +2,11 @@
    Prints "mm_refuse ok" and powers off when every result is as Xen's; else
    prints "mm_refuse FAIL <step>" and crashes. */
 .include "xen.inc"
+.include "mm.inc"
 .set VB, 0xffffffff80000000
 .set SPARE, 0xffffffff800f0000          /* a mapped page nothing uses (pfn 240) */
 .set DOMID_SELF, 0x7ff0
 .set NOT_OURS, 0x100000                 /* a frame far beyond the domain's */
-
-.macro EXPECT rc, step
-  movb $\step, fail_step(%rip)
-  cmp \rc, %rax
-  jne fail
-.endm
-
-/* mmu_update(&req, 1, &done, DOMID_SELF) with req = {ptr, val} */
-.macro MMU ptr, val
-  mov \ptr, %rax
-  mov %rax, req(%rip)
-  mov \val, %rax
-  mov %rax, req+8(%rip)
-  lea req(%rip), %rdi
-  mov $1, %esi
-  lea done(%rip), %rdx
-  mov $DOMID_SELF, %r10d
-  HCALL mmu_update
-.endm
-
-/* mmuext_op(&op, 1, &done, DOMID_SELF) with op = {cmd, arg1} */
-.macro EXT cmd, arg1
-  movl \cmd, op(%rip)
-  mov \arg1, %rax
-  mov %rax, op+8(%rip)
-  lea op(%rip), %rdi
-  mov $1, %esi
-  lea done(%rip), %rdx
-  mov $DOMID_SELF, %r10d
-  HCALL mmuext_op
-.endm
 
   .text
   .globl _start
