@@ -299,5 +299,6 @@ def test_event_storm_on_one_port_leaves_another_guest_latency(stack, start_backe
     print(f"event storm: other guest's 4 KiB read p50 {statistics.median(base):.0f} us -> "
           f"{statistics.median(storm):.0f} us under the storm ({ratio:.2f}x)")
     assert be.alive and "Traceback" not in be.log()
-    # Loose: the storm guest is also a busy process on a 2-core machine.
-    assert ratio < 6, (base, storm)
+    # The issue's bound; `make test` runs this alone (mark `exclusive`), so other
+    # tests' load is not in the ratio.
+    assert ratio < 2, (base, storm)
