@@ -74,12 +74,6 @@ HANDLER h_gp, 13, 1
 HANDLER h_ud, 6, 0
 HANDLER h_pf, 14, 1
 
-.macro TRAP vec, flags, handler
-  .byte \vec, \flags
-  .word 0xe033
-  .long 0
-  .quad \handler
-.endm
 
   .data
   .p2align 3
