@@ -13,6 +13,27 @@ the shell between them and the rest of hypervisord:
   the receiver clears the bit therefore cost one notification, as in Xen.
   ``EVTCHNOP_unmask`` of a port that became pending while masked delivers
   it then (``evtchn_2l_unmask``).
+* **PV vCPU processes set their own bits.** A PV kernel clears and tests
+  its bits with ``lock btr``/``xchg``/``lock cmpxchg``, which Unicorn (QEMU
+  TCG without ``CF_PARALLEL``: unicorn's ``curr_cflags()`` is 0) emulates as
+  a plain load, modify and store (``do_nonatomic_op_*`` in
+  ``qemu/tcg/tcg-op.c``): a bit set here between that load and store is
+  overwritten, and the port never comes again (tests/pv/test_event_race.py
+  lost one event in ~3000 sends, and at once when the kernel rewrites the
+  word often). So a vCPU process asks for ``pvxen_op.evtchn_vcpu_bits``
+  before its guest runs, and from then on hypervisord writes none of that
+  domain's pending/selector/upcall-pending bits while guest code can run:
+  :func:`set_pending` only reads the pending bit (already set: coalesced,
+  nothing to do) and writes ``port | vcpu << 16`` on the process's stream;
+  the vCPU applies Xen's 2-level set_pending (``xen/common/event_2l.c``)
+  between slices, when Unicorn is stopped (``hypervisord/vcpu/events.py``).
+  The bits hypervisord still writes for such a domain are written only
+  while its vCPU cannot run: ``EVTCHNOP_unmask`` and ``EVTCHNOP_close`` (its
+  own hypercalls: the one vCPU waits for the answer), ``EVTCHNOP_reset``
+  (its own, or of a paused domain), teardown (no guest left). Program
+  guests (``frontends/``, libxen.evtchn) use host atomics and keep the
+  direct path. (With several vCPUs per process, a vCPU running while
+  another's hypercall is served would again race; see events.py.)
 * **Who is notified.** Each channel records the connection that bound it:
   several dom0 processes share domain 0 and each hears only its own ports.
   A port allocated *for* a domU by dom0 (the toolstack's store and console
@@ -41,6 +62,7 @@ from hypervisord.errors import E, fail
 from hypervisord.evtchn_ports import ECS, Channel, PortTable
 from hypervisord.hypercall import Handler, u
 from hypervisord.public.event_channel import EvtchnOp as Op
+from hypervisord.public.pvxen import EVTCHN_NOTIFY_VCPU_SHIFT
 from hypervisord.public.xen import DOMID_SELF, Hypercall
 from libxen.shinfo import NR_PORTS_2L, SharedInfoBits
 
@@ -60,17 +82,36 @@ class DomainEvtchn:
 # -- delivery -------------------------------------------------------------------
 
 def set_pending(hv, dom, chan: Channel) -> None:
-    """``evtchn_port_set_pending`` plus the notification to the owning process."""
+    """``evtchn_port_set_pending`` plus the notification to the owning process.
+
+    To a process that owns its bits (a PV vCPU process, module doc): no
+    write, only the entry, and none when the port is pending already (a
+    read: as Xen's test_and_set finding the bit set, the guest's next
+    clear takes this send too).
+    """
+    conn = _process(dom, chan)
+    if conn is not None and getattr(conn, "vcpu_bits", False):
+        if not dom.evtchn.bits.is_pending(chan.port):
+            hv.notify(conn, chan.port | chan.vcpu << EVTCHN_NOTIFY_VCPU_SHIFT)
+        return
     if dom.evtchn.bits.set_pending(chan.port, chan.vcpu):
         _deliver(hv, dom, chan)
 
 
-def _deliver(hv, dom, chan: Channel) -> None:
+def _process(dom, chan: Channel) -> Any:
     conn = chan.owner
     if conn is None:
         conn = dom.conns[0] if dom.conns else None
+    return conn
+
+
+def _deliver(hv, dom, chan: Channel) -> None:
+    conn = _process(dom, chan)
     if conn is not None:
-        hv.notify(conn, chan.port)
+        entry = chan.port
+        if getattr(conn, "vcpu_bits", False):
+            entry |= chan.vcpu << EVTCHN_NOTIFY_VCPU_SHIFT
+        hv.notify(conn, entry)
 
 
 def raise_virq(hv, dom, virq: int, vcpu: int = 0) -> None:

@@ -21,7 +21,12 @@ act as a later domain with the same domid nor, by closing, destroy it.
 
 Each connection has an event-channel stream: notifications are u32 port
 numbers, written only when a port's pending bit goes 0 -> 1, so many sends
-before the receiver looks coalesce into one.
+before the receiver looks coalesce into one (a PV vCPU process that owns
+its bits gets an entry per send to a port not yet pending:
+``hypervisord/evtchn.py``). Entries the socket cannot take wait in the
+connection, deduplicated: a process that does not read (SIGSTOPped while
+its domain is paused) costs at most one entry per port, and hypervisord
+never blocks on it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Connection:
         self.pending_ports: dict[int, None] = {}
         self.outbuf = bytearray()  # notification bytes the socket did not take yet
         self.doorbells = False  # the process understands doorbell entries
+        self.vcpu_bits = False  # the process sets its domain's event bits itself
         self.wakeup = trio.Event()
         self.pid: int | None = None
         self.closed = False
@@ -95,7 +101,11 @@ class Connection:
         else, so the u32 stream never loses its alignment."""
         if self.evtchn_sock is None:
             return
-        if self.pending_ports:
+        if self.pending_ports and not self.outbuf:
+            # only when the socket took everything before: until then new
+            # entries wait here, deduplicated, so a reader that does not
+            # read (a paused domain) costs a bounded queue, never a blocked
+            # daemon nor a lost entry
             self.outbuf += b"".join(_PORT.pack(p) for p in self.pending_ports)
             self.pending_ports.clear()
         if not self.outbuf:
@@ -108,7 +118,7 @@ class Connection:
             self.outbuf.clear()
             return
         del self.outbuf[:sent]
-        if self.outbuf:
+        if self.outbuf or self.pending_ports:
             self.wakeup.set()
 
     def push_doorbell(self, port: int, fd: int) -> bool:
@@ -137,7 +147,7 @@ class Connection:
         while not self.closed:
             await self.wakeup.wait()
             self.wakeup = trio.Event()
-            while self.outbuf and not self.closed:
+            while (self.outbuf or self.pending_ports) and not self.closed:
                 await trio.lowlevel.wait_writable(self.evtchn_sock)
                 self._flush_nowait()
 
@@ -326,10 +336,19 @@ class HvServer:
             raise fail(E.XEN_EINVAL, "no event-channel stream on this connection")
         caller.conn.doorbells = True
 
+    def evtchn_vcpu_bits(self, hv, caller, args):
+        """The domU's vCPU process owns its event bits (``hypervisord/evtchn.py``)."""
+        if caller.domid == 0:
+            raise fail(E.XEN_EPERM, "dom0's processes share shared_info: hypervisord sets it")
+        if caller.conn.evtchn_sock is None:
+            raise fail(E.XEN_EINVAL, "no event-channel stream on this connection")
+        caller.conn.vcpu_bits = True
+
     def pvxen_handlers(self) -> dict:
         P = HYPERVISOR_pvxen_op
         return {
             (P, PvxenOp.evtchn_doorbells): Handler(self.evtchn_doorbells),
+            (P, PvxenOp.evtchn_vcpu_bits): Handler(self.evtchn_vcpu_bits),
             (P, PvxenOp.attach): Handler(self.attach),
             (P, PvxenOp.connect_domain): Handler(self.connect_domain, privileged=True),
             (P, PvxenOp.map_foreign): Handler(self.map_foreign, privileged=True),

@@ -152,6 +152,11 @@ def attach(xc):
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.attach)
 
 
+def evtchn_vcpu_bits(xc):
+    """A PV vCPU process: its domain's event bits are its own to set (pvxen.py)."""
+    return xc.call(HYPERVISOR_pvxen_op, PvxenOp.evtchn_vcpu_bits)
+
+
 def connect_domain(xc, domid: int):
     """dom0: the descriptors a domain's process is started with."""
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.connect_domain, domid=domid)

@@ -27,6 +27,12 @@ class PvxenOp(IntEnum):
     #: (EVTCHN_NOTIFY_DOORBELL entries); channels between two such processes
     #: get one at EVTCHNOP_bind_interdomain.
     evtchn_doorbells = 3
+    #: domU only: the calling process (a PV vCPU process) writes its
+    #: domain's pending, selector and upcall-pending bits itself, between
+    #: its vCPU's slices; from now on hypervisord only writes a port's entry
+    #: (``port | vcpu << EVTCHN_NOTIFY_VCPU_SHIFT``) on the event stream for
+    #: the process to apply (``hypervisord/evtchn.py``, ``set_pending``).
+    evtchn_vcpu_bits = 4
 
 
 #: Layout of a notification on the event-channel stream: a u32 LE port.
@@ -38,3 +44,7 @@ EVTCHN_NOTIFY_SIZE = 4
 #: through hypervisord (a byte on the doorbell), and a doorbell can reach
 #: nothing but the one peer port it was made for.
 EVTCHN_NOTIFY_DOORBELL = 0x80000000
+#: On an ``evtchn_vcpu_bits`` stream an entry also names the vCPU the port is
+#: bound to (``EVTCHNOP_bind_vcpu``), whose ``vcpu_info`` gets the selector bit.
+EVTCHN_NOTIFY_VCPU_SHIFT = 16
+EVTCHN_NOTIFY_PORT_MASK = 0xFFFF

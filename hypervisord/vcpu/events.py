@@ -3,21 +3,45 @@
 How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
 ``xen/arch/x86/x86_64/entry.S`` ``test_guest_events``):
 
-1. hypervisord makes a port pending in the domain's ``shared_info`` (slot 0
-   of the memory file, which this process maps): the port's bit, then its
-   word's bit in ``vcpu_info.evtchn_pending_sel``, then
-   ``evtchn_upcall_pending`` (unless the port is masked), and writes the
-   port number on this process's event-channel stream (``evtchn_fd``);
+1. hypervisord writes the port (and the vCPU it is bound to) on this
+   process's event-channel stream (``evtchn_fd``), unless the port is
+   pending already (see "Who writes the bits" below);
 2. :class:`~.waker.EventWaker`, a thread reading that stream, cuts the running
-   slice short (``emu_stop``) and wakes a blocked vCPU; the stream is only
-   a doorbell: the bits are the truth, read again between slices;
-3. between slices, :meth:`VcpuEvents.service` sees ``evtchn_upcall_pending
+   slice short (``emu_stop``), wakes a blocked vCPU and keeps the entry;
+3. between slices, while Unicorn is stopped, :meth:`VcpuEvents.apply_notifications`
+   makes each kept port pending in the domain's ``shared_info`` (slot 0 of
+   the memory file, which this process maps) as Xen's ``evtchn_2l_set_pending``:
+   the port's bit, then, unless the port is masked, its word's bit in
+   ``vcpu_info.evtchn_pending_sel``, then ``evtchn_upcall_pending``;
+4. :meth:`VcpuEvents.service` then sees ``evtchn_upcall_pending
    && !evtchn_upcall_mask`` (``test_guest_events``) and bounces to the
    ``CALLBACKTYPE_event`` callback with TBF_INTERRUPT
    (:func:`.traps.create_bounce_frame`: no error code, the mask set, the
    frame's ``rflags.IF`` = !saved mask, from user mode onto the kernel stack);
-4. the handler clears what it consumed and returns with ``HYPERVISOR_iret``,
+5. the handler clears what it consumed and returns with ``HYPERVISOR_iret``,
    which restores the mask from the saved ``rflags.IF`` (:func:`.traps.iret`).
+
+Who writes the bits. The guest clears and tests them with ``lock btr``,
+``xchg`` and ``lock cmpxchg``, which Unicorn emulates as a plain load,
+modify, store (QEMU TCG without ``CF_PARALLEL``: unicorn's ``curr_cflags()``
+returns 0, so ``tcg_gen_atomic_*`` take ``do_nonatomic_op_*`` in
+``qemu/tcg/tcg-op.c``): a bit another process set between that load and
+store would be lost, the port never notified again (measured on the old
+design, where hypervisord set the bits itself: tests/pv/test_event_race.py
+lost a pending bit in ~3000 sends, and selector bits far more often). So this
+process owns them: ``guest.run`` asks hypervisord for
+``pvxen_op.evtchn_vcpu_bits`` before the guest runs (:attr:`VcpuEvents.owns_bits`),
+and everything that sets an event bit while guest code can run is here,
+between slices: the stream's entries (step 3), ``VIRQ_TIMER``
+(:meth:`VcpuEvents.send_virq`), the selector repair. hypervisord still
+writes some bits, but only while our one vCPU waits for its answer or is
+stopped (``EVTCHNOP_unmask``'s re-raise, ``EVTCHNOP_close``/``reset``;
+``hypervisord/evtchn.py``). Without that op (``owns_bits`` False:
+in-process tests that play the old hypervisord) the stream is a doorbell
+only and its entries are dropped. SMP: several vCPUs of one process run
+at once, so a vCPU's slice would race with another vCPU's applying; the
+entries must then be applied while all are stopped, or the bits written
+by the vCPU they are bound to while it is stopped (the entry names it).
 
 ``VIRQ_TIMER`` is raised **here**, not in hypervisord: a vCPU's timer is the
 vCPU's own state, as in Xen where ``send_guest_vcpu_virq`` runs on the
@@ -44,6 +68,8 @@ from collections.abc import Callable
 from hypervisord.public import memfile
 from hypervisord.public.callback import CallbackType
 from hypervisord.public.errno import XenErrno
+from hypervisord.public.pvxen import (EVTCHN_NOTIFY_DOORBELL, EVTCHN_NOTIFY_PORT_MASK,
+                                      EVTCHN_NOTIFY_VCPU_SHIFT)
 from hypervisord.public.sched import SCHED_POLL
 from hypervisord.public.vcpu import (VCPU_REGISTER_RUNSTATE_MEMORY_AREA,
                                      VCPU_REGISTER_VCPU_INFO,
@@ -54,7 +80,8 @@ from hypervisord.public.xen import (PAGE_SIZE, SHARED_INFO_EVTCHN_MASK_OFF,
                                     VCPU_INFO_EVTCHN_PENDING_SEL_OFF,
                                     VCPU_INFO_EVTCHN_UPCALL_MASK_OFF,
                                     VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF, VCPU_INFO_SIZE,
-                                    VCPU_INFO_TIME_OFF, Virq, vcpu_info_offset)
+                                    VCPU_INFO_TIME_OFF, XEN_LEGACY_MAX_VCPUS, Virq,
+                                    vcpu_info_offset)
 from libxen.shinfo import NR_PORTS_2L, AtomicWord, SharedInfoBits
 
 from . import traps, vtime
@@ -95,6 +122,10 @@ class VcpuEvents:
         self.poll_timeout = 0
         self.upcalls = 0
         self.resyncs = 0  # selector bits given back (resync_selectors)
+        #: pvxen_op.evtchn_vcpu_bits was granted: the stream's entries are
+        #: ours to apply, hypervisord does not write our bits (module doc)
+        self.owns_bits = False
+        self.applied = 0  # stream entries that made a port pending
         self.timer_events = 0
         self._last_time_update = -1
         self._services = 0
@@ -148,6 +179,8 @@ class VcpuEvents:
         the clock is read only with a timer armed or every 256th call (for
         the time info's refresh), ~4 us less per hypercall (bench/vcpu.py).
         """
+        if self.waker.queued:
+            self.apply_notifications()
         t = self.timers
         self._services += 1
         if t.singleshot is not None or t.period \
@@ -244,6 +277,7 @@ class VcpuEvents:
         ports = list(struct.unpack(f"<{nr_ports}I", raw))
         if any(p >= NR_PORTS_2L for p in ports):
             return -XenErrno.XEN_EINVAL
+        self.apply_notifications()
         if self.need_delivery() or any(self.bits.is_pending(p) for p in ports):
             return 0
         if timeout and timeout <= self.clock.now():
@@ -258,6 +292,8 @@ class VcpuEvents:
         try:
             while not (stop is not None and stop()):
                 self.waker.arm()
+                if self.waker.queued:  # after arm(): a later entry kicks the wait
+                    self.apply_notifications()
                 now = self.clock.now()
                 self._expire(now)
                 self.resync_selectors()
@@ -304,6 +340,35 @@ class VcpuEvents:
         for virq, p in list(self.virq_ports.items()):
             if port is None or p == port:
                 del self.virq_ports[virq]
+        # entries on the stream now were sent before the close: applying them
+        # would make the closed port pending again (hypervisord cleared it)
+        self.apply_notifications(skip=port if port is not None else -1)
+
+    # -- the stream's entries (owned bits, module doc) ------------------------------------
+    def apply_notifications(self, skip: int | None = None) -> None:
+        """Xen's 2-level set_pending of each entry the stream brought (step 3).
+
+        Runs between slices only (Unicorn stopped): the one writer of
+        these bits while the guest can run, so the guest's non-atomic
+        ``lock btr``/``xchg`` cannot lose one. ``skip``: a just-closed port
+        (-1: all, after EVTCHNOP_reset) whose entries are dropped. Without
+        :attr:`owns_bits` the entries are only dropped (hypervisord set
+        the bits).
+        """
+        entries = self.waker.take()
+        if not entries or not self.owns_bits:
+            return
+        for entry in entries:
+            port = entry & EVTCHN_NOTIFY_PORT_MASK
+            vcpu = (entry >> EVTCHN_NOTIFY_VCPU_SHIFT) & 0xFF
+            if entry & EVTCHN_NOTIFY_DOORBELL or port >= NR_PORTS_2L \
+                    or vcpu >= XEN_LEGACY_MAX_VCPUS:
+                log.warning("event stream: entry %#x ignored", entry)
+                continue
+            if skip == -1 or port == skip:
+                continue
+            if self.bits.set_pending(port, vcpu):
+                self.applied += 1
 
     # -- vcpu_op ----------------------------------------------------------------------------
     def vcpu_op(self, cmd: int, arg: int) -> int:

@@ -8,9 +8,11 @@ the connection's, never the payload's), and writes the OUT fields back.
 
 ``event_channel_op`` (``xen/include/public/event_channel.h``): alloc_unbound,
 bind_interdomain, bind_virq, bind_ipi, send, close, unmask, status,
-bind_vcpu, reset. hypervisord sets pending bits itself (bind_interdomain's
-new port, an unmask of a pending port) and notifies this process, whose
-vCPU then delivers the upcall (:mod:`.events`). A successful bind_virq of
+bind_vcpu, reset. What an op makes pending for this domain
+(bind_interdomain's new port, a send to itself) hypervisord writes on the
+event stream, which is applied before the op returns (an unmask of a
+pending port hypervisord re-raises itself, while we wait); the vCPU then
+delivers the upcall (:mod:`.events`). A successful bind_virq of
 a per-vCPU VIRQ, a close and a reset are also told to the vCPU's
 :class:`~.events.VcpuEvents`, which raises ``VIRQ_TIMER`` locally.
 Next (helper "pvmm", its own module): ``grant_table_op``, ``memory_op``.
@@ -56,7 +58,12 @@ class Forwarder:
         op = _EVTCHN_OPS.get(cmd)
         if op is None:
             return -XenErrno.XEN_ENOSYS
-        return op(self, arg)
+        rc = op(self, arg)
+        if self.events is not None and hasattr(self.events, "apply_notifications"):
+            # what the op made pending for us (a send to ourselves, bind_interdomain's
+            # new port) is on the stream already: pending on return, as in Xen
+            self.events.apply_notifications()
+        return rc
 
     # -- the sub-ops: copy in once, call hypervisord, copy the OUT fields back ---------
     def _port_op(self, cmd: int, layout, arg: int) -> tuple[int, int]:

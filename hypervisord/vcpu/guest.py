@@ -89,12 +89,19 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
     except (XenError, OSError) as e:
         log.error("first hypercall failed: %s", e)
         return None
+    try:  # before the guest runs: from now on its event bits are ours (events.py)
+        ctrl.evtchn_vcpu_bits(xc)
+        owns_bits = True
+    except XenError as e:
+        log.warning("evtchn_vcpu_bits refused (%s): hypervisord sets the event bits", e)
+        owns_bits = False
     try:
         mem = GuestMemory(memory_fd, read_nr_pages(memory_fd, start_info_gfn))
         cpu = VCpu(mem)
         cpu.boot(BootState(**boot))
         hc = VcpuHypercalls(cpu, domid, ConsoleWriter(domid),
                             xen_version=(word >> 16, word & 0xFFFF), evtchn_fd=evtchn_fd)
+        hc.events.owns_bits = owns_bits
         hc.forward.update(Forwarder(xc, lambda va, n: copy_from_guest(cpu, va, n),
                                     hc.copy_to_guest, hc.events).table())
         hc.forward.update(MemoryForwarder(xc, hc.mmu, lambda va, n: copy_from_guest(cpu, va, n),
