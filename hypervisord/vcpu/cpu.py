@@ -37,6 +37,10 @@ Unicorn quirks handled here (pv-guest-abi.md §1, §2.2), each with a test in
   the GDT is mapped for the CPU in every L4 (:meth:`VCpu.load_cr3`, :mod:`.gdt`).
 * **code rewritten by another process**: :meth:`VCpu.code_changed` drops
   translated blocks of those frames (``ctl_remove_cache``).
+* **emu_stop from another thread reruns an instruction**: taken after the
+  store of a read-modify-write, it restarts that instruction; slices are
+  ended from other threads through :mod:`.stopreq` instead (a native block
+  hook that stops between instructions).
 * the default 1 GiB translation buffer does not fit a confined guest's
   RLIMIT_AS: :data:`TCG_BUFFER` is set before the first run.
 """
@@ -61,6 +65,7 @@ from hypervisord.public.xen import PAGE_SIZE, vcpu_info_offset
 from . import gdt, softint
 from .memory import HV_PRIVATE_FRAMES, HV_PRIVATE_MFN, SHARED_INFO_MFN, GuestMemory
 from .memory import GNTTAB_MFN, NR_GNT_FRAMES
+from .stopreq import StopRequest
 
 TCG_BUFFER = 32 << 20
 #: a slice's length: a ticker thread (:class:`SliceTimer`) stops the engine this often.
@@ -146,6 +151,9 @@ class VCpu:
             uc.hook_add(UC_HOOK_INTR, self._on_interrupt),
             uc.hook_add(UC_HOOK_INSN_INVALID, self._on_invalid),
         ]
+        #: how other threads end a slice: between instructions (stopreq.py)
+        self.stop_request = StopRequest(uc)
+        self.request_stop = self.stop_request.request
         self._ctx = uc.context_save()  # reused by _clear_stale_exception
         self._val = ctypes.c_uint64()
         self._val_ref = ctypes.byref(self._val)
@@ -425,9 +433,10 @@ class VCpu:
 
 
 class SliceTimer:
-    """Ends the running slice of ``cpu`` every ``period`` seconds (``emu_stop``
-    from a thread, as Unicorn's own timeout does; ctypes drops the GIL while
-    the engine runs). A tick that lands between slices is lost: harmless."""
+    """Ends the running slice of ``cpu`` every ``period`` seconds (a
+    :class:`~.stopreq.StopRequest` from a thread; ctypes drops the GIL while
+    the engine runs). A tick that lands between slices ends the next one at
+    its first block: harmless."""
 
     def __init__(self, cpu: VCpu, period: float = SLICE_SECONDS) -> None:
         self.cpu, self.period = cpu, period
@@ -437,7 +446,7 @@ class SliceTimer:
 
     def _tick(self) -> None:
         while not self._done.wait(self.period):
-            self.cpu.uc.emu_stop()
+            self.cpu.request_stop()  # never uc.emu_stop from here: stopreq.py
 
     def __enter__(self) -> "SliceTimer":
         self._thread.start()

@@ -7,7 +7,7 @@ How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
    process's event-channel stream (``evtchn_fd``), unless the port is
    pending already (see "Who writes the bits" below);
 2. :class:`~.waker.EventWaker`, a thread reading that stream, cuts the running
-   slice short (``emu_stop``), wakes a blocked vCPU and keeps the entry;
+   slice short (``VCpu.request_stop``: :mod:`.stopreq`), wakes a blocked vCPU and keeps the entry;
 3. between slices, while Unicorn is stopped, :meth:`VcpuEvents.apply_notifications`
    makes each kept port pending in the domain's ``shared_info`` (slot 0 of
    the memory file, which this process maps) as Xen's ``evtchn_2l_set_pending``:
@@ -112,7 +112,7 @@ class VcpuEvents:
         self.cpu, self.copy_in, self.copy_out = cpu, copy_in, copy_out
         self.clock = clock if clock is not None else vtime.DomainClock()
         self.timers = vtime.VcpuTimers()
-        self.waker = EventWaker(evtchn_fd, cpu.uc.emu_stop)
+        self.waker = EventWaker(evtchn_fd, cpu.request_stop)
         off = memfile.slot_offset(memfile.SHARED_INFO_SLOT)
         self.shared_info = cpu.mem.view[off:off + PAGE_SIZE]
         self.bits = SharedInfoBits(self.shared_info)

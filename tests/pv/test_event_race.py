@@ -6,7 +6,14 @@ cmpxchg`` as a plain load, modify, store (``do_nonatomic_op_*`` in
 ``qemu/tcg/tcg-op.c``). A bit another process sets in a guest word between
 that load and store is overwritten: a lost pending bit (the port never
 seen again: coalescing suppresses every later notification) or a lost
-selector bit (the port pending with nothing pointing at it).
+selector bit (the port pending with nothing pointing at it). Fixed by
+making the vCPU process the only writer of those bits while guest code
+can run (``pvxen_op.evtchn_vcpu_bits``, hypervisord/vcpu/events.py).
+
+A second way to lose one, found by this test: a slice ended by
+``emu_stop`` from another thread can cut such an instruction after its
+store and run it again (the pending bit then looks clear); fixed by
+ending slices between instructions (hypervisord/vcpu/stopreq.py).
 
 The kernel (tests/pv/kernels/evrace.S) spins consuming its pending words
 with those instructions, as Linux's upcall handler does, and counts each
@@ -43,7 +50,7 @@ pytestmark = pytest.mark.timeout(90)
 NPORTS = 7  # evrace.S; the last one ends the run
 VIRT_BASE = 0xFFFF_FFFF_8000_0000
 #: rounds of one test run; a round sends on 3..6 ports (not the last)
-ROUNDS = int(os.environ.get("PVXEN_EVRACE_ROUNDS", "1500"))
+ROUNDS = int(os.environ.get("PVXEN_EVRACE_ROUNDS", "1500"))  # ~3-4 s
 ROUND_TIMEOUT = 2.0  # a consumed event takes well under a millisecond
 
 
@@ -102,21 +109,19 @@ def _send(xc, port: int) -> None:
     xc.call(Hypercall.event_channel_op, EvtchnOp.EVTCHNOP_send, port=port)
 
 
-@pytest.mark.skipif(not os.environ.get("PVXEN_EVRACE_STORM"),
-                    reason="still loses events: Unicorn reruns a read-modify-write cut by a "
-                    "slice end (test_a_slice_end_never_runs_a_locked_increment_twice); "
-                    "PVXEN_EVRACE_STORM=1 runs it")
 @pytest.mark.parametrize("cmdline", ["", "n"], ids=["rewrites", "plain"])
 def test_every_notified_port_is_consumed_under_a_storm(stack, tmp_path, cmdline):
     """ROUNDS rounds of sends on several ports of one word; each sent port
     must be taken by the guest again within ROUND_TIMEOUT. Fails on the
     first port whose event the guest never sees.
 
-    Measured (ROUNDS 1500, ~10000 sends a run), with hypervisord setting the
-    bits itself: "rewrites" lost an event in round 0 or 1 of every run (3 of
-    3), "plain" in 2 of 3 runs (after ~2800 sends); with the vCPU owning its
-    bits: rewrites failed 3 of 4 runs, in rounds 263-1432, "plain" 1 of 2,
-    the remaining losses being the slice-end rerun."""
+    Measured (ROUNDS 1500, ~10000 sends a run). Before the fix, hypervisord
+    setting the bits: "rewrites" lost an event in round 0 or 1 of every run
+    (5 of 5), "plain" in round 415/1270 or hung in 256 ms selector repairs
+    past the timeout (4 of 4). With the vCPU owning its bits but slices
+    still ended by a foreign emu_stop: rewrites lost one in 3 of 3 runs
+    (rounds 263-1432), plain in 1 of 2. With both fixes: 0 of 6 runs each.
+    """
     ports, local, watch = _start(stack, tmp_path, "race", cmdline)
     xc = stack.ts.xc
     rng = random.Random(8)
@@ -152,18 +157,15 @@ def test_every_notified_port_is_consumed_under_a_storm(stack, tmp_path, cmdline)
         watch.close()
 
 
-@pytest.mark.xfail(strict=True, reason="Unicorn 2.1.4: emu_stop from another thread is "
-                   "taken after a store inside an instruction, which is then run again; "
-                   "count-based slices (emu_start count=N) measured 0 reruns")
 def test_a_slice_end_never_runs_a_locked_increment_twice(tmp_path):
-    """Slices end by ``emu_stop`` from another thread (the slice ticker, the
-    event waker). Unicorn checks for that request after every memory access,
-    also between the store of a read-modify-write and the end of the
-    instruction, and then restarts the whole instruction: measured, most
-    slice ends in this loop count one more in memory than in the register.
-    A guest's ``lock btr`` of a pending bit then finds the bit clear (CF 0)
-    on the rerun and never handles its event; its ``xchg`` of the selector
-    takes 0; a ``lock cmpxchg`` that took a lock fails on the rerun."""
+    """Slices are ended from other threads (the slice ticker, the event
+    waker). A bare ``emu_stop`` there is taken after the store of a
+    read-modify-write and before the instruction's end, and the instruction
+    is run again: measured 260 reruns in 272 slices of this loop. A
+    guest's ``lock btr`` of a pending bit then finds the bit clear (CF 0)
+    and never handles its event, its ``xchg`` of the selector takes 0, a
+    ``lock cmpxchg`` that took a lock fails. hypervisord/vcpu/stopreq.py
+    ends them between instructions."""
     from hypervisord.vcpu import loop
     from tests.pv.test_vcpu import Guest
 
