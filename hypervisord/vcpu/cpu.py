@@ -89,6 +89,7 @@ _DESC_CS32_DPL3 = 0x00CFFA000000FFFF
 
 _uc_reg_read = _uclib.uc_reg_read
 _uc_reg_write = _uclib.uc_reg_write
+_uc_reg_read_batch = _uclib.uc_reg_read_batch
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
@@ -157,6 +158,7 @@ class VCpu:
         self._ctx = uc.context_save()  # reused by _clear_stale_exception
         self._val = ctypes.c_uint64()
         self._val_ref = ctypes.byref(self._val)
+        self._batches: dict[tuple[str, ...], tuple] = {}  # regs(): prepared arrays
         self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
         self.slices = 0
         # Xen's software view of the vCPU (64-bit PV: kernel and user both run in
@@ -239,16 +241,23 @@ class VCpu:
         return self._get(_REG[name])
 
     def regs(self, names: tuple[str, ...]) -> list[int]:
-        """General registers straight through the C API: the binding's
+        """General registers in one ``uc_reg_read_batch`` call: the binding's
         ``reg_read`` picks a register class in Python per call (~3 us here),
-        which dominated a hypercall's cost (bench/vcpu.py, cProfile)."""
-        read, uch, val, ref = _uc_reg_read, self.uc._uch, self._val, self._val_ref
-        out = []
-        for n in names:
-            if read(uch, _REG[n], ref) != 0:
-                raise UcError(read(uch, _REG[n], ref))
-            out.append(val.value)
-        return out
+        and even one ctypes call per register cost ~0.9 us each, which
+        dominated a hypercall's cost (bench/vcpu.py, cProfile). The argument
+        arrays are built once per tuple of names."""
+        batch = self._batches.get(names)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(names))()
+            ptrs = (ctypes.c_void_p * len(names))(
+                *(ctypes.addressof(values) + 8 * i for i in range(len(names))))
+            ids = (ctypes.c_int * len(names))(*(_REG[n] for n in names))
+            batch = self._batches[names] = (ids, ptrs, values, len(names))
+        ids, ptrs, values, count = batch
+        err = _uc_reg_read_batch(self.uc._uch, ids, ptrs, count)
+        if err:
+            raise UcError(err)
+        return values[:]
 
     def seg(self, reg_id: int) -> int:
         """A segment selector (``UC_X86_REG_CS`` ...) through the C API, as :meth:`regs`."""

@@ -24,6 +24,8 @@ Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 from __future__ import annotations
 
 import errno as _errno
+import logging
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +51,10 @@ MAX_CONSOLE_WRITE = 16 << 10  # bytes per CONSOLEIO_write we copy (Xen loops in 
 TRAP_INFO = struct.Struct("<BBHxxxxQ")  # struct trap_info: vector, flags, cs, address
 #: VM assists a 64-bit PV guest may turn on (Xen: VM_ASSIST_VALID for pv64)
 VM_ASSIST_VALID = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 32)
+#: ``PVXEN_VCPU_TRACE=1`` logs every hypercall (number, arguments, result) to
+#: the guest's log, as a debugging aid (Xen: ``hypercall_debug`` builds)
+TRACE = os.environ.get("PVXEN_VCPU_TRACE") == "1"
+log = logging.getLogger("vcpu")
 
 
 class GuestFault(Exception):
@@ -141,6 +147,8 @@ class VcpuHypercalls:
                 rc = -XenErrno.XEN_ENOSYS
         except GuestFault:
             rc = -XenErrno.XEN_EFAULT
+        if TRACE:
+            log.info("hypercall %d(%s) = %s", nr, ", ".join(f"{a:#x}" for a in args), rc)
         if rc is not None:  # None: the handler set the registers itself (iret)
             cpu.set_reg("rax", rc)
 
@@ -229,7 +237,12 @@ class VcpuHypercalls:
 
     def sched_op(self, cmd: int, arg: int, *_: int) -> int:
         if cmd == SchedOp.SCHEDOP_yield:
+            # Xen gives the pCPU to another runnable vCPU; here the host
+            # scheduler is the vCPU scheduler, so give it the CPU. A guest
+            # polling with yield (PV GRUB at its prompt) still stays runnable
+            # and busy, as on Xen.
             self.yields += 1
+            os.sched_yield()
             return 0
         if cmd == SchedOp.SCHEDOP_block:
             return self.events.sched_block()  # the loop then waits (events.block)
