@@ -38,7 +38,11 @@ writes some bits, but only while our one vCPU waits for its answer or is
 stopped (``EVTCHNOP_unmask``'s re-raise, ``EVTCHNOP_close``/``reset``;
 ``hypervisord/evtchn.py``). Without that op (``owns_bits`` False:
 in-process tests that play the old hypervisord) the stream is a doorbell
-only and its entries are dropped. SMP: several vCPUs of one process run
+only and its entries are dropped. Applying between slices is safe only if
+a slice never ends inside a guest instruction: slices ended from other
+threads stop between instructions (:mod:`.stopreq`; a bare ``emu_stop``
+there reran a ``lock btr`` cut after its store, and the event was lost the
+same way). SMP: several vCPUs of one process run
 at once, so a vCPU's slice would race with another vCPU's applying; the
 entries must then be applied while all are stopped, or the bits written
 by the vCPU they are bound to while it is stopped (the entry names it).
@@ -207,15 +211,16 @@ class VcpuEvents:
 
         Why: Unicorn runs TCG without parallel CPUs, so the guest's ``xchg``
         and ``lock bts/btr`` on shared_info are a plain load and store, not
-        atomic against hypervisord's process. The handler's ``xchg`` of
-        ``evtchn_pending_sel`` can thus overwrite a selector bit hypervisord
-        set in between, and the port stays pending with no upcall, and no
-        new notification ever (its pending bit is already set): measured,
-        one event lost in a few thousand while the handler ran. Between
-        slices the guest is stopped, so the words can be compared here; the
-        repair costs at most a spurious upcall. (A pending bit itself can be
-        lost the same way when the guest clears another port of its word at
-        that instant; nothing here can see that one.) True when repaired.
+        atomic against another writer. Without :attr:`owns_bits`
+        hypervisord is one, and the handler's ``xchg`` of
+        ``evtchn_pending_sel`` can overwrite a selector bit it set in
+        between: the port stays pending with no upcall and no new
+        notification ever. With :attr:`owns_bits` (the normal case, module
+        doc) nothing writes the bits while the guest runs and this finds
+        nothing; it stays as a cheap guard. Between slices the guest is
+        stopped, so the words can be compared here; the repair costs at most
+        a spurious upcall. (A pending bit lost the same way cannot be seen
+        here: that is why the vCPU owns the bits.) True when repaired.
         """
         si = self.shared_info
         live = int.from_bytes(si[_PENDING:_PENDING + _BITMAP], "little") \

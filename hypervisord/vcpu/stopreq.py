@@ -82,6 +82,9 @@ class StopRequest:
                               ctypes.c_void_p(hook), ctypes.cast(self._data, ctypes.c_void_p),
                               1, 0)  # begin > end: every block
         self.native = err == 0
+        # the engine calls into our page and data as long as it lives: keep
+        # them alive with it, whoever holds the engine last
+        uc._pvxen_stop_request = self
 
     def request(self) -> None:
         """End the running slice soon, between two guest instructions (any thread)."""
@@ -89,7 +92,3 @@ class StopRequest:
             self._flag.value = 1
         else:
             self._uc.emu_stop()
-
-    def clear(self) -> None:
-        """Forget a request (the caller is about to stop the engine itself)."""
-        self._flag.value = 0

@@ -42,6 +42,7 @@ from hypervisord.public.xen import (PAGE_SIZE, SHARED_INFO_EVTCHN_MASK_OFF,
                                     VCPU_INFO_EVTCHN_PENDING_SEL_OFF, Hypercall)
 from libxen import ctrl
 from libxen.foreignmemory import map_file_frames
+from tests.pv.test_events import guests  # noqa: F401 (fixture)
 from tests.pv.test_xl_pv import launcher_log, write_pv
 from tests.toolstack.stack import stack  # noqa: F401 (fixture)
 
@@ -176,6 +177,7 @@ def test_a_slice_end_never_runs_a_locked_increment_twice(tmp_path):
     count = struct.unpack("<Q", g.mem.read(g.symbols["count"] - VIRT_BASE, 8))[0]
     r15 = g.cpu.reg("r15")
     g.hc.events.close()
+    assert g.cpu.stop_request.native  # x86-64: the block hook, not the emu_stop fallback
     assert r15 > 1000 and stats.slices > 10
     # the last slice may end between the two increments: count = r15 + 1
     assert count - r15 in (0, 1), f"{count - r15} reruns in {stats.slices} slices"
@@ -252,3 +254,59 @@ def test_a_full_stream_queues_one_entry_per_port_and_loses_none():
             pass
         assert len(stream) % 4 == 0  # the u32 entries kept their alignment
         assert {x for (x,) in struct.iter_unpack("<I", stream)} == set(ports)
+
+
+def test_a_masked_port_waits_and_evtchnop_unmask_delivers_it(stack, tmp_path):
+    """Masks with the vCPU owning the bits: a send to a port the guest masked
+    (its own ``lock bts`` on evtchn_mask) makes it pending without a
+    selector bit, so the guest does not take it; EVTCHNOP_unmask (Xen's
+    evtchn_2l_unmask, in hypervisord while the guest waits for the answer)
+    re-raises it and the guest takes it; unmasked, a send arrives at once."""
+    ports, local, watch = _start(stack, tmp_path, "mask", cmdline="m")
+    xc = stack.ts.xc
+    masked, trigger = ports[0], ports[-2]
+    try:
+        stack.wait(lambda: watch.seen(63) == 1, "the guest's mask")
+        for _ in range(3):
+            _send(xc, local[masked])
+        time.sleep(0.1)
+        assert watch.seen(masked) == 0, "a masked port was taken"
+        pending = struct.unpack_from("<Q", watch.shinfo, SHARED_INFO_EVTCHN_PENDING_OFF)[0]
+        assert pending >> masked & 1, f"the masked port is not pending: {watch.bits()}"
+        _send(xc, local[trigger])  # the guest unmasks it
+        stack.wait(lambda: watch.seen(masked) == 1, "the re-raised port", timeout=5)
+        assert watch.seen(62) == 0  # EVTCHNOP_unmask returned 0
+        _send(xc, local[masked])
+        stack.wait(lambda: watch.seen(masked) == 2, "a send to the unmasked port", timeout=5)
+        _send(xc, local[ports[-1]])
+        stack.wait(lambda: "evrace done" in stack.guest_log("mask"), "the final handshake")
+    finally:
+        watch.close()
+
+
+def test_the_vcpu_applies_the_streams_entries_itself(guests, tmp_path):
+    """In-process, the vCPU side of owned bits: hypervisord's part is only the
+    entry on the stream (no bit); the vCPU sets the 2-level bits between
+    slices, into the vcpu_info the kernel registered, and drops the entries
+    of a port closed meanwhile."""
+    g = guests("upcall", tmp_path, cmdline="r2")
+    events = g.hc.events
+    events.owns_bits = True
+    g.start()
+    g.wait_text("upcall port 5\n")
+    for n in (1, 2):
+        deadline = time.monotonic() + 5
+        while g.shinfo_bits.is_pending(5):
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        g.stream.send(struct.pack("<I", 5))  # vcpu 0 in bits 16..23
+        g.wait_text(f"upcall {n}\n")
+    assert g.join() == 0  # SHUTDOWN_poweroff
+    assert events.applied == 2
+    g.stream.send(struct.pack("<II", 7, 8))
+    deadline = time.monotonic() + 5
+    while not events.waker.queued:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    events.closed_port(7)  # EVTCHNOP_close of 7 came back: its entry is stale
+    assert not g.shinfo_bits.is_pending(7) and g.shinfo_bits.is_pending(8)

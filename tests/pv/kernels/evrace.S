@@ -13,12 +13,16 @@
      - evtchn_upcall_pending = 0, `xchg` of evtchn_pending_sel;
      - for each selected word, each pending unmasked bit: `lock btr`, and
        seen[port] += 1 when the bit was set.
-   The cmdline "n" leaves out the port-0 rewrite.
+   The cmdline "n" leaves out the port-0 rewrite; "m" masks the first port
+   (`lock bts` on its evtchn_mask bit; seen[63] = 1 says it is done) and
+   unmasks it with EVTCHNOP_unmask (result in seen[62]) on each event on
+   the last port but one.
    An event on the last port ends the run: "evrace done", poweroff.
    seen[] (u64 by port, ports < 64) is at the start of its own page,
    `counters`, which the test maps to watch the consumption. */
 .include "events.inc"
 .set NPORTS, 7
+.set EVTCHNOP_unmask, 9                 /* xen/include/public/event_channel.h */
   .text
   .globl _start, counters
 _start:
@@ -26,6 +30,10 @@ _start:
   cmpb $'n', 128(%r12)                  /* cmdline "n": no port-0 rewrite */
   jne 0f
   movb $1, nochurn(%rip)
+0:
+  cmpb $'m', 128(%r12)                  /* cmdline "m": the mask mode */
+  jne 0f
+  movb $1, maskmode(%rip)
 0:
   MAP_SHARED_INFO
   test %rax, %rax
@@ -65,6 +73,11 @@ _start:
   movabs $SI, %r12
   mov vi_ptr(%rip), %r10
   lea counters(%rip), %r14              /* seen[] */
+  cmpb $0, maskmode(%rip)
+  je spin
+  mov ports(%rip), %rax
+  lock btsq %rax, 2560(%r12)            /* mask the first port */
+  movb $1, 8*63(%r14)                   /* seen[63]: "masked", for the test */
 spin:
   cmpb $0, nochurn(%rip)
   jne 6f
@@ -95,6 +108,18 @@ spin:
   incq (%r14,%rax,8)
   cmp stop_port(%rip), %rax
   je done
+  cmpb $0, maskmode(%rip)
+  je 4b
+  cmp ports+8*(NPORTS-2)(%rip), %rax
+  jne 4b
+  push %rbx; push %rcx; push %rdx; push %rsi; push %r10; push %r13
+  mov ports(%rip), %rax                 /* the trigger: EVTCHNOP_unmask(first port) */
+  mov %eax, arg(%rip)
+  mov $EVTCHNOP_unmask, %edi
+  lea arg(%rip), %rsi
+  HCALL event_channel_op
+  mov %rax, 8*62(%r14)                  /* seen[62]: its result */
+  pop %r13; pop %r10; pop %rsi; pop %rdx; pop %rcx; pop %rbx
   jmp 4b
 5:
   test %r13, %r13
@@ -115,6 +140,7 @@ arg: .quad 0
 ports: .fill NPORTS, 8, 0
 stop_port: .quad 0
 nochurn: .byte 0
+maskmode: .byte 0
 portmsg: .ascii "evrace port "
 portmsg_end:
 ok: .ascii "evrace done\n"
