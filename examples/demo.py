@@ -170,7 +170,7 @@ def grub_guest(rundir: Path, xl: str) -> None:
           "built-in config looking for a grub.cfg the disk does not have, so it stops at "
           "its prompt):")
     for line in _screen(log.read_bytes()[start:]).splitlines()[-12:]:
-        print(f"  grub: {line}")
+        print(f"  | {line}")
 
 
 def _console_until(log: Path, start: int, text: bytes, timeout: float) -> bool:
@@ -274,7 +274,7 @@ def main() -> int:
                              env=dict(os.environ, XENSTORED_PATH=str(socket))).stdout.strip()
         print(f"{name}: console on {tty or '?'}, log {console_log(rundir, name)}")
         for line in console_tail(rundir, name, ready):
-            print(f"  {name}: {line}")
+            print(f"  | {line}")
     banner("the third guest: Debian's PV GRUB, unmodified, on a pvxen vCPU")
     grub_guest(rundir, xl)
     banner("dom0 on the bridge")
