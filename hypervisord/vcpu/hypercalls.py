@@ -14,7 +14,8 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``set_timer_op`` and ``vcpu_op`` (:mod:`.events`);
 ``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
 ``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
-``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
+``set_gdt``, ``update_descriptor`` (:mod:`.segments`); ``domctl``,
+``sysctl``, ``platform_op`` (Xen's checks, then XSM's -EPERM: :mod:`.privops`).
 Page tables (``update_va_mapping``, ``mmu_update``, ``mmuext_op``): :mod:`.mmu`
 over :mod:`.pagetype`; ``multicall``: :mod:`.multicall`; ``physdev_op``:
 :mod:`.physdev`; ``memory_op``/``grant_table_op`` are forwarded (:mod:`.forward_mm`).
@@ -41,7 +42,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import multicall, paging, physdev, segments, traps
+from . import multicall, paging, physdev, privops, segments, traps
 from .cpu import VCpu
 from .events import VcpuEvents
 from .mmu import Mmu, MmuError
@@ -317,6 +318,9 @@ class VcpuHypercalls:
             return -XenErrno.XEN_EFAULT
         return -XenErrno.XEN_ENOSYS
 
+    def copy_in(self, va: int, length: int) -> bytes:
+        return copy_from_guest(self.cpu, va, length)
+
     def copy_to_guest(self, va: int, data: bytes) -> None:
         try:
             gpa = paging.walk(self.cpu.mem.read_u64, self.cpu.cr3, va, write=True)
@@ -347,6 +351,9 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.set_segment_base: segments.set_segment_base,
     Hypercall.set_gdt: segments.set_gdt,
     Hypercall.update_descriptor: segments.update_descriptor,
+    Hypercall.domctl: lambda hc, va, *_: privops.domctl(hc.copy_in, va),
+    Hypercall.sysctl: lambda hc, va, *_: privops.sysctl(hc.copy_in, va),
+    Hypercall.platform_op: lambda hc, va, *_: privops.platform_op(hc.copy_in, va),
 }
 
 _REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,
