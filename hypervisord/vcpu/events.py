@@ -7,7 +7,8 @@ How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
    process's event-channel stream (``evtchn_fd``), unless the port is
    pending already (see "Who writes the bits" below);
 2. :class:`~.waker.EventWaker`, a thread reading that stream, cuts the running
-   slice short (``VCpu.request_stop``: :mod:`.stopreq`), wakes a blocked vCPU and keeps the entry;
+   slice short (``VCpu.request_stop``: :mod:`.stopreq`), wakes a blocked
+   vCPU and keeps the entry;
 3. between slices, while Unicorn is stopped, :meth:`VcpuEvents.apply_notifications`
    makes each kept port pending in the domain's ``shared_info`` (slot 0 of
    the memory file, which this process maps) as Xen's ``evtchn_2l_set_pending``:
@@ -23,29 +24,30 @@ How an event reaches guest code (Xen: ``xen/common/event_2l.c``,
 
 Who writes the bits. The guest clears and tests them with ``lock btr``,
 ``xchg`` and ``lock cmpxchg``, which Unicorn emulates as a plain load,
-modify, store (QEMU TCG without ``CF_PARALLEL``: unicorn's ``curr_cflags()``
-returns 0, so ``tcg_gen_atomic_*`` take ``do_nonatomic_op_*`` in
-``qemu/tcg/tcg-op.c``): a bit another process set between that load and
-store would be lost, the port never notified again (measured on the old
-design, where hypervisord set the bits itself: tests/pv/test_event_race.py
-lost a pending bit in ~3000 sends, and selector bits far more often). So this
-process owns them: ``guest.run`` asks hypervisord for
-``pvxen_op.evtchn_vcpu_bits`` before the guest runs (:attr:`VcpuEvents.owns_bits`),
-and everything that sets an event bit while guest code can run is here,
-between slices: the stream's entries (step 3), ``VIRQ_TIMER``
-(:meth:`VcpuEvents.send_virq`), the selector repair. hypervisord still
-writes some bits, but only while our one vCPU waits for its answer or is
-stopped (``EVTCHNOP_unmask``'s re-raise, ``EVTCHNOP_close``/``reset``;
-``hypervisord/evtchn.py``). Without that op (``owns_bits`` False:
-in-process tests that play the old hypervisord) the stream is a doorbell
-only and its entries are dropped. Applying between slices is safe only if
-a slice never ends inside a guest instruction: slices ended from other
-threads stop between instructions (:mod:`.stopreq`; a bare ``emu_stop``
-there reran a ``lock btr`` cut after its store, and the event was lost the
-same way). SMP: several vCPUs of one process run
-at once, so a vCPU's slice would race with another vCPU's applying; the
-entries must then be applied while all are stopped, or the bits written
-by the vCPU they are bound to while it is stopped (the entry names it).
+modify, store (QEMU TCG without ``CF_PARALLEL``: unicorn's
+``curr_cflags()`` returns 0, so ``tcg_gen_atomic_*`` take
+``do_nonatomic_op_*`` in ``qemu/tcg/tcg-op.c``): a bit another process set
+between that load and store would be lost, the port never notified again
+(measured on the old design, where hypervisord set the bits itself:
+tests/pv/test_event_race.py lost an event in ~3000 sends, at once when the
+kernel rewrites its pending word often). So this process owns them:
+``guest.run`` asks hypervisord for ``pvxen_op.evtchn_vcpu_bits`` before the
+guest runs (:attr:`VcpuEvents.owns_bits`), and everything that sets an
+event bit while guest code can run is here, between slices: the stream's
+entries (step 3), ``VIRQ_TIMER`` (:meth:`VcpuEvents.send_virq`), the
+selector repair. hypervisord still writes some bits, but only while our
+one vCPU waits for its answer or is stopped (``EVTCHNOP_unmask``'s
+re-raise, ``EVTCHNOP_close``/``reset``; ``hypervisord/evtchn.py``).
+Without that op (``owns_bits`` False: in-process tests that play the old
+hypervisord) the stream is a doorbell only and its entries are dropped.
+
+Applying between slices is safe only if a slice never ends inside a guest
+instruction: slices ended from other threads stop between instructions
+(:mod:`.stopreq`; a bare ``emu_stop`` there reran a ``lock btr`` cut after
+its store, and the event was lost the same way). SMP: several vCPUs of one
+process run at once, so a vCPU's slice would race with another vCPU's
+applying; the entries must then be applied while all are stopped, or by
+the vCPU they are bound to, while it is stopped (the entry names it).
 
 ``VIRQ_TIMER`` is raised **here**, not in hypervisord: a vCPU's timer is the
 vCPU's own state, as in Xen where ``send_guest_vcpu_virq`` runs on the

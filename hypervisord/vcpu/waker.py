@@ -3,8 +3,9 @@
 hypervisord writes a u32 entry on the process's stream when one of its
 ports goes pending (``hypervisord/server.py``, ``Connection.notify``).
 Each notification ends the running slice (``VCpu.request_stop``, between
-two guest instructions: :mod:`.stopreq`; as the slice ticker does) and wakes a vCPU blocked in SCHEDOP_block/poll. Measured
-effect: bench/vcpu.py's upcall latency.
+two guest instructions: :mod:`.stopreq`; as the slice ticker does) and
+wakes a vCPU blocked in SCHEDOP_block/poll. Measured effect: bench/vcpu.py's
+upcall latency.
 
 The entries are kept too (``port | vcpu << EVTCHN_NOTIFY_VCPU_SHIFT``,
 deduplicated, in arrival order) for :meth:`EventWaker.take`: a vCPU

@@ -78,8 +78,8 @@ class Watch:
         return struct.unpack_from("<Q", self.counters, 8 * port)[0]
 
     def bits(self) -> str:
-        pending, mask = struct.unpack_from("<QQ", self.shinfo, SHARED_INFO_EVTCHN_PENDING_OFF)[0], \
-            struct.unpack_from("<Q", self.shinfo, SHARED_INFO_EVTCHN_MASK_OFF)[0]
+        pending = struct.unpack_from("<Q", self.shinfo, SHARED_INFO_EVTCHN_PENDING_OFF)[0]
+        mask = struct.unpack_from("<Q", self.shinfo, SHARED_INFO_EVTCHN_MASK_OFF)[0]
         sel = struct.unpack_from("<Q", self.shinfo, VCPU_INFO_EVTCHN_PENDING_SEL_OFF)[0]
         return (f"evtchn_pending[0]={pending:#x} evtchn_mask[0]={mask:#x} "
                 f"pending_sel={sel:#x} upcall_pending={self.shinfo[0]} "
@@ -143,8 +143,9 @@ def test_every_notified_port_is_consumed_under_a_storm(stack, tmp_path, cmdline)
                 if not lost:
                     break
                 if time.monotonic() > deadline:
-                    pytest.fail(f"ports {ports}: round {rnd} of {ROUNDS} ({sends} sends): port(s) {lost} "
-                                f"notified but never taken by the guest; {watch.bits()}; "
+                    pytest.fail(f"ports {ports}: round {rnd} of {ROUNDS} ({sends} sends): "
+                                f"port(s) {lost} notified but never taken by the guest; "
+                                f"{watch.bits()}; "
                                 f"seen {[watch.seen(p) for p in ports]}")
                 time.sleep(0.0001)
         took = time.perf_counter() - t0
