@@ -116,12 +116,14 @@ def test_every_notified_port_is_consumed_under_a_storm(stack, tmp_path, cmdline)
     must be taken by the guest again within ROUND_TIMEOUT. Fails on the
     first port whose event the guest never sees.
 
-    Measured (ROUNDS 1500, ~10000 sends a run). Before the fix, hypervisord
-    setting the bits: "rewrites" lost an event in round 0 or 1 of every run
-    (5 of 5), "plain" in round 415/1270 or hung in 256 ms selector repairs
-    past the timeout (4 of 4). With the vCPU owning its bits but slices
-    still ended by a foreign emu_stop: rewrites lost one in 3 of 3 runs
-    (rounds 263-1432), plain in 1 of 2. With both fixes: 0 of 6 runs each.
+    Measured (ROUNDS 1500, ~10000 sends a run). main before the fix
+    (hypervisord setting the bits, slices ended by a bare emu_stop):
+    "rewrites" lost an event in round 0 or 1 in 7 of 7 runs, "plain" lost
+    one (round 415) or overran the 90 s timeout in 256 ms selector repairs
+    in 6 of 6. The vCPU owning its bits, bare emu_stop: rewrites 3 of 3
+    lost one (rounds 263-1432), plain 1 of 2. hypervisord writing, slices
+    ended between instructions: rewrites 2 of 2 (rounds 0-1), plain 2 of 2.
+    Both fixes: 0 failures in 8 runs of each (~160000 sends).
     """
     ports, local, watch = _start(stack, tmp_path, "race", cmdline)
     xc = stack.ts.xc
