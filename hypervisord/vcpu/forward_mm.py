@@ -24,8 +24,13 @@ frames become mappable once ``GNTTABOP_setup_table`` made them.
   ``XENMEM_machine_memory_map``: ``-EPERM`` (``XSM_PRIV``);
   ``XENMEM_add_to_physmap``: ``-EACCES`` (translated guests only).
   An unreadable reservation struct is "``start_extent`` done", as in Xen.
-* anything else, ``XENMEM_increase_reservation`` included (it hands out
-  arbitrary MFNs; Linux balloons with ``populate_physmap``): ``-ENOSYS``.
+* ``XENMEM_increase_reservation``: frames anywhere, their MFNs written out
+  (unless the list is NULL). A pvxen PV guest's MFNs are its pfns and its
+  vCPU maps only pfns below ``nr_pages``, so the frames handed out are the
+  ones it gave back (lowest first), populated again through hypervisord;
+  with none given back, 0 extents are done (Xen would go on up to
+  ``max_pages`` when ``maxmem`` is above ``memory``).
+* anything else: ``-ENOSYS``.
 
 ``grant_table_op`` (``xen/common/grant_table.c``, ``public/grant_table.h``):
 ``GNTTABOP_setup_table`` (frame_list in pvxen machine frames
@@ -91,7 +96,8 @@ class MemoryForwarder:
         cmd, arg = args[0] & 0xFFFF_FFFF, args[1]
         op, start = cmd & MEMOP_CMD_MASK, cmd >> MEMOP_EXTENT_SHIFT
         M = XenMemOp
-        if op in (M.XENMEM_populate_physmap, M.XENMEM_decrease_reservation):
+        if op in (M.XENMEM_populate_physmap, M.XENMEM_decrease_reservation,
+                  M.XENMEM_increase_reservation):
             return self._reservation(op, start, arg)
         if op in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation,
                   M.XENMEM_maximum_gpfn, M.XENMEM_maximum_ram_page) and start:
@@ -133,7 +139,13 @@ class MemoryForwarder:
             return start
         if order:
             return start  # 2 MiB extents: a PV domU may not (multipage_allocation_permitted)
-        gfns = self._extents(handle, start, nr)
+        if op == XenMemOp.XENMEM_increase_reservation:
+            # New frames, their MFNs out: a pvxen PV guest's MFN is its pfn, and
+            # only its own pfns are mapped for its vCPU, so the frames it gave
+            # back are what can be handed out again (lowest first).
+            gfns = sorted(self.mmu.released)[:nr - start]
+        else:
+            gfns = self._extents(handle, start, nr)
         if op == XenMemOp.XENMEM_decrease_reservation:
             for i, gfn in enumerate(gfns):
                 if self.mmu.in_use_as_table(gfn):
@@ -141,7 +153,9 @@ class MemoryForwarder:
                     break
         if not gfns:
             return start
-        rc, _ = self._call(Hypercall.memory_op, op, domid=domid, extent_order=0,
+        hop = XenMemOp.XENMEM_populate_physmap if op == XenMemOp.XENMEM_increase_reservation \
+            else op
+        rc, _ = self._call(Hypercall.memory_op, hop, domid=domid, extent_order=0,
                            extent_start=gfns)
         if rc < 0:
             return rc
@@ -153,6 +167,8 @@ class MemoryForwarder:
         else:
             self.mmu.released.difference_update(done)
             for i, gfn in enumerate(done):  # OUT: the MFN of each extent (== gfn)
+                if handle == 0 and op == XenMemOp.XENMEM_increase_reservation:
+                    break  # a NULL extent list: increase_reservation writes nothing back
                 try:
                     self.copy_out(handle + 8 * (start + i), _XEN_PFN.pack(gfn))
                 except self.fault:
