@@ -87,6 +87,8 @@ X86_EFLAGS_MBS, X86_EFLAGS_IF, X86_EFLAGS_IOPL = 0x2, 0x200, 0x3000
 X86_EFLAGS_VM = 0x20000
 X86_EFLAGS_ALL = 0x3F7FD5  # xen/arch/x86/include/asm/x86-defns.h
 MAX_LDT_ENTS = 8192
+THREAD_STACK = 2 << 20
+_M_ARENA_MAX = -8  # malloc.h
 _PR_SET_NAME = 15
 _FIELDS = struct.Struct("<512sQ" + "15QIIQH2xB3xQQH6xH6xH6xH6xH6x" + "4096s" + "QQ" + "16QQ"
                         + "QQ" + "8Q8Q" + "QQQ" + "Q" + "QQQ")
@@ -243,6 +245,7 @@ class PvDomain:
         self.reason: int | None = None
         self.done = threading.Event()
         self.events = _EventRouter(self)
+        _thread_budget()
 
     # -- vCPUs -------------------------------------------------------------------------------
     def boot(self, boot: BootState, evtchn_fd: int | None) -> VcpuState:
@@ -489,6 +492,22 @@ def _selector_ok(sel: int, descs: list[int], check, flat: int) -> bool:
         return True
     index = sel >> 3
     return not sel & 4 and index < len(descs) and check(descs[index])
+
+
+def _thread_budget() -> None:
+    """Two threads per vCPU (its loop, its slice ticker) within a confined
+    guest's RLIMIT_AS (``toolstack/confine.py``: its memory + 256 MiB): a
+    thread costs ~72 MiB of address space by default (measured: glibc's
+    64 MiB malloc arena per thread, an 8 MiB stack), a vCPU's engine ~33 MiB
+    (its translation buffer). So threads share glibc's arenas
+    (``mallopt(M_ARENA_MAX)``; Python allocates small objects itself) and
+    get :data:`THREAD_STACK`."""
+    threading.stack_size(THREAD_STACK)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_ARENA_MAX, 1)
+    except (OSError, AttributeError) as e:  # not glibc: its own defaults
+        log.warning("mallopt(M_ARENA_MAX): %s", e)
 
 
 def _set_thread_name(name: str) -> None:
