@@ -95,6 +95,12 @@ def test_vcpu_list_shows_two_vcpus_in_their_own_threads(stack, tmp_path):
     stack.wait(lambda: float(fields(vcpu_rows(stack, "vl")[1])[5]) >= t1 + 0.2,
                "vCPU 1's time to grow", timeout=10)
     assert float(fields(vcpu_rows(stack, "vl")[0])[5]) < t1 + 0.2
+
+    def list_state() -> str:
+        row = next(r for r in stack.xl_ok("list").out.splitlines() if r.startswith("vl "))
+        return row.split()[4]
+    # the domain runs while one of its vCPUs does (its main thread only waits)
+    stack.wait(lambda: list_state() == "r-----", "xl list's r")
     stack.xl_ok("destroy", "vl")
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
 
