@@ -77,7 +77,7 @@ from hypervisord.public.xen import VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF, vcpu_inf
 
 from . import gdt, loop, paging, segments, traps
 from .cpu import BootState, VCpu
-from .hypercalls import GuestFault, Shutdown, VcpuHypercalls, copy_from_guest
+from .hypercalls import Shutdown, VcpuHypercalls, copy_from_guest
 from .pagetype import PGT_l4_page_table, MmuError
 from .waker import EventWaker
 
@@ -283,7 +283,8 @@ class PvDomain:
             ev = st.hc.events
             if closed and st.vcpu_id:
                 ev.waker.closed = True
-            due = closed or ev.poll_ports is not None or st.vcpu_id >= arch_x86.XEN_LEGACY_MAX_VCPUS \
+            due = closed or ev.poll_ports is not None \
+                or st.vcpu_id >= arch_x86.XEN_LEGACY_MAX_VCPUS \
                 or si[vcpu_info_offset(st.vcpu_id) + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF]
             if not due:
                 continue
@@ -519,4 +520,4 @@ def _set_thread_name(name: str) -> None:
         log.warning("cannot name thread %s: %s", name, e)
 
 
-__all__ = ["PvDomain", "GuestContext", "GuestFault"]
+__all__ = ["PvDomain", "GuestContext"]

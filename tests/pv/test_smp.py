@@ -37,7 +37,7 @@ def test_vcpu1_comes_up_sends_an_ipi_and_goes_down(stack, tmp_path):
     stack.xl_ok("create", str(write_pv(tmp_path, "smp", "smp", SMP)))
     log = _shut_down(stack, "smp")
     assert ") smp ok" in log and "FAIL" not in log, log
-    assert ") vcpu1 up" in log, log
+    assert ") vcpu1 up\n" in log and ") vcpu1 up again" in log, log
     assert "(smp) shut down, reason poweroff" in launcher_log(stack)
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
 

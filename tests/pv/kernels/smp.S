@@ -6,7 +6,8 @@
    own VIRQ_TIMER and takes a timer upcall, sets a flag, sends the IPI
    (EVTCHNOP_bind_ipi port of vCPU 0) and waits for vCPU 0's IPI back, then
    goes down (VCPUOP_down of itself); vCPU 0 sees VCPUOP_is_up go 1 -> 0,
-   prints "smp ok" and powers off. A failed check prints "smp FAIL <letter>".
+   brings it up again (it resumes after its VCPUOP_down, IPIs and goes down
+   again), then prints "smp ok" and powers off. A failed check prints "smp FAIL <letter>".
    cmdline "s": vCPU 1 shuts the domain down (poweroff) while vCPU 0 is
    blocked. cmdline "w": both stay (vCPU 1 spins, vCPU 0 blocks) for xl
    vcpu-list / vcpu-pin; cmdline "b": vCPU 0 offers an unbound port for
@@ -240,6 +241,17 @@ forever:
   movb $'V', failno(%rip)
   jmp fail
 4:
+  cmpq $0, ap_back(%rip)                /* second time down: done */
+  jne 5f
+  movq $0, got0(%rip)
+  VOP VCPUOP_up, 1, scratch             /* up again: it resumes after its down */
+  EXPECT 0, 'Z'
+  WAIT got0, SI
+  cmpq $1, ap_back(%rip)
+  jne fail_s
+  mov $2000000, %r13
+  jmp 3b
+5:
   PRINT ok, $(ok_end - ok)
   SHUTDOWN $0
 fail_s:
@@ -312,7 +324,13 @@ ap_entry:
 3:
   WAIT got1, VI1
   VOP VCPUOP_down, 1, scratch           /* synchronous: we stop here */
-  movb $'e', failno(%rip)               /* (only if brought up again) */
+  EXPECT 0, 'e'                         /* brought up again: we go on here */
+  PRINT backmsg, $(backmsg_end - backmsg)
+  movq $1, ap_back(%rip)
+  EVOP EVTCHNOP_send, sendp1            /* tell vCPU 0 */
+  EXPECT 0, 'f'
+  VOP VCPUOP_down, 1, scratch
+  movb $'g', failno(%rip)
   jmp fail
 fail_ap:
   movb $'z', failno(%rip)
@@ -359,6 +377,7 @@ gottimer1: .quad 0
 gotb: .quad 0
 never: .quad 0
 ap_flag: .quad 0
+ap_back: .quad 0
 bipi: .long 0, 0                        /* struct evtchn_bind_ipi: vcpu, port */
 bvirq: .long 0, 0, 0                    /* struct evtchn_bind_virq: virq, vcpu, port */
 unb: .word 0, 0                         /* struct evtchn_alloc_unbound: dom, remote_dom */
@@ -380,6 +399,8 @@ apmsg: .ascii "vcpu1 up\n"
 apmsg_end:
 bmsg: .ascii "vcpu1 got the moved port\n"
 bmsg_end:
+backmsg: .ascii "vcpu1 up again\n"
+backmsg_end:
 spinmsg: .ascii "vcpu1 spinning\n"
 spinmsg_end:
 waitmsg: .ascii "smp waiting\n"
