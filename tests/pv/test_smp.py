@@ -42,6 +42,12 @@ def test_vcpu1_comes_up_sends_an_ipi_and_goes_down(stack, tmp_path):
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
 
 
+def test_vcpu0_registers_vcpu1s_vcpu_info_and_vcpu1s_events_arrive_there(stack, tmp_path):
+    stack.xl_ok("create", str(write_pv(tmp_path, "rv", "smp", SMP + 'cmdline = "r"\n')))
+    log = _shut_down(stack, "rv")
+    assert ") smp ok" in log and "FAIL" not in log, log
+
+
 def test_a_shutdown_from_vcpu1_ends_the_domain_while_vcpu0_blocks(stack, tmp_path):
     stack.xl_ok("create", str(write_pv(tmp_path, "sd", "smp", SMP + 'cmdline = "s"\n')))
     log = _shut_down(stack, "sd")

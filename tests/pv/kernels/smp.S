@@ -11,7 +11,9 @@
    cmdline "s": vCPU 1 shuts the domain down (poweroff) while vCPU 0 is
    blocked. cmdline "w": both stay (vCPU 1 spins, vCPU 0 blocks) for xl
    vcpu-list / vcpu-pin; cmdline "b": vCPU 0 offers an unbound port for
-   dom0, moves it to vCPU 1 (EVTCHNOP_bind_vcpu) and vCPU 1 waits for it. */
+   dom0, moves it to vCPU 1 (EVTCHNOP_bind_vcpu) and vCPU 1 waits for it;
+   cmdline "r": vCPU 0 registers vCPU 1's vcpu_info in a page of its own
+   before bringing it up, and vCPU 1's events arrive there. */
 .include "events.inc"
 .set VCPUOP_initialise, 0
 .set VCPUOP_up, 1
@@ -55,10 +57,10 @@
 .endm
 
 /* wait, blocked, until \flag is set: events masked while looking (vcpu_info
-   at \vi), SCHEDOP_block unmasks them and returns once one is pending */
-.macro WAIT flag, vi
+   at *\viptr), SCHEDOP_block unmasks them and returns once one is pending */
+.macro WAIT flag, viptr
 .Lw\@:
-  movabs $\vi, %rax
+  mov \viptr(%rip), %rax
   movb $1, 1(%rax)                      /* evtchn_upcall_mask */
   cmpq $0, \flag(%rip)
   jne .Ld\@
@@ -74,16 +76,16 @@
   HCALL event_channel_op
 .endm
 
-/* The 2-level upcall of one vCPU (vcpu_info at SI + \vioff): the ports
-   in the quad \mine are this vCPU's (word 0 only); \invert: all but those */
-.macro SMP_HANDLER name, vioff, mine, on_port, invert
+/* The 2-level upcall of one vCPU (vcpu_info at *\viptr): the ports in
+   the quad \mine are this vCPU's (word 0 only); \invert: all but those */
+.macro SMP_HANDLER name, viptr, mine, on_port, invert
 \name:
   pop %rcx
   pop %r11
   push %rax; push %rbx; push %rcx; push %rdx; push %rsi; push %rdi
   push %r10; push %r11; push %r12
   movabs $SI, %r12
-  lea \vioff(%r12), %r10
+  mov \viptr(%rip), %r10
 1:
   movb $0, (%r10)                       /* evtchn_upcall_pending = 0 */
   xor %eax, %eax
@@ -209,9 +211,13 @@ _start:
   jne 1f
   call offer_port
 1:
+  cmpb $'r', mode(%rip)
+  jne 1f
+  call register_vi1
+1:
   VOP VCPUOP_up, 1, scratch
   EXPECT 0, 'R'
-  WAIT got0, SI                         /* blocked; vCPU 1 runs */
+  WAIT got0, vi0_ptr                         /* blocked; vCPU 1 runs */
   cmpq $1, ap_flag(%rip)
   jne fail_s
   VOP VCPUOP_is_up, 1, scratch
@@ -222,7 +228,7 @@ _start:
   jne 2f
   PRINT waitmsg, $(waitmsg_end - waitmsg)
 forever:
-  WAIT never, SI
+  WAIT never, vi0_ptr
 2:
   mov ipi1(%rip), %eax                  /* the IPI to vCPU 1 */
   mov %eax, sendp(%rip)
@@ -246,7 +252,7 @@ forever:
   movq $0, got0(%rip)
   VOP VCPUOP_up, 1, scratch             /* up again: it resumes after its down */
   EXPECT 0, 'Z'
-  WAIT got0, SI
+  WAIT got0, vi0_ptr
   cmpq $1, ap_back(%rip)
   jne fail_s
   mov $2000000, %r13
@@ -259,6 +265,29 @@ fail_s:
 fail:
   PRINT failmsg, $(failmsg_end - failmsg)
   SHUTDOWN $3
+
+/* cmdline "r": vCPU 1's vcpu_info moved by vCPU 0 (VCPUOP_register_vcpu_info
+   of another vCPU, as Linux's xen_vcpu_setup does before it is up) */
+register_vi1:
+  lea vipage(%rip), %rax
+  movabs $VB, %rdx
+  sub %rdx, %rax
+  shr $12, %rax
+  mov %rax, vi_reg(%rip)
+  movl $64, vi_reg+8(%rip)
+  mov $VCPUOP_register_vcpu_info, %edi
+  mov $1, %esi
+  lea vi_reg(%rip), %rdx
+  HCALL vcpu_op
+  EXPECT 0, 'r'
+  mov $VCPUOP_register_vcpu_info, %edi  /* once per vCPU: -EBUSY */
+  mov $1, %esi
+  lea vi_reg(%rip), %rdx
+  HCALL vcpu_op
+  EXPECT -16, 's'
+  lea vipage+64(%rip), %rax
+  mov %rax, vi1_ptr(%rip)               /* ... or where vCPU 0 registered it */
+  ret
 
 /* cmdline "b": alloc_unbound(DOMID_SELF, remote 0), bind_vcpu(port, 1) */
 offer_port:
@@ -301,10 +330,10 @@ ap_entry:
   EXPECT -22, 'b'
   VOP VCPUOP_set_singleshot_timer, 1, sshot   /* in the past: VIRQ_TIMER now */
   EXPECT 0, 'c'
-  WAIT gottimer1, VI1
+  WAIT gottimer1, vi1_ptr
   cmpb $'b', mode(%rip)
   jne 1f
-  WAIT gotb, VI1                        /* dom0's event, moved to us */
+  WAIT gotb, vi1_ptr                        /* dom0's event, moved to us */
   PRINT bmsg, $(bmsg_end - bmsg)
 1:
   movq $1, ap_flag(%rip)
@@ -322,7 +351,7 @@ ap_entry:
 4:
   jmp 4b                                /* spins: xl vcpu-list shows it running */
 3:
-  WAIT got1, VI1
+  WAIT got1, vi1_ptr
   VOP VCPUOP_down, 1, scratch           /* synchronous: we stop here */
   EXPECT 0, 'e'                         /* brought up again: we go on here */
   PRINT backmsg, $(backmsg_end - backmsg)
@@ -358,8 +387,8 @@ on_port1:
 3:
   ret
 
-  SMP_HANDLER handler0, 0, mine1, on_port0, 1   /* vCPU 0: every port not vCPU 1's */
-  SMP_HANDLER handler1, 64, mine1, on_port1, 0
+  SMP_HANDLER handler0, vi0_ptr, mine1, on_port0, 1   /* vCPU 0: every port not vCPU 1's */
+  SMP_HANDLER handler1, vi1_ptr, mine1, on_port1, 0
   PRINT_NUM_FN print_num
 
   .data
@@ -377,6 +406,8 @@ gottimer1: .quad 0
 gotb: .quad 0
 never: .quad 0
 ap_flag: .quad 0
+vi0_ptr: .quad SI
+vi1_ptr: .quad VI1                      /* vCPU 1's vcpu_info: shared_info's slot 1 ... */
 ap_back: .quad 0
 bipi: .long 0, 0                        /* struct evtchn_bind_ipi: vcpu, port */
 bvirq: .long 0, 0, 0                    /* struct evtchn_bind_virq: virq, vcpu, port */
@@ -390,6 +421,8 @@ sshot: .quad 1, 0                       /* struct vcpu_set_singleshot_timer: 1 n
 scratch: .fill 64, 1, 0
   .p2align 4
 ctx: .fill 5168, 1, 0
+  .p2align 12
+vipage: .fill 4096, 1, 0
   .p2align 4
 ap_stack: .fill 8192, 1, 0
 ap_stack_top:
