@@ -13,11 +13,20 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 
 import pytest
+from unicorn import x86_const as X
 
+from hypervisord.public import arch_x86
+from hypervisord.public.callback import CALLBACKF_mask_events, CallbackType
+from hypervisord.public.errno import XenErrno
 from hypervisord.public.event_channel import EvtchnOp
+from hypervisord.public.vcpu import VcpuOp
 from hypervisord.public.xen import Hypercall
+from hypervisord.vcpu import smp
+from hypervisord.vcpu.hypercalls import VcpuHypercalls
+from tests.pv.test_vcpu import Guest
 from tests.pv.test_xl_pv import launcher_log, write_pv
 from tests.toolstack.stack import stack  # noqa: F401 (fixture)
 from tests.toolstack.test_xl_sched import fields, vcpu_rows
@@ -126,3 +135,152 @@ def test_vcpu_pin_of_vcpu1_pins_its_thread_only(stack, tmp_path):
     assert fields(rows[1])[6] == str(cpus[1]) and fields(rows[0])[6] != str(cpus[1])
     stack.xl_ok("destroy", "vp")
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
+
+
+# -- VCPUOP_initialise in process: arch_set_info_guest's checks, field by field -----------
+
+def _context(**f) -> bytes:
+    """A 64-bit ``struct vcpu_guest_context`` (arch-x86/xen-x86_64.h) from field values."""
+    off = arch_x86.VCPU_GUEST_CONTEXT_OFFSETS
+    raw = bytearray(arch_x86.VCPU_GUEST_CONTEXT.size)
+    regs = {n: 0 for n in arch_x86.CPU_USER_REGS_FIELDS}
+    regs.update(f.pop("regs", {}))
+    raw[off["user_regs"]:off["user_regs"] + arch_x86.CPU_USER_REGS.size] = \
+        arch_x86.CPU_USER_REGS.pack(*(regs[n] for n in arch_x86.CPU_USER_REGS_FIELDS))
+    for vector, (flags, cs, address) in f.pop("traps", {}).items():
+        arch_x86.TRAP_INFO.pack_into(raw, off["trap_ctxt"] + 16 * vector, vector, flags, cs,
+                                     address)
+    for name, base in (("ctrlreg", off["ctrlreg"]), ("debugreg", off["debugreg"]),
+                       ("gdt_frames", off["gdt_frames"])):
+        for i, v in f.pop(name, {}).items():
+            struct.pack_into("<Q", raw, base + 8 * i, v)
+    for name, v in f.items():
+        struct.pack_into("<Q", raw, off[name], v)
+    return bytes(raw)
+
+
+class _Smp:
+    """The smp kernel's memory and vCPU 0, in this process (no daemons): a
+    PvDomain of 2 vCPUs whose VCPUOP_initialise is called directly."""
+
+    def __init__(self, tmp_path) -> None:
+        self.g = Guest("smp", tmp_path)  # its own VCpu is not used: PvDomain boots vCPU 0
+        self.console: list[bytes] = []
+
+        def make_hc(cpu, first_mmu, waker, dom):
+            return VcpuHypercalls(cpu, 1, self.console.append, smp=dom, first_mmu=first_mmu,
+                                  waker=waker)
+
+        self.dom = smp.PvDomain(1, self.g.mem, 2, make_hc)
+        self.v0 = self.dom.boot(self.g.image.boot, None)
+        self.v1 = self.dom.vcpu(1, create=True)
+        self.l4 = self.g.image.boot.cr3
+        self.good = dict(flags=arch_x86.VGCF_in_kernel,
+                         regs={"rip": self.g.symbols["ap_entry"], "cs": 0xE033, "ss": 0xE02B,
+                               "rsp": self.g.symbols["ap_stack_top"], "rflags": 0x200},
+                         kernel_ss=0xE02B, kernel_sp=self.g.symbols["ap_stack_top"],
+                         ctrlreg={3: self.l4})
+
+    def init(self, **changes) -> int:
+        f = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.good.items()}
+        for k, v in changes.items():
+            if isinstance(v, dict) and isinstance(f.get(k), dict):
+                f[k].update(v)
+            else:
+                f[k] = v
+        return self.dom.initialise(self.v1, smp.GuestContext.unpack(_context(**f)))
+
+
+@pytest.fixture
+def smp_dom(tmp_path):
+    d = _Smp(tmp_path)
+    yield d
+    for st in d.dom.vcpus:
+        st.hc.events.close()
+
+
+EINVAL = -XenErrno.XEN_EINVAL
+NONCANON = 0x0000_8000_0000_0000
+XEN_HOLE = arch_x86.HYPERVISOR_VIRT_START + 0x1000
+
+
+@pytest.mark.parametrize("change", [
+    {"debugreg": {7: 1 << 32}},                       # dr6/dr7 wider than 32 bits
+    {"debugreg": {0: XEN_HOLE}},                      # breakpoint_addr_ok
+    {"regs": {"rip": NONCANON}},
+    {"regs": {"rsp": NONCANON}},
+    {"kernel_sp": NONCANON},
+    {"fs_base": NONCANON},
+    {"gs_base_user": NONCANON},
+    {"event_callback_eip": NONCANON},
+    {"syscall_callback_eip": NONCANON},
+    {"traps": {14: (0, 0xE033, NONCANON)}},
+    {"ldt_base": 0x1008, "ldt_ents": 1},              # not page aligned
+    {"ldt_base": XEN_HOLE},                           # __addr_ok, even with no entries
+    {"ldt_ents": 8193},
+    {"gdt_ents": 7169},                               # > FIRST_RESERVED_GDT_ENTRY
+    {"flags": 0},                                     # user mode, no user L4
+    {"ctrlreg": {3: 0x3fff0000 << 12}},               # not the domain's frame
+    {"regs": {"cs": 0x10}},                           # no such GDT entry
+    {"regs": {"ss": 0xE033}},                         # a code segment as the stack
+    {"regs": {"ds": 0x18}},
+], ids=repr)
+def test_initialise_refuses_a_bad_context_and_changes_nothing(smp_dom, change) -> None:
+    d = smp_dom
+    count = d.v0.hc.mmu.types.count_of(d.l4 >> 12)
+    assert d.init(**change) == EINVAL
+    assert d.v1.initialised is False and d.v1.hc.mmu.base == 0
+    assert d.v0.hc.mmu.types.count_of(d.l4 >> 12) == count  # no reference kept
+    assert d.init() == 0  # the good one still goes in
+
+
+def test_initialise_with_a_user_l4_that_is_no_table_drops_the_kernel_one(smp_dom) -> None:
+    d = smp_dom
+    data = d.g.symbols["ap_stack"] - d.g.image.notes.virt_base  # a writable data page
+    count = d.v0.hc.mmu.types.count_of(d.l4 >> 12)
+    assert d.init(ctrlreg={1: data}) == EINVAL
+    assert d.v0.hc.mmu.types.count_of(d.l4 >> 12) == count
+
+
+def test_initialise_enters_xens_state(smp_dom) -> None:
+    d = smp_dom
+    count = d.v0.hc.mmu.types.count_of(d.l4 >> 12)
+    rc = d.init(flags=arch_x86.VGCF_failsafe_disables_events,  # and user mode:
+                ctrlreg={1: d.l4}, regs={"rbx": 0x1234, "r15": 0x5678, "rsi": 7, "rflags":
+                                         0x3000 | 0x200 | 0x1},
+                traps={14: (0, 0xE030, 0xFFFFFFFF80001000)},  # cs RPL 0: fixed to 3
+                failsafe_callback_eip=0xFFFFFFFF80002000, event_callback_eip=0xFFFFFFFF80003000,
+                kernel_ss=0xE028, fs_base=0x7000, gs_base_kernel=0x8000, gs_base_user=0x9000)
+    assert rc == 0 and d.v1.initialised
+    cpu, hc = d.v1.cpu, d.v1.hc
+    assert d.v0.hc.mmu.types.count_of(d.l4 >> 12) == count + 2  # CR3 and user CR3
+    assert [cpu.reg(r) for r in ("rbx", "r15", "rsi")] == [0x1234, 0x5678, 7]
+    assert cpu.reg("rflags") & 0x3201 == 0x201  # IOPL virtualised, IF on
+    assert cpu.cpl == 3 and cpu.reg("rip") == d.g.symbols["ap_entry"]
+    assert hc.trap_table == {14: (0, 0xE033, 0xFFFFFFFF80001000)}
+    assert hc.callbacks[CallbackType.CALLBACKTYPE_failsafe] == (0xFFFFFFFF80002000,
+                                                                CALLBACKF_mask_events)
+    assert hc.callbacks[CallbackType.CALLBACKTYPE_event][0] == 0xFFFFFFFF80003000
+    assert CallbackType.CALLBACKTYPE_syscall not in hc.callbacks
+    assert cpu.kernel_ss == 0xE02B and cpu.kernel_mode is False  # !VGCF_in_kernel
+    assert cpu.cr3 == d.l4 and cpu.kernel_cr3 == d.l4
+    # user mode: the user GS base live, the kernel's in the shadow
+    assert cpu.uc.reg_read(X.UC_X86_REG_GS_BASE) == 0x9000 and cpu.gs_base_shadow == 0x8000
+    assert cpu.uc.reg_read(X.UC_X86_REG_FS_BASE) == 0x7000
+    assert d.dom.vcpu_op(d.v0.hc, VcpuOp.VCPUOP_is_up, 1, 0) == 0
+
+
+def test_initialise_loads_the_guests_gdt_and_its_selectors(smp_dom) -> None:
+    """Linux's way: its own GDT (gdt_frames) and CS/SS from it, RPL/DPL made 3."""
+    d = smp_dom
+    page = d.g.symbols["vipage"] - d.g.image.notes.virt_base
+    code64_dpl0, data_dpl0 = 0x00AF9A000000FFFF, 0x00CF92000000FFFF
+    d.g.mem.write(page + 16, struct.pack("<QQ", code64_dpl0, data_dpl0))
+    assert d.init(regs={"cs": 0x10, "ss": 0x18}, gdt_ents=4,
+                  gdt_frames={0: page >> 12}) == 0
+    cpu = d.v1.cpu
+    assert cpu.gdt_frames == (page >> 12,) and cpu.gdt_ents == 4
+    assert cpu.seg(X.UC_X86_REG_CS) == 0x13 and cpu.seg(X.UC_X86_REG_SS) == 0x1B
+    dpl3 = 3 << 45
+    assert struct.unpack("<QQ", d.g.mem.read(page + 16, 16)) == (code64_dpl0 | dpl3,
+                                                                 data_dpl0 | dpl3)
