@@ -49,7 +49,10 @@ domain off (Xen's ``VCPUOP_down``).
 
 Deviations (documented subset): the FPU state of the context
 (VGCF_i387_valid) is not loaded (a new vCPU starts with a reset FPU), nor
-are debug registers (they are checked as Xen does); CS/SS must be Xen's
+are debug registers (they are checked as Xen does); vCPUs 32 and up
+(beyond shared_info's ``vcpu_info`` array) cannot be brought up
+(VCPUOP_initialise is -EINVAL, Xen's answer while their ``vcpu_info`` is the
+dummy one, and registering one elsewhere is -ENOSYS); CS/SS must be Xen's
 flat selectors or 64-bit code / writable data descriptors of the new GDT,
 DS/ES/FS/GS null, flat or such data descriptors; VCPUOP_send_nmi is
 -ENOSYS. A TLB flush reaches another vCPU before its next slice, not at
@@ -175,7 +178,8 @@ class _EventRouter:
         self.elsewhere: dict[int, int] = {}  # port -> its vCPU, when not vCPU 0
 
     def bound_virq(self, virq: int, vcpu: int, port: int) -> None:
-        st = self.dom.vcpu(vcpu, create=True) if 0 <= vcpu < self.dom.max_vcpus else None
+        st = self.dom.vcpu(vcpu, create=True) \
+            if 0 <= vcpu < min(self.dom.max_vcpus, arch_x86.XEN_LEGACY_MAX_VCPUS) else None
         if st is not None:
             st.hc.events.bound_virq(virq, vcpu, port)
             st.kick()
@@ -284,7 +288,6 @@ class PvDomain:
             if closed and st.vcpu_id:
                 ev.waker.closed = True
             due = closed or ev.poll_ports is not None \
-                or st.vcpu_id >= arch_x86.XEN_LEGACY_MAX_VCPUS \
                 or si[vcpu_info_offset(st.vcpu_id) + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF]
             if not due:
                 continue
@@ -365,10 +368,13 @@ class PvDomain:
                 if vcpuid != me:
                     st.kick()  # another: asynchronous, as Xen's vcpu_sleep_nosync
             return 0
+        if vcpuid >= arch_x86.XEN_LEGACY_MAX_VCPUS:
+            # no vcpu_info slot in shared_info: Xen's dummy_vcpu_info until the
+            # guest registers one, which pvxen cannot do yet (module doc)
+            return -XenErrno.XEN_EINVAL if cmd == VcpuOp.VCPUOP_initialise \
+                else -XenErrno.XEN_ENOSYS
         if cmd == VcpuOp.VCPUOP_initialise:
             st = self.vcpu(vcpuid, create=True)
-            if not st.cpu.vcpu_info_gpa:
-                return -XenErrno.XEN_EINVAL  # Xen: still the dummy vcpu_info
             raw = copy_from_guest(hc.cpu, arg, arch_x86.VCPU_GUEST_CONTEXT.size)
             if st.initialised:
                 return -XenErrno.XEN_EEXIST

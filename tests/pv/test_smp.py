@@ -284,3 +284,15 @@ def test_initialise_loads_the_guests_gdt_and_its_selectors(smp_dom) -> None:
     dpl3 = 3 << 45
     assert struct.unpack("<QQ", d.g.mem.read(page + 16, 16)) == (code64_dpl0 | dpl3,
                                                                  data_dpl0 | dpl3)
+
+
+def test_vcpus_past_the_legacy_32_cannot_come_up(tmp_path) -> None:
+    d = _Smp(tmp_path)
+    d.dom.max_vcpus, d.dom.vcpus = 40, d.dom.vcpus + [None] * 38
+    op = lambda cmd, v: d.dom.vcpu_op(d.v0.hc, cmd, v, 0)  # noqa: E731
+    assert op(VcpuOp.VCPUOP_initialise, 35) == EINVAL  # Xen: the dummy vcpu_info
+    assert op(VcpuOp.VCPUOP_up, 35) == EINVAL and op(VcpuOp.VCPUOP_is_up, 35) == 0
+    assert op(VcpuOp.VCPUOP_is_up, 40) == -XenErrno.XEN_ENOENT
+    for st in d.dom.vcpus:
+        if st is not None:
+            st.hc.events.close()
