@@ -26,10 +26,11 @@ grant frames (one :class:`~.pagetype.PageTypes` that every vCPU's
 of the guest process named ``vcpuN`` (``prctl(PR_SET_NAME)``), which is how
 ``xl vcpu-list`` finds it (``toolstack/vcpus.py``: its own Time(s), CPU,
 State, affinity) and what ``xl vcpu-pin`` pins; a vCPU that is down has no
-thread (``xl`` shows it offline). The main thread waits for the domain's
-end and makes the shutdown call. The domain's **lock** (Xen holds the
-domain's lock, or the page's, where we hold this one) is taken by a vCPU
-thread while it is between slices (every hypercall, upcall, trap bounce:
+thread (``xl`` shows it offline; its affinity is kept for its next
+thread, and a new thread starts with the process's, not its creator's).
+The main thread waits for the domain's end and makes the shutdown call.
+The domain's **lock** (Xen holds the domain's lock, or the page's, where
+we hold this one) is taken by a vCPU thread while it is between slices (every hypercall, upcall, trap bounce:
 page-type counting, the connection, another vCPU's state), and released
 while Unicorn runs the guest (``emu_start`` drops the GIL) or the vCPU is
 blocked: vCPUs run guest code in parallel, and serve hypercalls one at a
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -227,6 +229,7 @@ class VcpuState:
         self.initialised = False
         self.down = True
         self.thread: threading.Thread | None = None
+        self.affinity: set[int] | None = None  # its thread's, while it has none
 
     def kick(self) -> None:
         """Cut the running slice short and wake the vCPU if blocked."""
@@ -307,6 +310,9 @@ class PvDomain:
 
     def _thread(self, st: VcpuState) -> None:
         _set_thread_name(f"vcpu{st.vcpu_id}")
+        # a new thread inherits its creator's affinity (another vCPU's, maybe
+        # pinned): a vCPU's is its own, kept across down/up (xl vcpu-pin)
+        _set_affinity(st.affinity if st.affinity is not None else _affinity(os.getpid()))
         while True:
             try:
                 reason = loop.run(st.cpu, st.hc, lock=self.lock,
@@ -318,6 +324,7 @@ class PvDomain:
                 self.finish(reason)
             with self.lock:
                 if st.down or self.reason is not None:
+                    st.affinity = _affinity(0)
                     st.thread = None
                     return
             # brought up again while we were leaving: go on
@@ -515,6 +522,21 @@ def _thread_budget() -> None:
         libc.mallopt(_M_ARENA_MAX, 1)
     except (OSError, AttributeError) as e:  # not glibc: its own defaults
         log.warning("mallopt(M_ARENA_MAX): %s", e)
+
+
+def _affinity(tid: int) -> set[int] | None:
+    try:
+        return os.sched_getaffinity(tid)
+    except OSError:
+        return None
+
+
+def _set_affinity(cpus: set[int] | None) -> None:
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as e:  # CPUs gone meanwhile (or outside our cgroup's cpuset)
+            log.warning("vCPU affinity %s: %s", sorted(cpus), e)
 
 
 def _set_thread_name(name: str) -> None:
