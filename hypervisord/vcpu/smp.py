@@ -39,9 +39,9 @@ time.
 **Events**: hypervisord marks a port pending for the vCPU it is bound to
 (``notify_vcpu_id``: EVTCHNOP_bind_vcpu, bind_ipi, a per-vCPU VIRQ), in
 that vCPU's shared_info slot, then rings the process's one event-channel
-stream. Its reader (:class:`~.waker.EventWaker`, vCPU 0's) calls
-:meth:`PvDomain.doorbell`, which wakes the vCPUs that now have an upcall
-pending or are polling (each has a :class:`PeerWaker`); each vCPU delivers
+stream. Its reader (:class:`~.waker.EventWaker`) calls
+:meth:`PvDomain.doorbell`, which wakes only the vCPUs that now have an
+upcall pending or are polling (each has a :class:`PeerWaker`); each vCPU delivers
 its own upcalls. ``VIRQ_TIMER`` is per vCPU (its timers fire on its own
 thread); the forwarder's report of a bind_virq goes to the vCPU named
 (:class:`_EventRouter`). SCHEDOP_block waits on the blocking vCPU only; a
@@ -161,12 +161,12 @@ def _addr_ok(addr: int) -> bool:
 
 
 class PeerWaker(EventWaker):
-    """The waker of a vCPU other than 0: no stream of its own, the domain's
-    doorbell (:meth:`PvDomain.doorbell`) kicks it."""
+    """The waker of one vCPU of an SMP domain: no stream of its own, the
+    domain's doorbell (:meth:`PvDomain.doorbell`) kicks it."""
 
     def __init__(self, stop_engine) -> None:
         super().__init__(None, stop_engine)
-        self.closed = False  # the stream is vCPU 0's; the doorbell passes its EOF on
+        self.closed = False  # the stream is the domain's; the doorbell passes its EOF on
 
 
 class _EventRouter:
@@ -259,8 +259,10 @@ class PvDomain:
         """vCPU 0 in the builder's state, initialised and up (its thread not started)."""
         cpu = VCpu(self.mem, 0)
         cpu.boot(boot)
-        waker = EventWaker(evtchn_fd, self.doorbell)
-        hc = self.make_hc(cpu, None, waker, self)
+        # the stream's reader is nobody's waker: it rings the doorbell, which
+        # wakes the vCPUs concerned, vCPU 0 like any other
+        self.stream = EventWaker(evtchn_fd, self.doorbell)
+        hc = self.make_hc(cpu, None, PeerWaker(cpu.uc.emu_stop), self)
         st = self.vcpus[0] = VcpuState(0, cpu, hc)
         hc.events.guard = self.lock
         st.initialised, st.down = True, False
@@ -281,22 +283,16 @@ class PvDomain:
     def doorbell(self) -> None:
         """A notification on the stream (vCPU 0's reader thread): wake the vCPUs
         with an upcall pending in their shared_info slot, or polling."""
-        first = self.vcpus[0]
-        closed = first is not None and first.hc.events.waker.closed
-        si = first.hc.events.shared_info if first is not None else None
+        closed = self.stream.closed
         for st in self.vcpus:
             if st is None or st.down:
                 continue
             ev = st.hc.events
-            if closed and st.vcpu_id:
-                ev.waker.closed = True
-            due = closed or ev.poll_ports is not None \
-                or si[vcpu_info_offset(st.vcpu_id) + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF]
-            if not due:
-                continue
-            if st.vcpu_id == 0:
-                st.cpu.uc.emu_stop()  # (EventWaker.kick set its event already)
-            else:
+            if closed:
+                ev.waker.closed = True  # hypervisord went away: nothing will wake it
+            if closed or ev.poll_ports is not None \
+                    or ev.shared_info[vcpu_info_offset(st.vcpu_id)
+                                      + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF]:
                 st.kick()
 
     # -- the threads --------------------------------------------------------------------------

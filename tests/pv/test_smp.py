@@ -23,7 +23,8 @@ from hypervisord.public.callback import CALLBACKF_mask_events, CallbackType
 from hypervisord.public.errno import XenErrno
 from hypervisord.public.event_channel import EvtchnOp
 from hypervisord.public.vcpu import VcpuOp
-from hypervisord.public.xen import Hypercall
+from hypervisord.public.xen import (VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF, Hypercall,
+                                    vcpu_info_offset)
 from hypervisord.vcpu import smp
 from hypervisord.vcpu.hypercalls import VcpuHypercalls
 from tests.pv.test_vcpu import Guest
@@ -296,3 +297,29 @@ def test_vcpus_past_the_legacy_32_cannot_come_up(tmp_path) -> None:
     for st in d.dom.vcpus:
         if st is not None:
             st.hc.events.close()
+
+
+def test_the_doorbell_wakes_the_vcpu_whose_slot_has_the_upcall(smp_dom) -> None:
+    """The stream is the domain's; a notification wakes the vCPU it is for
+    (its shared_info slot's evtchn_upcall_pending), not every vCPU."""
+    d = smp_dom
+    assert d.init() == 0
+    d.v1.down = False  # as VCPUOP_up, without its thread
+    si = d.v0.hc.events.shared_info
+    pending = vcpu_info_offset(1) + VCPU_INFO_EVTCHN_UPCALL_PENDING_OFF
+    d.dom.stream.closed = False  # as if hypervisord's stream were there (fd None here)
+    for st in (d.v0, d.v1):
+        st.hc.events.waker.arm()
+    si[pending] = 1
+    d.dom.doorbell()
+    assert d.v1.hc.events.waker.wait(0) and not d.v0.hc.events.waker.wait(0)
+    si[pending] = 0
+    d.v1.hc.events.waker.arm()
+    d.dom.doorbell()  # nothing pending anywhere: nobody
+    assert not d.v1.hc.events.waker.wait(0) and not d.v0.hc.events.waker.wait(0)
+    d.v0.hc.events.poll_ports = [3]  # a poller is woken to look at its ports
+    d.dom.doorbell()
+    assert d.v0.hc.events.waker.wait(0) and not d.v1.hc.events.waker.wait(0)
+    d.dom.stream.closed = True  # hypervisord went away: every vCPU learns it
+    d.dom.doorbell()
+    assert d.v1.hc.events.waker.wait(0) and d.v1.hc.events.waker.closed
