@@ -88,6 +88,15 @@ def test_a_port_moved_to_vcpu1_wakes_vcpu1(stack, tmp_path):
     assert ") vcpu1 got the moved port" in log and ") smp ok" in log, log
 
 
+def test_ipi_round_trips_between_two_blocked_vcpus(stack, tmp_path):
+    stack.xl_ok("create", str(write_pv(tmp_path, "pp", "smp", SMP + 'cmdline = "p"\n')))
+    log = _shut_down(stack, "pp")
+    assert ") smp ok" in log and "FAIL" not in log, log
+    ns = int(re.search(r"ipi round trip ns (\d+)", log).group(1))
+    print(f"IPI round trip vCPU 0 -> 1 -> 0 (both blocked between): {ns / 1000:.0f} us")
+    assert 0 < ns < 50_000_000  # 1000 of them within the test's time
+
+
 def _waiting(stack, tmp_path, name: str) -> tuple[int, int]:
     stack.xl_ok("create", str(write_pv(tmp_path, name, "smp", SMP + 'cmdline = "w"\n')))
     stack.wait(lambda: ") vcpu1 spinning" in stack.guest_log(name)

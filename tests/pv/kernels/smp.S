@@ -12,6 +12,7 @@
    blocked. cmdline "w": both stay (vCPU 1 spins, vCPU 0 blocks) for xl
    vcpu-list / vcpu-pin; cmdline "b": vCPU 0 offers an unbound port for
    dom0, moves it to vCPU 1 (EVTCHNOP_bind_vcpu) and vCPU 1 waits for it;
+   cmdline "p": 1000 IPI round trips, their mean printed;
    cmdline "r": vCPU 0 registers vCPU 1's vcpu_info in a page of its own
    before bringing it up, and vCPU 1's events arrive there. */
 .include "events.inc"
@@ -230,6 +231,10 @@ _start:
 forever:
   WAIT never, vi0_ptr
 2:
+  cmpb $'p', mode(%rip)
+  jne 6f
+  call ping_pong
+6:
   mov ipi1(%rip), %eax                  /* the IPI to vCPU 1 */
   mov %eax, sendp(%rip)
   EVOP EVTCHNOP_send, sendp
@@ -265,6 +270,43 @@ fail_s:
 fail:
   PRINT failmsg, $(failmsg_end - failmsg)
   SHUTDOWN $3
+
+/* cmdline "p": PINGS IPI round trips vCPU 0 -> 1 -> 0, each side blocked
+   in between; prints the mean in ns (vCPU 0's vcpu_time_info) */
+.set PINGS, 1000
+ping_pong:
+  call read_time
+  mov %rax, %r14
+  mov $PINGS, %r15
+1:
+  movq $0, got0(%rip)
+  mov ipi1(%rip), %eax
+  mov %eax, sendp(%rip)
+  EVOP EVTCHNOP_send, sendp
+  EXPECT 0, 'p'
+  WAIT got0, vi0_ptr
+  dec %r15
+  jnz 1b
+  call read_time
+  sub %r14, %rax
+  xor %edx, %edx
+  mov $PINGS, %ecx
+  div %rcx
+  lea pingmsg(%rip), %rsi
+  mov $(pingmsg_end - pingmsg), %edx
+  call print_num
+  ret
+
+pong:                                   /* vCPU 1's side */
+  mov $PINGS, %r15
+1:
+  WAIT got1, vi1_ptr
+  movq $0, got1(%rip)
+  EVOP EVTCHNOP_send, sendp1
+  EXPECT 0, 'q'
+  dec %r15
+  jnz 1b
+  ret
 
 /* cmdline "r": vCPU 1's vcpu_info moved by vCPU 0 (VCPUOP_register_vcpu_info
    of another vCPU, as Linux's xen_vcpu_setup does before it is up) */
@@ -351,6 +393,10 @@ ap_entry:
 4:
   jmp 4b                                /* spins: xl vcpu-list shows it running */
 3:
+  cmpb $'p', mode(%rip)
+  jne 5f
+  call pong
+5:
   WAIT got1, vi1_ptr
   VOP VCPUOP_down, 1, scratch           /* synchronous: we stop here */
   EXPECT 0, 'e'                         /* brought up again: we go on here */
@@ -390,6 +436,7 @@ on_port1:
   SMP_HANDLER handler0, vi0_ptr, mine1, on_port0, 1   /* vCPU 0: every port not vCPU 1's */
   SMP_HANDLER handler1, vi1_ptr, mine1, on_port1, 0
   PRINT_NUM_FN print_num
+  READ_TIME_FN read_time
 
   .data
   EVENT_DATA
@@ -440,6 +487,8 @@ waitmsg: .ascii "smp waiting\n"
 waitmsg_end:
 portmsg: .ascii "upcall port "
 portmsg_end:
+pingmsg: .ascii "ipi round trip ns "
+pingmsg_end:
 failmsg: .ascii "smp FAIL "
 failno: .ascii "?\n"
 failmsg_end:
