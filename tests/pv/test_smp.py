@@ -29,6 +29,7 @@ from hypervisord.vcpu import smp
 from hypervisord.vcpu.hypercalls import VcpuHypercalls
 from tests.pv.test_vcpu import Guest
 from tests.pv.test_xl_pv import launcher_log, write_pv
+from tests.pv.test_xl_pv_events import _bind_and_notify
 from tests.toolstack.stack import stack  # noqa: F401 (fixture)
 from tests.toolstack.test_xl_sched import fields, vcpu_rows
 from toolstack import vcpus as vc
@@ -95,6 +96,18 @@ def test_ipi_round_trips_between_two_blocked_vcpus(stack, tmp_path):
     ns = int(re.search(r"ipi round trip ns (\d+)", log).group(1))
     print(f"IPI round trip vCPU 0 -> 1 -> 0 (both blocked between): {ns / 1000:.0f} us")
     assert 0 < ns < 50_000_000  # 1000 of them within the test's time
+
+
+def test_a_one_cpu_kernel_under_vcpus_2_gets_dom0s_events_and_its_timer(stack, tmp_path):
+    """vCPU 0 alone in a domain of 2: dom0's notifications (the doorbell)
+    and VIRQ_TIMER (the router) reach it as with one vCPU."""
+    stack.xl_ok("create", str(write_pv(tmp_path, "u2", "upcall", SMP + 'cmdline = "3"\n')))
+    _bind_and_notify(stack, "u2", 3)
+    assert "INFO 2 vCPUs (vCPU 0 up)" in stack.guest_log("u2")  # the SMP path ran it
+    stack.xl_ok("create", str(write_pv(tmp_path, "t2", "timer", SMP)))
+    log = _shut_down(stack, "t2")
+    assert log.count(") tick") in (4, 5) and ") timer ok" in log, log
+    assert "(t2) shut down, reason poweroff" in launcher_log(stack)
 
 
 def _waiting(stack, tmp_path, name: str) -> tuple[int, int]:
