@@ -281,8 +281,8 @@ class PvDomain:
         return st
 
     def doorbell(self) -> None:
-        """A notification on the stream (vCPU 0's reader thread): wake the vCPUs
-        with an upcall pending in their shared_info slot, or polling."""
+        """A notification on the stream (in its reader's thread): wake the
+        vCPUs with an upcall pending in their shared_info slot, or polling."""
         closed = self.stream.closed
         for st in self.vcpus:
             if st is None or st.down:
