@@ -110,6 +110,20 @@ def test_a_one_cpu_kernel_under_vcpus_2_gets_dom0s_events_and_its_timer(stack, t
     assert "(t2) shut down, reason poweroff" in launcher_log(stack)
 
 
+def test_eight_vcpus_come_up_within_the_guests_limits(stack, tmp_path):
+    """vcpus = 8: eight engines and threads in a confined guest process."""
+    stack.xl_ok("create", str(write_pv(tmp_path, "v8", "smp",
+                                       'vcpus = 8\ncmdline = "n"\n')))
+    stack.wait(lambda: ") vcpus up 8" in stack.guest_log("v8")
+               or "(v8) shut down" in launcher_log(stack), "every vCPU up", timeout=30)
+    assert ") vcpus up 8" in stack.guest_log("v8"), stack.guest_log("v8")
+    rows = vcpu_rows(stack, "v8")
+    assert [fields(r)[2] for r in rows] == [str(v) for v in range(8)]
+    assert all(fields(r)[3] != "-" for r in rows), rows  # all online, each its thread
+    stack.xl_ok("destroy", "v8")
+    stack.wait(lambda: stack.domids() == [0], "the domain to go")
+
+
 def _waiting(stack, tmp_path, name: str) -> tuple[int, int]:
     stack.xl_ok("create", str(write_pv(tmp_path, name, "smp", SMP + 'cmdline = "w"\n')))
     stack.wait(lambda: ") vcpu1 spinning" in stack.guest_log(name)

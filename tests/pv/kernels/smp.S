@@ -12,6 +12,7 @@
    blocked. cmdline "w": both stay (vCPU 1 spins, vCPU 0 blocks) for xl
    vcpu-list / vcpu-pin; cmdline "b": vCPU 0 offers an unbound port for
    dom0, moves it to vCPU 1 (EVTCHNOP_bind_vcpu) and vCPU 1 waits for it;
+   cmdline "n": every vCPU up (vCPUs 2.. block for good), "vcpus up N";
    cmdline "p": 1000 IPI round trips, their mean printed;
    cmdline "r": vCPU 0 registers vCPU 1's vcpu_info in a page of its own
    before bringing it up, and vCPU 1's events arrive there. */
@@ -135,17 +136,20 @@ _start:
   mov bipi+4(%rip), %eax
   mov %rax, ipi1(%rip)
   bts %rax, mine1(%rip)
+  VOP VCPUOP_is_up, 1, scratch          /* down at boot */
+  EXPECT 0, 'D'
+  VOP VCPUOP_up, 1, scratch             /* not initialised: -EINVAL */
+  EXPECT -22, 'F'
+  cmpb $'n', mode(%rip)                 /* (vcpus = 2 but there) */
+  je 1f
   movl $2, bipi(%rip)                   /* no vCPU 2: -ENOENT */
   EVOP EVTCHNOP_bind_ipi, bipi
   EXPECT -2, 'C'
-  VOP VCPUOP_is_up, 1, scratch          /* down at boot */
-  EXPECT 0, 'D'
   VOP VCPUOP_is_up, 2, scratch          /* vcpuid >= max_vcpus */
   EXPECT -2, 'E'
-  VOP VCPUOP_up, 1, scratch             /* not initialised: -EINVAL */
-  EXPECT -22, 'F'
   VOP VCPUOP_initialise, 2, ctx
   EXPECT -2, 'G'
+1:
   VOP VCPUOP_initialise, 0, ctx         /* the builder's: -EEXIST */
   EXPECT -17, 'H'
 
@@ -225,6 +229,11 @@ _start:
   EXPECT 1, 'T'
   cmpb $'s', mode(%rip)
   je forever
+  cmpb $'n', mode(%rip)
+  jne 7f
+  call all_up
+  jmp forever
+7:
   cmpb $'w', mode(%rip)
   jne 2f
   PRINT waitmsg, $(waitmsg_end - waitmsg)
@@ -308,6 +317,51 @@ pong:                                   /* vCPU 1's side */
   jnz 1b
   ret
 
+/* cmdline "n": vCPUs 2 .. max_vcpus-1 up too (found by VCPUOP_is_up's
+   -ENOENT), each blocked for good on a small stack of its own */
+all_up:
+  mov $2, %r13
+1:
+  mov $VCPUOP_is_up, %edi
+  mov %r13d, %esi
+  lea scratch(%rip), %rdx
+  HCALL vcpu_op
+  cmp $-2, %rax
+  je 2f
+  lea ap_idle(%rip), %rax
+  mov %rax, ctx+CTX_RIP(%rip)
+  mov %r13, %rax
+  shl $10, %rax
+  lea idle_stacks(%rip), %rdx
+  add %rdx, %rax                        /* idle_stacks + 1024 * n */
+  mov %rax, ctx+CTX_RSP(%rip)
+  mov %rax, ctx+CTX_KERNEL_SP(%rip)
+  mov %r13, ctx+CTX_RDI(%rip)
+  movq $0, ctx+CTX_EVENT_CB(%rip)
+  mov $VCPUOP_initialise, %edi
+  mov %r13d, %esi
+  lea ctx(%rip), %rdx
+  HCALL vcpu_op
+  EXPECT 0, 'n'
+  mov $VCPUOP_up, %edi
+  mov %r13d, %esi
+  lea scratch(%rip), %rdx
+  HCALL vcpu_op
+  EXPECT 0, 'o'
+  inc %r13
+  cmp $32, %r13
+  jb 1b
+2:
+  mov %r13, %rax
+  lea allmsg(%rip), %rsi
+  mov $(allmsg_end - allmsg), %edx
+  call print_num
+  ret
+
+ap_idle:                                /* vCPUs 2..: blocked, no events */
+  BLOCK
+  jmp ap_idle
+
 /* cmdline "r": vCPU 1's vcpu_info moved by vCPU 0 (VCPUOP_register_vcpu_info
    of another vCPU, as Linux's xen_vcpu_setup does before it is up) */
 register_vi1:
@@ -387,8 +441,11 @@ ap_entry:
   jne 2f
   SHUTDOWN $0                           /* from vCPU 1: the whole domain */
 2:
+  cmpb $'n', mode(%rip)
+  je 6f
   cmpb $'w', mode(%rip)
   jne 3f
+6:
   PRINT spinmsg, $(spinmsg_end - spinmsg)
 4:
   jmp 4b                                /* spins: xl vcpu-list shows it running */
@@ -470,6 +527,7 @@ scratch: .fill 64, 1, 0
 ctx: .fill 5168, 1, 0
   .p2align 12
 vipage: .fill 4096, 1, 0
+idle_stacks: .fill 32 * 1024, 1, 0
   .p2align 4
 ap_stack: .fill 8192, 1, 0
 ap_stack_top:
@@ -487,6 +545,8 @@ waitmsg: .ascii "smp waiting\n"
 waitmsg_end:
 portmsg: .ascii "upcall port "
 portmsg_end:
+allmsg: .ascii "vcpus up "
+allmsg_end:
 pingmsg: .ascii "ipi round trip ns "
 pingmsg_end:
 failmsg: .ascii "smp FAIL "
