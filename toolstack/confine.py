@@ -22,10 +22,11 @@ dies with it. A program guest is a Linux process, so the launcher gives it
   ``/home``, ``/root``, ``/etc`` (but ``ld.so.cache`` and ``localtime``),
   the runtime directory and every other host path are not there;
 * **rlimits**: ``RLIMIT_AS`` = the template's address space + ``maxmem`` +
-  :data:`AS_HEADROOM` (+ :data:`AS_PER_VCPU` per PV vCPU past the first; beyond it ``mmap`` fails with ENOMEM, Python raises
+  :data:`AS_HEADROOM` + :data:`AS_PER_VCPU` per PV vCPU past the first
+  (beyond it ``mmap`` fails with ENOMEM, Python raises
   MemoryError), ``RLIMIT_FSIZE`` (its memory file's size + :data:`FSIZE_LIMIT`; stdout is
-  a file too), ``RLIMIT_NPROC`` (:data:`NPROC_LIMIT`, only with a uid of
-  the domain's own: the count is per uid);
+  a file too), ``RLIMIT_NPROC`` (:data:`NPROC_LIMIT`, + 2 per PV vCPU past
+  the first, only with a uid of the domain's own: the count is per uid);
 * **seccomp**: a filter compiled once by libseccomp (:mod:`.seccomp`) that
   answers ``EPERM`` to what no domU needs (ptrace, mount, kexec, modules,
   bpf, namespaces...).
@@ -250,7 +251,7 @@ class Confinement:
             os.chown("/tmp", uid, uid)
         if "rlimits" in self.parts:
             limits(address_space() + maxmem_bytes + AS_HEADROOM
-                   + max(vcpus - 1, 0) * AS_PER_VCPU, uid is not None, maxmem_bytes)
+                   + max(vcpus - 1, 0) * AS_PER_VCPU, uid is not None, maxmem_bytes, vcpus)
 
     def lock(self) -> None:
         """The last step, after privileges are dropped: the seccomp filter."""
@@ -268,7 +269,7 @@ def loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
 
 
-def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0) -> None:
+def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0, vcpus: int = 1) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
     # RLIMIT_FSIZE counts offsets, in every file: the guest must still
     # pwrite() the top of its own memory file (maxmem plus the reserved
@@ -276,8 +277,9 @@ def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0) -> None:
     # file is refused by its seals whatever this limit is.
     fsize = file_size(-(-maxmem_bytes // PAGE_SIZE)) + FSIZE_LIMIT
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    if own_uid:
-        resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT, NPROC_LIMIT))
+    if own_uid:  # two threads per PV vCPU past the first (hypervisord/vcpu/smp.py)
+        nproc = NPROC_LIMIT + 2 * max(vcpus - 1, 0)
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def address_space() -> int:
