@@ -14,7 +14,10 @@ process runs; the same engine, hooks and slices):
   guest's event-channel stream) while the kernel is blocked in
   SCHEDOP_block, and again while it spins with events unmasked; until its
   event handler's first hypercall (median and 90th percentile over
-  ``--upcalls`` events each; tests/pv/kernels/upcall.S).
+  ``--upcalls`` events each; tests/pv/kernels/upcall.S);
+* time from ``xl create`` to Debian's PV GRUB at its ``grub>`` prompt, with
+  the real daemons and a partitioned disk (:mod:`bench.vcpu_grub`; median of
+  ``--grub-runs``; skipped when grub-xen-host is not installed).
 
 Last line JSON. Needs binutils (as, ld) for the kernels.
 """
@@ -39,6 +42,7 @@ from hypervisord.vcpu.cpu import SLICE_SECONDS, TCG_BUFFER, VCpu
 from hypervisord.vcpu.hypercalls import VcpuHypercalls
 from hypervisord.vcpu.memory import GuestMemory
 from tests.pv.kernels import assemble
+from bench.vcpu_grub import measure_grub
 from toolstack import pvbuilder
 
 NR_PAGES = 256
@@ -154,11 +158,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--iters", type=int, default=50_000_000, help="loop iterations")
     p.add_argument("--calls", type=int, default=100_000, help="null hypercalls")
     p.add_argument("--upcalls", type=int, default=200, help="events for the upcall latency")
+    p.add_argument("--grub-runs", type=int, default=3, help="PV GRUB boots (0: skip the row)")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as d:
         res = measure_loop(args.iters, Path(d)) | measure_hypercalls(args.calls, Path(d)) \
             | measure_upcalls(args.upcalls, Path(d)) \
-            | measure_upcalls(args.upcalls, Path(d), spin=True)
+            | measure_upcalls(args.upcalls, Path(d), spin=True) \
+            | measure_grub(args.grub_runs, Path(d))
     print(f"hypercall-free loop: pvxen vCPU {res['loop_pv_insn_s'] / 1e9:.2f} G insn/s, "
           f"bare Unicorn {res['loop_bare_insn_s'] / 1e9:.2f} G insn/s "
           f"(ratio {res['loop_ratio']:.2f}, target >= 0.7)")
@@ -170,5 +176,9 @@ def main(argv: list[str]) -> int:
           f"kernel spinning: median {res['upcall_spin_latency_median_us']:.0f} us, "
           f"p90 {res['upcall_spin_latency_p90_us']:.0f} us (slices: "
           f"{SLICE_SECONDS * 1e6:.0f} us)")
+    if "grub_prompt_s" in res:
+        print(f"PV GRUB (xl create -> console): 'Welcome to GRUB!' after "
+              f"{res['grub_welcome_s']:.2f} s, 'grub> ' after {res['grub_prompt_s']:.2f} s "
+              f"(median of {args.grub_runs}, max {res['grub_prompt_s_max']:.2f} s)")
     print(json.dumps({k: round(v, 3) for k, v in res.items()}))
     return 0

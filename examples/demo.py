@@ -11,6 +11,7 @@ the tools can be tried by hand; ``make stop`` (``pvxen down``) ends them.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import struct
@@ -19,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from examples.diskimage import DiskImageError, make_image
 from libxen.paths import default_runtime_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,6 +31,11 @@ GUESTS = [(EXAMPLES / "web.cfg", "web: listening"), (EXAMPLES / "client.cfg", "G
 IMAGE_SIZE = 16 << 20
 BRIDGE_ADDRESS = "10.0.0.254/24"  # dom0 on xenbr0 (netback gives the bridge this address)
 WEB = "10.0.0.2"
+#: the third guest: Debian's PV GRUB (package grub-xen-host), shown at its prompt
+GRUB_CFG = EXAMPLES / "grub.cfg"
+PV_GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")
+GRUB_FILES = {"hello.txt": b"hello from the grub guest's disk, read through blkfront/blkback\n",
+              "docs/README": b"Made by examples/diskimage.py for make run.\n"}
 
 
 def tool(name: str) -> str:
@@ -118,6 +125,76 @@ def make_images() -> None:
             print(f"made {image} ({IMAGE_SIZE >> 20} MiB, sparse)")
 
 
+def grub_guest(rundir: Path, xl: str) -> None:
+    """The third guest: unmodified PV GRUB, at its ``grub>`` prompt; ``ls`` typed at it."""
+    if not PV_GRUB.exists():
+        print(f"{PV_GRUB} is not installed (Debian package grub-xen-host): no GRUB guest")
+        return
+    image = DEMO_DIR / "images" / "grub.img"
+    if not image.exists():
+        try:
+            make_image(image, GRUB_FILES, label="pvxengrub")
+        except DiskImageError as e:
+            print(f"cannot make the GRUB guest's disk ({e}): no GRUB guest")
+            return
+        print(f"made {image} (16 MiB: MBR, ext2 on partition 1, partition 2 empty)")
+    log = console_log(rundir, "grub")
+    if subprocess.run([xl, "domid", "grub"], capture_output=True).returncode == 0:
+        print("grub: already running")
+        start, t0 = 0, None
+    else:
+        start = log.stat().st_size if log.exists() else 0
+        t0 = time.monotonic()
+        run(xl, "create", str(GRUB_CFG), cwd=DEMO_DIR)
+    if not _console_until(log, start, b"grub> ", 60):
+        print("demo: GRUB did not reach its prompt within 60 s; its console log:")
+        print(_screen(log.read_bytes()[start:])[-2000:])
+        return
+    if t0 is not None:
+        print(f"grub: at its prompt {time.monotonic() - t0:.1f} s after xl create")
+    tty = _xs_read(f"/local/domain/{domid_of(xl, 'grub')}/console/tty")
+    mark = log.stat().st_size
+    if tty:  # type at it as `xl console grub` would: through its pty
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            os.write(fd, b"ls\r")
+            _console_until(log, mark, b"grub> ", 10)
+        finally:
+            os.close(fd)
+    # GRUB at its prompt polls (SCHEDOP_yield) and keeps a CPU busy, as on Xen:
+    # cap it as one would there, through the domain's cgroup (cpu.max)
+    print("grub: polls at its prompt; capping it at 25% of a CPU:")
+    run(xl, "sched-credit", "-d", "grub", "-c", "25", check=False)
+    run(xl, "sched-credit", "-d", "grub", check=False)
+    print(f"grub: console on {tty or '?'}, log {log}; its screen (the errors are its "
+          "built-in config looking for a grub.cfg the disk does not have, so it stops at "
+          "its prompt):")
+    for line in _screen(log.read_bytes()[start:]).splitlines()[-12:]:
+        print(f"  | {line}")
+
+
+def _console_until(log: Path, start: int, text: bytes, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_bytes()[start:]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _screen(raw: bytes) -> str:
+    """A console log without its terminal escapes (GRUB draws with ANSI codes)."""
+    text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", raw).replace(b"\r", b"")
+    return "\n".join(line.rstrip() for line in text.decode(errors="replace").splitlines()
+                     if line.strip())
+
+
+def _xs_read(path: str) -> str:
+    sock = default_runtime_dir() / "xenstored" / "socket"
+    return subprocess.run([tool("xenstore-read"), path], capture_output=True, text=True,
+                          env=dict(os.environ, XENSTORED_PATH=str(sock))).stdout.strip()
+
+
 def _checksum(data: bytes) -> int:
     data += b"\0" * (len(data) % 2)
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -197,12 +274,14 @@ def main() -> int:
                              env=dict(os.environ, XENSTORED_PATH=str(socket))).stdout.strip()
         print(f"{name}: console on {tty or '?'}, log {console_log(rundir, name)}")
         for line in console_tail(rundir, name, ready):
-            print(f"  {name}: {line}")
+            print(f"  | {line}")
+    banner("the third guest: Debian's PV GRUB, unmodified, on a pvxen vCPU")
+    grub_guest(rundir, xl)
     banner("dom0 on the bridge")
     dom0_reaches_web(rundir, xl)
     banner("the domains and their devices, as xl shows them")
     run(xl, "list")
-    run(xl, "block-list", "web", "client")
+    run(xl, "block-list", "web", "client", *(["grub"] if domid_of(xl, "grub") else []))
     run(xl, "network-list", "web", "client")
 
     banner("the store, as xenstore-ls shows it")
@@ -218,6 +297,7 @@ def main() -> int:
     print(f"""  export PVXEN_RUNDIR={rundir} {env_hint}
   . .venv/bin/activate
   xl console web               # attach to web's console (detach with Ctrl-])
+  xl console grub              # PV GRUB's prompt: try ls, cat (xen/xvda,msdos1)/hello.txt
   xl list                      # domains, Xen's columns
   xl block-list web            # the disk: state, event channel, ring-ref
   xl network-list client       # the vif, and whether it is on a real bridge

@@ -119,6 +119,7 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
         cfg.update(parse_overrides(args))
     dc = domain_config(cfg)
     cpus = _cfg_cpus(dc)
+    sched = _cfg_sched(dc)
     if dryrun or "-n" in opts:
         print(json.dumps(fmt.config_json(dc), indent=4))
         return 0
@@ -139,6 +140,8 @@ def create(ts: Toolstack, opts: dict, args: list[str], dryrun: bool = False) -> 
             reply = client.request(req, built.fds)
             if cpus is not None:
                 _pin_process(ts, built.domid, int(reply.get("pid", 0)), cpus)
+            if sched != (None, None):
+                _apply_sched(ts, built.domid, dc, int(reply.get("pid", 0)), *sched)
         except (LaunchError, OSError) as e:
             destroy_domain(ts, built.domid, dc.uuid, quiet=True)
             raise XlError(f"xl: cannot start the domain's process: {e}") from None
@@ -167,6 +170,46 @@ def _cfg_cpus(dc) -> set[int] | None:
     if not cpus & set(range(os.cpu_count() or 1)):
         raise XlError(f"cpus=\"{text}\": no CPU of this host (it has {os.cpu_count()})")
     return cpus
+
+
+def _cfg_sched(dc) -> tuple[int | None, int | None]:
+    """xl.cfg's ``cpu_weight=`` and ``cap=`` (``xl_parse.c``, through
+    ``xlu_cfg_get_long``: a number, quoted or not; anything else is a warning
+    and the setting is ignored). The ranges are libxl's, checked when set."""
+    from toolstack.xlcfg import parse_c_long
+
+    out: list[int | None] = []
+    for key in ("cpu_weight", "cap"):
+        value = dc.extra.get(key)
+        number = None if value is None else parse_c_long(str(value))
+        if value is not None and number is None:
+            print(f"warning: parameter `{key}' is not a valid number", file=sys.stderr)
+        out.append(number)
+    return out[0], out[1]
+
+
+def _apply_sched(ts: Toolstack, domid: int, dc, pid: int, weight: int | None,
+                 cap: int | None) -> None:
+    """``libxl__sched_set_params`` at build time: the domain's cgroup gets
+    ``cpu.weight``/``cpu.max`` as ``xl sched-credit2 -w`` / ``sched-credit -c``
+    would set them; failing to, the creation fails and the domain goes."""
+    from toolstack import xl_sched
+
+    # The cgroup is the one of the process hypervisord knows as the domain's
+    # (it learns the pid at the guest's first hypercall, made at once, paused
+    # or not); the launcher's pid for it can be its PID namespace's parent.
+    deadline = time.monotonic() + 10
+    info = domain_info(ts, domid)
+    while info is not None and info.pid <= 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        info = domain_info(ts, domid)
+    try:
+        if info is None or info.pid <= 0:
+            raise XlError(f"xl: domain {domid}: its process did not start (pid {pid})")
+        xl_sched.set_params(ts, info, weight, cap)
+    except XlError:
+        destroy_domain(ts, domid, dc.uuid, quiet=True)
+        raise
 
 
 def _pin_process(ts: Toolstack, domid: int, pid: int, cpus: set[int]) -> None:

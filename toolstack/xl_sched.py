@@ -168,7 +168,8 @@ def sched_params(ts: Toolstack, info: ctrl.DomainInfo) -> tuple[int, int]:
     return weight, cap
 
 
-def _set(ts: Toolstack, info: ctrl.DomainInfo, weight: int | None, cap: int | None) -> None:
+def set_params(ts: Toolstack, info: ctrl.DomainInfo, weight: int | None,
+               cap: int | None) -> None:
     """``sched_credit(2)_domain_set`` (``tools/libs/light/libxl_sched.c``)."""
     if weight is not None and not 1 <= weight <= cpucg.MAX_WEIGHT:
         print("libxl: error: Cpu weight out of range, valid values are within range from 1 "
@@ -227,8 +228,8 @@ def _sched_command(ts: Toolstack, opts: dict, args: list[str], credit2: bool) ->
         sys.stdout.write(SCHED_HEADER + "\n" + _sched_row(name, domid,
                                                           *sched_params(ts, info)) + "\n")
         return 0
-    _set(ts, info, _strtol(opts["-w"]) if "-w" in opts else None,
-         _strtol(opts["-c"]) if "-c" in opts else None)
+    set_params(ts, info, _strtol(opts["-w"]) if "-w" in opts else None,
+               _strtol(opts["-c"]) if "-c" in opts else None)
     return 0
 
 

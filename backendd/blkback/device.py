@@ -29,7 +29,6 @@ import logging
 import trio
 
 from backendd.device import DeviceDriver, DeviceError, DeviceInfo, register
-from hypervisord.public.grant_table import GNTTAB_NR_RESERVED_ENTRIES
 from hypervisord.public.io.blkif import BLKIF_SECTOR_SIZE, BLKIF_SRING_ENTRY_SIZE, VDISK_READONLY
 from hypervisord.public.io.protocols import XEN_IO_PROTO_ABI_NATIVE
 from hypervisord.public.io.ring import BackRing
@@ -121,10 +120,9 @@ class Blkback(DeviceDriver):
             refs = [await dev.read_uint(f"ring-ref{i}") for i in range(1 << order)]
         else:
             refs = [await dev.read_uint("ring-ref")]
-        for i, ref in enumerate(refs):
-            if ref < GNTTAB_NR_RESERVED_ENTRIES:
-                raise DeviceError(errno.EINVAL, f"reading {dev.otherend}/ring-ref"
-                                  f"{i if len(refs) > 1 else ''}: grant {ref} is reserved")
+        # Any reference may carry the ring: refs 0-7 are "reserved" only by a
+        # Linux guest's convention (GNTTAB_NR_RESERVED_ENTRIES), and PV GRUB
+        # grants its ring as ref 0. A ref the guest did not grant fails to map.
         self.ring_refs = refs
         self.remote_port = await dev.read_uint("event-channel", limit=NR_EVENT_PORTS - 1)
         protocol = await dev.read_frontend("protocol")

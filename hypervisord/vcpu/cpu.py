@@ -82,8 +82,18 @@ _DESC_CS64_DPL3 = 0x00AFFA000000FFFF
 _DESC_DS_DPL3 = 0x00CFF2000000FFFF
 _DESC_CS32_DPL3 = 0x00CFFA000000FFFF
 
-_uc_reg_read = _uclib.uc_reg_read
-_uc_reg_write = _uclib.uc_reg_write
+# Register access straight into libunicorn, for the hot path (a hypercall
+# reads and writes ~8 registers): a PyDLL function keeps the GIL (these
+# calls are a few hundred ns of C; releasing and taking the GIL again costs
+# more) and has no argtypes to convert through (every caller passes a
+# c_void_p engine, an int register id and a pointer). Measured per call:
+# 1.22 us with the binding's prototypes, 0.62 us like this.
+_rawlib = ctypes.PyDLL(_uclib._name, handle=_uclib._handle)
+_uc_reg_read = _rawlib.uc_reg_read
+_uc_reg_write = _rawlib.uc_reg_write
+_uc_reg_read_batch = _rawlib.uc_reg_read_batch
+_uc_emu_stop = _rawlib.uc_emu_stop
+_uc_context_save = _rawlib.uc_context_save
 
 GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
@@ -149,7 +159,9 @@ class VCpu:
         self._ctx = uc.context_save()  # reused by _clear_stale_exception
         self._val = ctypes.c_uint64()
         self._val_ref = ctypes.byref(self._val)
+        self._batches: dict[tuple[str, ...], tuple] = {}  # regs(): prepared arrays
         self._ctx_error_code: int | None = None  # calibrated offsets into the context blob
+        self._old_exception: tuple[int, ctypes.c_int] | None = None  # (offset, its cell in _ctx)
         self.slices = 0
         # Xen's software view of the vCPU (64-bit PV: kernel and user both run in
         # ring 3; see traps.py). ``kernel_mode`` is TF_kernel_mode.
@@ -234,16 +246,23 @@ class VCpu:
         return self._get(_REG[name])
 
     def regs(self, names: tuple[str, ...]) -> list[int]:
-        """General registers straight through the C API: the binding's
+        """General registers in one ``uc_reg_read_batch`` call: the binding's
         ``reg_read`` picks a register class in Python per call (~3 us here),
-        which dominated a hypercall's cost (bench/vcpu.py, cProfile)."""
-        read, uch, val, ref = _uc_reg_read, self.uc._uch, self._val, self._val_ref
-        out = []
-        for n in names:
-            if read(uch, _REG[n], ref) != 0:
-                raise UcError(read(uch, _REG[n], ref))
-            out.append(val.value)
-        return out
+        and even one ctypes call per register cost ~0.9 us each, which
+        dominated a hypercall's cost (bench/vcpu.py, cProfile). The argument
+        arrays are built once per tuple of names."""
+        batch = self._batches.get(names)
+        if batch is None:
+            values = (ctypes.c_uint64 * len(names))()
+            ptrs = (ctypes.c_void_p * len(names))(
+                *(ctypes.addressof(values) + 8 * i for i in range(len(names))))
+            ids = (ctypes.c_int * len(names))(*(_REG[n] for n in names))
+            batch = self._batches[names] = (ids, ptrs, values, len(names))
+        ids, ptrs, values, count = batch
+        err = _uc_reg_read_batch(self.uc._uch, ids, ptrs, count)
+        if err:
+            raise UcError(err)
+        return values[:]
 
     def seg(self, reg_id: int) -> int:
         """A segment selector (``UC_X86_REG_CS`` ...) through the C API, as :meth:`regs`."""
@@ -287,7 +306,7 @@ class VCpu:
         # guest user mode it goes to the kernel's syscall callback.
         kind = ExitKind.HYPERCALL if self.kernel_mode else ExitKind.SYSCALL
         self.exit = Exit(kind, rip=self._get(X.UC_X86_REG_RIP))
-        uc.emu_stop()
+        _uc_emu_stop(self.uc._uch)  # the binding's emu_stop, without its prototype overhead
 
     def _on_interrupt(self, uc: Uc, intno: int, _user: object) -> None:
         rip = self._get(X.UC_X86_REG_RIP)
@@ -355,10 +374,14 @@ class VCpu:
         copy into a context kept for this; it is written back only when set.
         """
         ctx = self._ctx
-        self.uc.context_update(ctx)
         off = self._ctx_error_code if self._ctx_error_code is not None \
             else _KNOWN_ERROR_CODE_OFFSET
-        cell = ctypes.c_int.from_address(ctx._context.value + off + 112)
+        if self._old_exception is None or self._old_exception[0] != off:
+            self._old_exception = (off, ctypes.c_int.from_address(ctx._context.value + off + 112))
+        cell = self._old_exception[1]
+        err = _uc_context_save(self.uc._uch, ctx._context)  # context_update, minus the binding
+        if err:
+            raise UcError(err)
         if cell.value != -1 and 0 <= cell.value < 32:
             cell.value = -1
             self.uc.context_restore(ctx)

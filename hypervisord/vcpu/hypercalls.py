@@ -14,7 +14,8 @@ Served here, on behalf of the vCPU (state that is the vCPU's own):
 ``set_timer_op`` and ``vcpu_op`` (:mod:`.events`);
 ``sched_op`` shutdown goes to hypervisord (global state) and ends the vCPU;
 ``iret`` (:mod:`.traps`); ``stack_switch``, ``set_segment_base``,
-``set_gdt``, ``update_descriptor`` (:mod:`.segments`).
+``set_gdt``, ``update_descriptor`` (:mod:`.segments`); ``domctl``,
+``sysctl``, ``platform_op`` (Xen's checks, then XSM's -EPERM: :mod:`.privops`).
 Page tables (``update_va_mapping``, ``mmu_update``, ``mmuext_op``): :mod:`.mmu`
 over :mod:`.pagetype`; ``multicall``: :mod:`.multicall`; ``physdev_op``:
 :mod:`.physdev`; ``memory_op``/``grant_table_op`` are forwarded (:mod:`.forward_mm`).
@@ -24,6 +25,8 @@ Anything else returns ``-ENOSYS`` unless a forwarder is registered.
 from __future__ import annotations
 
 import errno as _errno
+import logging
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +43,7 @@ from hypervisord.public.xen import (CONSOLEIO_read, CONSOLEIO_write, HYPERCALL_S
                                     NR_HYPERCALL_STUBS, PAGE_SIZE, VMASST_CMD_disable,
                                     VMASST_CMD_enable, Hypercall)
 
-from . import multicall, paging, physdev, segments, traps
+from . import multicall, paging, physdev, privops, segments, traps
 from .cpu import VCpu
 from .events import VcpuEvents
 from .mmu import Mmu, MmuError
@@ -50,6 +53,10 @@ MAX_CONSOLE_WRITE = 16 << 10  # bytes per CONSOLEIO_write we copy (Xen loops in 
 TRAP_INFO = struct.Struct("<BBHxxxxQ")  # struct trap_info: vector, flags, cs, address
 #: VM assists a 64-bit PV guest may turn on (Xen: VM_ASSIST_VALID for pv64)
 VM_ASSIST_VALID = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 32)
+#: ``PVXEN_VCPU_TRACE=1`` logs every hypercall (number, arguments, result) to
+#: the guest's log, as a debugging aid (Xen: ``hypercall_debug`` builds)
+TRACE = os.environ.get("PVXEN_VCPU_TRACE") == "1"
+log = logging.getLogger("vcpu")
 
 
 class GuestFault(Exception):
@@ -148,6 +155,8 @@ class VcpuHypercalls:
                 rc = -XenErrno.XEN_ENOSYS
         except GuestFault:
             rc = -XenErrno.XEN_EFAULT
+        if TRACE:
+            log.info("hypercall %d(%s) = %s", nr, ", ".join(f"{a:#x}" for a in args), rc)
         if rc is not None:  # None: the handler set the registers itself (iret)
             cpu.set_reg("rax", rc)
 
@@ -236,7 +245,12 @@ class VcpuHypercalls:
 
     def sched_op(self, cmd: int, arg: int, *_: int) -> int:
         if cmd == SchedOp.SCHEDOP_yield:
+            # Xen gives the pCPU to another runnable vCPU; here the host
+            # scheduler is the vCPU scheduler, so give it the CPU. A guest
+            # polling with yield (PV GRUB at its prompt) still stays runnable
+            # and busy, as on Xen.
             self.yields += 1
+            os.sched_yield()
             return 0
         if cmd == SchedOp.SCHEDOP_block:
             return self.events.sched_block()  # the loop then waits (events.block)
@@ -314,6 +328,9 @@ class VcpuHypercalls:
             return -XenErrno.XEN_EFAULT
         return -XenErrno.XEN_ENOSYS
 
+    def copy_in(self, va: int, length: int) -> bytes:
+        return copy_from_guest(self.cpu, va, length)
+
     def copy_to_guest(self, va: int, data: bytes) -> None:
         try:
             gpa = paging.walk(self.cpu.mem.read_u64, self.cpu.cr3, va, write=True)
@@ -344,6 +361,9 @@ _TABLE: dict[int, Callable[..., int]] = {
     Hypercall.set_segment_base: segments.set_segment_base,
     Hypercall.set_gdt: segments.set_gdt,
     Hypercall.update_descriptor: segments.update_descriptor,
+    Hypercall.domctl: lambda hc, va, *_: privops.domctl(hc.copy_in, va),
+    Hypercall.sysctl: lambda hc, va, *_: privops.sysctl(hc.copy_in, va),
+    Hypercall.platform_op: lambda hc, va, *_: privops.platform_op(hc.copy_in, va),
 }
 
 _REGISTRABLE = frozenset({CallbackType.CALLBACKTYPE_event, CallbackType.CALLBACKTYPE_failsafe,

@@ -126,3 +126,11 @@ def test_a_page_table_frame_is_not_given_back(tmp_path) -> None:
     g.hc.copy_to_guest(va, XEN_MEMORY_RESERVATION.pack(va + 64, 1, 0, 0, 0x7FF0))
     assert g.hc.call(12, [6, va, 0, 0, 0]) == 1  # XENMEM_populate_physmap
     assert g.hc.mmu.released == set()
+
+
+def test_toolstack_hypercalls_get_xens_checks_then_eperm(tmp_path) -> None:
+    """domctl/sysctl/platform_op from a domU: -EFAULT, -EACCES, then XSM's -EPERM."""
+    g = Guest("privops", tmp_path)
+    reason = g.run()
+    assert b"".join(g.console) == b"privops ok\n"
+    assert reason == ShutdownReason.SHUTDOWN_poweroff
