@@ -161,7 +161,7 @@ def grub_guest(rundir: Path, xl: str) -> None:
             _console_until(log, mark, b"grub> ", 10)
         finally:
             os.close(fd)
-    # GRUB at its prompt polls (SCHEDOP_yield) and keeps a CPU busy, as on Xen:
+    # GRUB at its prompt polls its console ring (no hypercall) and keeps a CPU busy, as on Xen:
     # cap it as one would there, through the domain's cgroup (cpu.max)
     print("grub: polls at its prompt; capping it at 25% of a CPU:")
     run(xl, "sched-credit", "-d", "grub", "-c", "25", check=False)

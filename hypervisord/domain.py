@@ -98,6 +98,8 @@ class Domain:
             flags |= XEN_DOMINF_shutdown | (self.shutdown_code << XEN_DOMINF_shutdownshift)
         if self.paused:
             flags |= XEN_DOMINF_paused
+        elif self.shutdown_code is not None:
+            pass  # domain_shutdown paused its vCPUs: neither running nor blocked (---s--)
         elif self.blocked():
             flags |= XEN_DOMINF_blocked
         else:

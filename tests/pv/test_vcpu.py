@@ -225,3 +225,15 @@ def test_callbacks_registered_as_xen_does(tmp_path) -> None:
     assert cb[CallbackType.CALLBACKTYPE_failsafe] == (g.symbols["on_failsafe"], 0)
     # set_callbacks registers syscall without mask_events, replacing the flagged one
     assert cb[CallbackType.CALLBACKTYPE_syscall] == (g.symbols["on_syscall"], 0)
+
+
+def test_the_hypercall_trace_logs_each_call_with_its_result(tmp_path, monkeypatch, caplog) -> None:
+    """PVXEN_VCPU_TRACE=1 (read at import): number, arguments and result per call."""
+    from hypervisord.vcpu import hypercalls
+
+    monkeypatch.setattr(hypercalls, "TRACE", True)
+    g = Guest("hello", tmp_path)
+    with caplog.at_level("INFO", logger="vcpu"):
+        assert g.run() == ShutdownReason.SHUTDOWN_poweroff
+    lines = [r.getMessage() for r in caplog.records if r.name == "vcpu"]
+    assert any(m.startswith("hypercall 18(0x0, 0x17,") and m.endswith(") = 0") for m in lines), lines

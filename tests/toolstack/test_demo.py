@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+PV_GRUB = Path("/usr/lib/grub-xen/grub-x86_64-xen.bin")  # Debian's grub-xen-host
 BIN = Path(sys.executable).parent
 
 pytestmark = [
@@ -54,16 +55,25 @@ def test_demo_boots_two_guests_and_shows_the_store(tmp_path):
         consoles = out.split("printed on their consoles", 1)[1].split("== dom0", 1)[0]
         for name in ("web", "client"):
             assert f"{name}: console on /dev/pts/" in consoles, consoles
-        assert "  web: web: listening on 10.0.0.2/24 port 80" in consoles
-        assert "  client: GET http://10.0.0.2/ -> HTTP/1.0 200 OK" in consoles
+        assert "  | web: listening on 10.0.0.2/24 port 80" in consoles
+        assert "  | GET http://10.0.0.2/ -> HTTP/1.0 200 OK" in consoles
+        if PV_GRUB.exists():  # the third guest: PV GRUB at its prompt, its disk listed
+            assert names[3] == "grub", listing
+            assert "grub: at its prompt" in consoles, consoles
+            assert "  | grub> ls\n  | (memdisk) (proc) (xen/xvda) (xen/xvda,msdos2) " \
+                "(xen/xvda,msdos1)\n  | grub>" in consoles, consoles
+        else:
+            assert "(Debian package grub-xen-host): no GRUB guest" in out
         assert "xl console web" in out  # how to attach
-        assert "client: ping 10.0.0.2: 3/3 replies" in out
+        assert "  | ping 10.0.0.2: 3/3 replies" in out
         assert "-> HTTP/1.0 200 OK: hello from web" in out
         assert "on backendd's in-process switch" in out
-        blocks = out.split("$ xl block-list web client\n", 1)[1].splitlines()
+        blocks = out.split("$ xl block-list web client", 1)[1].splitlines()[1:]
         assert blocks[0].split()[:3] == ["Vdev", "BE", "handle"]
         assert blocks[1].split()[:4] == ["51712", "0", "1", "4"]  # both disks Connected
         assert blocks[2].split()[:4] == ["768", "0", "2", "4"]
+        if PV_GRUB.exists():  # GRUB's blkfront says Initialised (3), the backend Connected
+            assert blocks[3].split()[:4] == ["51712", "0", "3", "3"], blocks
         nics = out.split("$ xl network-list web client\n", 1)[1].splitlines()
         assert nics[1].split()[2] == "00:16:3e:00:0a:02" and nics[1].split()[-1] == "switch"
         assert nics[2].split()[2] == "00:16:3e:00:0a:01" and nics[2].split()[4] == "4"
@@ -75,6 +85,7 @@ def test_demo_boots_two_guests_and_shows_the_store(tmp_path):
         second = run_demo(rundir)  # idempotent: nothing started twice
         assert second.returncode == 0, second.stdout + second.stderr
         assert "already running" in second.stdout
+        assert not PV_GRUB.exists() or "grub: already running" in second.stdout
     finally:
         subprocess.run([str(BIN / "pvxen"), "down"], env=dict(os.environ, PVXEN_RUNDIR=str(rundir)),
                        capture_output=True, timeout=60)
