@@ -152,6 +152,11 @@ def attach(xc):
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.attach)
 
 
+def own_max_vcpus(xc) -> int:
+    """The caller's own domain's max_vcpus (pvxen op; a PV guest process sizes its vCPUs)."""
+    return int(xc.call(HYPERVISOR_pvxen_op, PvxenOp.max_vcpus)[1]["max_vcpus"])
+
+
 def connect_domain(xc, domid: int):
     """dom0: the descriptors a domain's process is started with."""
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.connect_domain, domid=domid)

@@ -27,6 +27,9 @@ class PvxenOp(IntEnum):
     #: (EVTCHN_NOTIFY_DOORBELL entries); channels between two such processes
     #: get one at EVTCHNOP_bind_interdomain.
     evtchn_doorbells = 3
+    #: OUT: ``max_vcpus`` of the caller's own domain (XEN_DOMCTL_max_vcpus):
+    #: a PV guest process runs that many vCPUs at most (hypervisord/vcpu/smp.py).
+    max_vcpus = 4
 
 
 #: Layout of a notification on the event-channel stream: a u32 LE port.
