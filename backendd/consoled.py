@@ -15,7 +15,8 @@ guests up) and ``@releaseDomain``; for each domain with a console it
   Debian's ``xenconsole`` find it;
 * copies guest output to the pty and, as soon as it is read, to
   ``<log_dir>/guest-<name>.log`` (``--log=guest``; Xen's default directory
-  is ``/var/log/xen/console``, backendd's ``<rundir>/backendd/console``);
+  is ``/var/log/xen/console``, backendd's ``<rundir>/backendd/console``),
+  reopened by name on SIGHUP (``handle_log_reload``: logrotate moves them);
 * copies pty input into the ring's ``in`` half, as much as the guest left
   room for, and notifies.
 
@@ -47,6 +48,7 @@ from pathlib import Path
 
 import trio
 
+from daemonkit.daemon import on_hangup
 from libxen import ctrl
 from libxen.core import XenError
 from libxen.foreignmemory import ForeignMemory
@@ -103,12 +105,21 @@ class Consoled:
         self.names: dict[int, str] = {}
         #: domains whose console was closed for cause: left alone until released
         self.closed: set[int] = set()
+        #: the live consoles' pumps, whose log files SIGHUP reopens
+        self.pumps: dict[int, "_Pump"] = {}
         self._nursery: trio.Nursery | None = None
 
     # -- domains coming and going ---------------------------------------------------
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         if self.config.log_dir is not None:
             self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        remove_handler = on_hangup(self.reopen_logs)
+        try:
+            await self._serve(task_status)
+        finally:
+            remove_handler()
+
+    async def _serve(self, task_status) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             async with self.xs.watch("@releaseDomain") as released:
@@ -287,6 +298,8 @@ class Consoled:
                      f", log {logpath}" if logpath else "")
             pump = _Pump(domid, ring, evtchn, local, master, logfd,
                          OutputBuffer(keys.limit), self.config)
+            pump.logpath = logpath
+            self.pumps[domid] = pump
             failed: list[Exception] = []
             async with trio.open_nursery() as nursery:
                 for job in (pump.ring_to_buffer, pump.buffer_to_pty, pump.pty_to_ring,
@@ -295,9 +308,30 @@ class Consoled:
             if failed:  # one plain exception, not a group: the caller names it
                 raise failed[0]
         finally:
+            pump_now = self.pumps.pop(domid, None)
+            if pump_now is not None:
+                logfd = pump_now.logfd  # SIGHUP may have replaced it
             for fd in (master, slave, logfd):
                 if fd >= 0:
                     os.close(fd)
+
+    def reopen_logs(self) -> None:
+        """SIGHUP: every console's log file closed and opened again by its
+        name (xenconsoled's ``handle_log_reload``), so logrotate can move
+        ``guest-<name>.log`` away; output goes to the new file from now on."""
+        for domid, pump in list(self.pumps.items()):
+            if pump.logpath is None:
+                continue
+            try:
+                fd = os.open(pump.logpath, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                             0o644)
+            except OSError as e:
+                log.error("d%d: failed to reopen log %s: %s", domid, pump.logpath, e)
+                continue
+            old, pump.logfd = pump.logfd, fd
+            if old >= 0:
+                os.close(old)
+        log.info("SIGHUP: reopened %d console log(s)", len(self.pumps))
 
     async def _until_gone(self, domid: int, keys: ConsoleKeys, events) -> None:
         """Return when ``~/console`` no longer names this ring (destroy removes it)."""
@@ -331,6 +365,7 @@ class _Pump:
                  logfd: int, buf: OutputBuffer, config: ConsoledConfig) -> None:
         self.domid, self.ring, self.evtchn, self.local = domid, ring, evtchn, local
         self.master, self.logfd, self.buf = master, logfd, buf
+        self.logpath: Path | None = None
         self.limit = RateLimit(config.rate_allowance, config.rate_period)
         self._more = trio.Event()
 

@@ -93,11 +93,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds allowed for a graceful stop (default 5)")
 
 
+#: what SIGHUP does (:func:`on_hangup`): plain functions, run in the daemon's trio thread
+_hangup_handlers: list[Callable[[], None]] = []
+
+
+def on_hangup(handler: Callable[[], None]) -> Callable[[], None]:
+    """Run ``handler()`` on each SIGHUP; returns a function that removes it."""
+    _hangup_handlers.append(handler)
+    return lambda: _hangup_handlers.remove(handler) if handler in _hangup_handlers else None
+
+
 async def watch_signals(
     cancel_scope: trio.CancelScope, log: logging.Logger, deadline: float = 5.0,
     *, task_status=trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Cancel ``cancel_scope`` on SIGTERM/SIGINT; SIGHUP is logged and ignored.
+    """Cancel ``cancel_scope`` on SIGTERM/SIGINT; SIGHUP runs the
+    :func:`on_hangup` handlers (xenconsoled reopens its logs there, for
+    logrotate), or is logged and ignored when there are none.
 
     After a stop signal the process has ``deadline`` seconds to finish its
     cleanup; then SIGALRM ends it.
@@ -106,7 +118,10 @@ async def watch_signals(
         task_status.started()
         async for signum in sigs:
             if signum == signal.SIGHUP:
-                log.info("received SIGHUP (nothing to reload)")
+                if not _hangup_handlers:
+                    log.info("received SIGHUP (nothing to reload)")
+                for handler in list(_hangup_handlers):
+                    handler()
                 continue
             log.info("received %s, stopping", signal.Signals(signum).name)
             sd_notify("STOPPING=1")

@@ -61,9 +61,12 @@ class Domain:
         return self.pause_count > 0
 
     def blocked(self) -> bool:
-        """Whether the domain's process is asleep (``S`` in /proc), like a blocked vCPU."""
+        """Whether the domain's process is asleep (``S`` in /proc), like a blocked vCPU;
+        a process with ``vcpuN`` threads (an SMP PV guest) is blocked when they all are."""
         stat = _proc_stat(self.pid)
-        return stat is None or stat[0] not in (b"R",)
+        if stat is None:
+            return True
+        return stat[0] != b"R" and not _vcpu_thread_running(self.pid)
 
     def process(self) -> int | None:
         """The process whose threads are the domain's vCPUs: the guest's,
@@ -110,6 +113,25 @@ class Domain:
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _vcpu_thread_running(pid: int) -> bool:
+    """A thread ``vcpuN`` of ``pid`` is running (``R``): toolstack/vcpus.py's naming."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.find(b"(") + 1:stat.rfind(b")")]
+        if comm.startswith(b"vcpu") and comm[4:].isdigit() \
+                and stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"R":
+            return True
+    return False
 
 
 def _proc_stat(pid: int | None) -> tuple[bytes, int] | None:

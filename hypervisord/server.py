@@ -336,6 +336,9 @@ class HvServer:
             raise fail(E.XEN_EINVAL, "no event-channel stream on this connection")
         caller.conn.doorbells = True
 
+    def max_vcpus(self, hv, caller, args):
+        return {"max_vcpus": caller.conn.domain.max_vcpus}
+
     def evtchn_vcpu_bits(self, hv, caller, args):
         """The domU's vCPU process owns its event bits (``hypervisord/evtchn.py``)."""
         if caller.domid == 0:
@@ -352,4 +355,5 @@ class HvServer:
             (P, PvxenOp.attach): Handler(self.attach),
             (P, PvxenOp.connect_domain): Handler(self.connect_domain, privileged=True),
             (P, PvxenOp.map_foreign): Handler(self.map_foreign, privileged=True),
+            (P, PvxenOp.max_vcpus): Handler(self.max_vcpus),
         }

@@ -157,6 +157,11 @@ def evtchn_vcpu_bits(xc):
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.evtchn_vcpu_bits)
 
 
+def own_max_vcpus(xc) -> int:
+    """The caller's own domain's max_vcpus (pvxen op; a PV guest process sizes its vCPUs)."""
+    return int(xc.call(HYPERVISOR_pvxen_op, PvxenOp.max_vcpus)[1]["max_vcpus"])
+
+
 def connect_domain(xc, domid: int):
     """dom0: the descriptors a domain's process is started with."""
     return xc.call(HYPERVISOR_pvxen_op, PvxenOp.connect_domain, domid=domid)

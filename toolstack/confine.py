@@ -22,10 +22,11 @@ dies with it. A program guest is a Linux process, so the launcher gives it
   ``/home``, ``/root``, ``/etc`` (but ``ld.so.cache`` and ``localtime``),
   the runtime directory and every other host path are not there;
 * **rlimits**: ``RLIMIT_AS`` = the template's address space + ``maxmem`` +
-  :data:`AS_HEADROOM` (beyond it ``mmap`` fails with ENOMEM, Python raises
+  :data:`AS_HEADROOM` + :data:`AS_PER_VCPU` per PV vCPU past the first
+  (beyond it ``mmap`` fails with ENOMEM, Python raises
   MemoryError), ``RLIMIT_FSIZE`` (its memory file's size + :data:`FSIZE_LIMIT`; stdout is
-  a file too), ``RLIMIT_NPROC`` (:data:`NPROC_LIMIT`, only with a uid of
-  the domain's own: the count is per uid);
+  a file too), ``RLIMIT_NPROC`` (:data:`NPROC_LIMIT`, + 2 per PV vCPU past
+  the first, only with a uid of the domain's own: the count is per uid);
 * **seccomp**: a filter compiled once by libseccomp (:mod:`.seccomp`) that
   answers ``EPERM`` to what no domU needs (ptrace, mount, kexec, modules,
   bpf, namespaces...).
@@ -78,6 +79,9 @@ OFF_ENV = "PVXEN_GUEST_CONFINE_OFF"
 #: above the two. Unicorn's default buffer reserves 1 GiB and does not fit:
 #: vCPU code sets ``Uc.ctl_set_tcg_buffer_size`` before the engine's first use.
 AS_HEADROOM = 256 << 20
+#: and per PV vCPU past the first (hypervisord/vcpu/smp.py): its engine's
+#: 32 MiB translation buffer, two 4 MiB thread stacks (its loop, its ticker)
+AS_PER_VCPU = 48 << 20
 FSIZE_LIMIT = 64 << 20
 NPROC_LIMIT = 64  # tasks (threads count) of the guest's own uid
 TMP_SIZE = 16 << 20
@@ -240,13 +244,14 @@ class Confinement:
             assert self.stage is not None
             build_root(self.stage, self.binds, proc_private="pidns" in self.parts)
 
-    def enter_late(self, uid: int | None, maxmem_bytes: int) -> None:
-        """What depends on the domain: its uid owns /tmp; limits from its maxmem."""
+    def enter_late(self, uid: int | None, maxmem_bytes: int, vcpus: int = 1) -> None:
+        """What depends on the domain: its uid owns /tmp; limits from its
+        maxmem (and its vCPUs: :data:`AS_PER_VCPU`)."""
         if "mountns" in self.parts and uid is not None:
             os.chown("/tmp", uid, uid)
         if "rlimits" in self.parts:
-            limits(address_space() + maxmem_bytes + AS_HEADROOM, uid is not None,
-                   maxmem_bytes)
+            limits(address_space() + maxmem_bytes + AS_HEADROOM
+                   + max(vcpus - 1, 0) * AS_PER_VCPU, uid is not None, maxmem_bytes, vcpus)
 
     def lock(self) -> None:
         """The last step, after privileges are dropped: the seccomp filter."""
@@ -264,7 +269,7 @@ def loopback_up() -> None:
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
 
 
-def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0) -> None:
+def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0, vcpus: int = 1) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (as_bytes, as_bytes))
     # RLIMIT_FSIZE counts offsets, in every file: the guest must still
     # pwrite() the top of its own memory file (maxmem plus the reserved
@@ -272,8 +277,9 @@ def limits(as_bytes: int, own_uid: bool, maxmem_bytes: int = 0) -> None:
     # file is refused by its seals whatever this limit is.
     fsize = file_size(-(-maxmem_bytes // PAGE_SIZE)) + FSIZE_LIMIT
     resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    if own_uid:
-        resource.setrlimit(resource.RLIMIT_NPROC, (NPROC_LIMIT, NPROC_LIMIT))
+    if own_uid:  # two threads per PV vCPU past the first (hypervisord/vcpu/smp.py)
+        nproc = NPROC_LIMIT + 2 * max(vcpus - 1, 0)
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
 
 def address_space() -> int:

@@ -95,21 +95,25 @@ def from_spare(conf: Confinement, req: dict, fds: list[int]) -> None:
     by_name = dict(zip(names, fds))
     child(int(req["domid"]), req["name"], req["program"], req["source"], list(req["args"]),
           int(req["start_info_gfn"]), by_name, by_name["log"], conf, int(req["maxmem"]),
-          boot=req.get("boot"), preserve=[int(r) for r in req.get("preserve", ())])
+          boot=req.get("boot"), preserve=[int(r) for r in req.get("preserve", ())],
+          vcpus=int(req.get("vcpus", 1)))
 
 
 def spare_request(domid: int, name: str, program: str, source: str, args: list[str],
                   start_info_gfn: int, maxmem_bytes: int, fd_names: list[str],
-                  boot: dict | None = None, preserve: list[int] | None = None) -> dict:
+                  boot: dict | None = None, preserve: list[int] | None = None,
+                  vcpus: int = 1) -> dict:
     return {"domid": domid, "name": name, "program": program, "source": source,
             "args": list(args), "start_info_gfn": start_info_gfn, "maxmem": maxmem_bytes,
-            "fds": list(fd_names), "boot": boot, "preserve": list(preserve or ())}
+            "fds": list(fd_names), "boot": boot, "preserve": list(preserve or ()),
+            "vcpus": vcpus}
 
 
 def child(domid: int, name: str, program: str, source: str, args: list[str],
           start_info_gfn: int, fds: dict[str, int], log_fd: int,
           confinement: Confinement | None = None, maxmem_bytes: int = 0,
-          boot: dict | None = None, preserve: list[int] | None = None) -> None:
+          boot: dict | None = None, preserve: list[int] | None = None,
+          vcpus: int = 1) -> None:
     """The forked child: set up, run the guest, exit. Never returns."""
     code = runtime.EXIT_BROKEN
     try:
@@ -127,7 +131,7 @@ def child(domid: int, name: str, program: str, source: str, args: list[str],
         _prctl(_PR_SET_NAME, f"d{domid}-{name}".encode()[:15])
         if confinement is not None:  # as root; the spare did cgroup, namespaces, root
             confinement.enter_late(guest_uid(domid) if os.geteuid() == 0 else None,
-                                   maxmem_bytes)
+                                   maxmem_bytes, vcpus if boot is not None else 1)
         drop_privileges(domid)
         if confinement is not None:
             confinement.lock()  # seccomp, last: it forbids what the steps above did

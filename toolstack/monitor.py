@@ -162,7 +162,7 @@ class Launcher:
         req = guestproc.spare_request(domid, cfg.name, cfg.kernel, source, cfg.args,
                                       start_info_gfn, cfg.maxmem_kb * 1024,
                                       ["hypercall", "evtchn", "memory", "log"], boot=boot,
-                                      preserve=preserved_reasons(cfg))
+                                      preserve=preserved_reasons(cfg), vcpus=cfg.maxvcpus)
         passed = [fds["hypercall"], fds["evtchn"], fds["memory"], log_fd]
         try:
             for attempt in range(2):  # a spare that died waiting: once more, with a new one

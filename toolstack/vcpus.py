@@ -7,8 +7,10 @@ its vCPUs is a thread of that process that the host kernel schedules:
 * vCPU *N* is the thread named ``vcpuN`` (``/proc/<pid>/task/<tid>/comm``,
   set with ``prctl(PR_SET_NAME)``);
 * vCPU 0 without such a thread is the process's main thread (``tid ==
-  pid``): a PV guest runs vCPU 0 there (``hypervisord/vcpu/guest.py``), and
-  so does a program guest (its Python program is its vCPU 0);
+  pid``): a one-vCPU PV guest runs vCPU 0 there (``hypervisord/vcpu/guest.py``),
+  and so does a program guest (its Python program is its vCPU 0); a PV
+  guest of several vCPUs runs each, vCPU 0 too, in a ``vcpuN`` thread
+  (``hypervisord/vcpu/smp.py``), from VCPUOP_up to VCPUOP_down;
 * Domain-0's vCPU 0 is hypervisord's main thread (hypervisord reports its
   own pid for dom0: ``hypervisord/domain.py``);
 * a vCPU with no thread (not started, or beyond what the guest runs) is

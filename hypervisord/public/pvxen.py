@@ -27,12 +27,15 @@ class PvxenOp(IntEnum):
     #: (EVTCHN_NOTIFY_DOORBELL entries); channels between two such processes
     #: get one at EVTCHNOP_bind_interdomain.
     evtchn_doorbells = 3
+    #: OUT: ``max_vcpus`` of the caller's own domain (XEN_DOMCTL_max_vcpus):
+    #: a PV guest process runs that many vCPUs at most (hypervisord/vcpu/smp.py).
+    max_vcpus = 4
     #: domU only: the calling process (a PV vCPU process) writes its
     #: domain's pending, selector and upcall-pending bits itself, between
     #: its vCPU's slices; from now on hypervisord only writes a port's entry
     #: (``port | vcpu << EVTCHN_NOTIFY_VCPU_SHIFT``) on the event stream for
     #: the process to apply (``hypervisord/evtchn.py``, ``set_pending``).
-    evtchn_vcpu_bits = 4
+    evtchn_vcpu_bits = 5
 
 
 #: Layout of a notification on the event-channel stream: a u32 LE port.

@@ -191,6 +191,9 @@ class VCpu:
         #: the guest's GDT (set_gdt): its frames and number of entries
         self.gdt_frames: tuple[int, ...] = ()
         self.gdt_ents = 0
+        #: another vCPU changed page tables: flush our TLB before the next slice
+        #: (set from another thread, with an ``emu_stop``: :mod:`.smp`)
+        self.tlb_stale = False
 
     # -- boot state ----------------------------------------------------------------------
 
@@ -343,6 +346,9 @@ class VCpu:
         when given); what stopped the vCPU."""
         self.exit = None
         self.slices += 1
+        if self.tlb_stale:
+            self.tlb_stale = False
+            self.flush_tlb()
         self._clear_stale_exception()
         start = self._get(X.UC_X86_REG_RIP)
         try:

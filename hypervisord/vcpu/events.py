@@ -66,6 +66,7 @@ one of its frames (:meth:`VcpuEvents.register_vcpu_info`), which updates
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import time
@@ -114,11 +115,18 @@ class VcpuEvents:
     """Event and timer state of one vCPU (the vCPU's own, as in Xen's ``struct vcpu``)."""
 
     def __init__(self, cpu: VCpu, copy_in: CopyIn, copy_out: CopyOut,
-                 evtchn_fd: int | None = None, clock: vtime.DomainClock | None = None) -> None:
+                 evtchn_fd: int | None = None, clock: vtime.DomainClock | None = None,
+                 waker: EventWaker | None = None) -> None:
         self.cpu, self.copy_in, self.copy_out = cpu, copy_in, copy_out
         self.clock = clock if clock is not None else vtime.DomainClock()
         self.timers = vtime.VcpuTimers()
-        self.waker = EventWaker(evtchn_fd, cpu.request_stop)
+        # an SMP domain hands each vCPU its waker (the stream's doorbell is the
+        # domain's: hypervisor/vcpu/smp.py), and ``guard``, the domain's lock,
+        # which block() holds while it looks at this vCPU's state
+        self.waker = waker if waker is not None else EventWaker(evtchn_fd, cpu.request_stop)
+        self.guard = contextlib.nullcontext()
+        #: the ports bound to this vCPU, as a bitmap (-1: all; SMP: :mod:`.smp`)
+        self.resync_ports = -1
         off = memfile.slot_offset(memfile.SHARED_INFO_SLOT)
         self.shared_info = cpu.mem.view[off:off + PAGE_SIZE]
         self.bits = SharedInfoBits(self.shared_info)
@@ -226,7 +234,7 @@ class VcpuEvents:
         """
         si = self.shared_info
         live = int.from_bytes(si[_PENDING:_PENDING + _BITMAP], "little") \
-            & ~int.from_bytes(si[_MASK:_MASK + _BITMAP], "little")
+            & ~int.from_bytes(si[_MASK:_MASK + _BITMAP], "little") & self.resync_ports
         if not live:
             return False
         words = 0
@@ -299,17 +307,11 @@ class VcpuEvents:
         try:
             while not (stop is not None and stop()):
                 self.waker.arm()
-                if self.waker.queued:  # after arm(): a later entry kicks the wait
-                    self.apply_notifications()
-                now = self.clock.now()
-                self._expire(now)
-                self.resync_selectors()
-                if self.need_delivery():
-                    return
-                if self.poll_ports is not None:
-                    if any(self.bits.is_pending(p) for p in self.poll_ports):
-                        return
-                    if self.poll_timeout and self.poll_timeout <= now:
+                with self.guard:
+                    if self.waker.queued:  # after arm(): a later entry kicks the wait
+                        self.apply_notifications()
+                    now = self.clock.now()
+                    if self._wake_due(now):
                         return
                 if self.waker.closed and self.timers.next_deadline() is None \
                         and not self.poll_timeout:
@@ -320,6 +322,18 @@ class VcpuEvents:
             self.blocked, self.poll_ports, self.poll_timeout = False, None, 0
             self._set_runstate(Runstate.RUNSTATE_running)
             self.update_time()  # Xen refreshes the time info when a vCPU is scheduled in
+
+    def _wake_due(self, now: int) -> bool:
+        self._expire(now)
+        self.resync_selectors()
+        if self.need_delivery():
+            return True
+        if self.poll_ports is not None:
+            if any(self.bits.is_pending(p) for p in self.poll_ports):
+                return True
+            if self.poll_timeout and self.poll_timeout <= now:
+                return True
+        return False
 
     def _wait_seconds(self, now: int) -> float:
         limit = WAIT_CHUNK
@@ -341,6 +355,10 @@ class VcpuEvents:
         """The forwarder's report of a successful EVTCHNOP_bind_virq."""
         if vcpu == self.cpu.vcpu_id and virq == Virq.VIRQ_TIMER:
             self.virq_ports[virq] = port
+
+    def port_vcpu(self, port: int, vcpu: int) -> None:
+        """The forwarder's report: ``port`` now notifies ``vcpu`` (bind_ipi,
+        bind_vcpu); one vCPU has nothing to do with it (an SMP domain does)."""
 
     def closed_port(self, port: int | None) -> None:
         """EVTCHNOP_close of ``port`` (None: EVTCHNOP_reset, every port)."""
@@ -378,8 +396,15 @@ class VcpuEvents:
                 self.applied += 1
 
     # -- vcpu_op ----------------------------------------------------------------------------
-    def vcpu_op(self, cmd: int, arg: int) -> int:
-        """VCPUOP_* on this vCPU (the caller checked vcpuid and handled down)."""
+    def vcpu_op(self, cmd: int, arg: int, copy_in: CopyIn | None = None,
+                copy_out: CopyOut | None = None) -> int:
+        """VCPUOP_* on this vCPU (the caller checked vcpuid and handled down).
+
+        ``copy_in``/``copy_out``: the calling vCPU's, when another vCPU asks
+        (``arg`` is in the caller's address space); this vCPU's by default.
+        """
+        copy_in = copy_in or self.copy_in
+        copy_out = copy_out or self.copy_out
         now = self.clock.now()
         if cmd == VcpuOp.VCPUOP_is_up:
             return 1
@@ -389,7 +414,7 @@ class VcpuEvents:
             return -XenErrno.XEN_EEXIST  # default_initialise_vcpu: already initialised
         if cmd == VcpuOp.VCPUOP_set_periodic_timer:
             (period,) = VCPU_SET_PERIODIC_TIMER.unpack(
-                self.copy_in(arg, VCPU_SET_PERIODIC_TIMER.size))
+                copy_in(arg, VCPU_SET_PERIODIC_TIMER.size))
             if period < vtime.MILLISECS or period > vtime.STIME_DELTA_MAX:
                 return -XenErrno.XEN_EINVAL
             if self.timers.set_periodic(period, now):
@@ -400,7 +425,7 @@ class VcpuEvents:
             return 0
         if cmd == VcpuOp.VCPUOP_set_singleshot_timer:
             timeout, _flags = VCPU_SET_SINGLESHOT_TIMER.unpack(
-                self.copy_in(arg, VCPU_SET_SINGLESHOT_TIMER.size))
+                copy_in(arg, VCPU_SET_SINGLESHOT_TIMER.size))
             if timeout < now:  # Xen HEAD: "just inject the event" (no -ETIME any more)
                 self.timers.singleshot = None
                 self.send_virq(Virq.VIRQ_TIMER)
@@ -411,15 +436,15 @@ class VcpuEvents:
             self.timers.singleshot = None
             return 0
         if cmd == VcpuOp.VCPUOP_get_runstate_info:
-            self.copy_out(arg, self._runstate_info())
+            copy_out(arg, self._runstate_info())
             return 0
         if cmd == VcpuOp.VCPUOP_register_vcpu_info:
             mfn, offset, _rsvd = VCPU_REGISTER_VCPU_INFO.unpack(
-                self.copy_in(arg, VCPU_REGISTER_VCPU_INFO.size))
+                copy_in(arg, VCPU_REGISTER_VCPU_INFO.size))
             return self.register_vcpu_info(mfn, offset)
         if cmd == VcpuOp.VCPUOP_register_runstate_memory_area:
             (va,) = VCPU_REGISTER_RUNSTATE_MEMORY_AREA.unpack(
-                self.copy_in(arg, VCPU_REGISTER_RUNSTATE_MEMORY_AREA.size))
+                copy_in(arg, VCPU_REGISTER_RUNSTATE_MEMORY_AREA.size))
             self.runstate_area = va or None
             self._write_runstate_area()
             return 0

@@ -14,7 +14,9 @@ event stream, which is applied before the op returns (an unmask of a
 pending port hypervisord re-raises itself, while we wait); the vCPU then
 delivers the upcall (:mod:`.events`). A successful bind_virq of
 a per-vCPU VIRQ, a close and a reset are also told to the vCPU's
-:class:`~.events.VcpuEvents`, which raises ``VIRQ_TIMER`` locally.
+:class:`~.events.VcpuEvents`, which raises ``VIRQ_TIMER`` locally; so are
+the vCPU a bind_ipi or bind_vcpu names (an SMP domain's router sends each
+report to the vCPU concerned, :mod:`.smp`).
 Next (helper "pvmm", its own module): ``grant_table_op``, ``memory_op``.
 """
 
@@ -121,12 +123,17 @@ class Forwarder:
         if rc < 0:
             return rc
         self.copy_out(arg, EVTCHN_BIND_IPI.pack(vcpu, int(result["port"])))
+        if self.events is not None:
+            self.events.port_vcpu(int(result["port"]), vcpu)
         return 0
 
     def bind_vcpu(self, arg: int) -> int:
         port, vcpu = EVTCHN_BIND_VCPU.unpack(self.copy_in(arg, EVTCHN_BIND_VCPU.size))
-        return self._call(Hypercall.event_channel_op, EvtchnOp.EVTCHNOP_bind_vcpu,
-                          port=port, vcpu=vcpu)[0]
+        rc = self._call(Hypercall.event_channel_op, EvtchnOp.EVTCHNOP_bind_vcpu,
+                        port=port, vcpu=vcpu)[0]
+        if rc == 0 and self.events is not None:
+            self.events.port_vcpu(port, vcpu)
+        return rc
 
     def status(self, arg: int) -> int:
         dom, port, _status, _vcpu, _u = EVTCHN_STATUS.unpack(

@@ -24,16 +24,23 @@ frames become mappable once ``GNTTABOP_setup_table`` made them.
   ``XENMEM_machine_memory_map``: ``-EPERM`` (``XSM_PRIV``);
   ``XENMEM_add_to_physmap``: ``-EACCES`` (translated guests only).
   An unreadable reservation struct is "``start_extent`` done", as in Xen.
-* anything else, ``XENMEM_increase_reservation`` included (it hands out
-  arbitrary MFNs; Linux balloons with ``populate_physmap``): ``-ENOSYS``.
+* ``XENMEM_increase_reservation``: frames anywhere, their MFNs written out
+  (unless the list is NULL). A pvxen PV guest's MFNs are its pfns and its
+  vCPU maps only pfns below ``nr_pages``, so the frames handed out are the
+  ones it gave back (lowest first), populated again through hypervisord;
+  with none given back, 0 extents are done (Xen would go on up to
+  ``max_pages`` when ``maxmem`` is above ``memory``).
+* anything else: ``-ENOSYS``.
 
 ``grant_table_op`` (``xen/common/grant_table.c``, ``public/grant_table.h``):
 ``GNTTABOP_setup_table`` (frame_list in pvxen machine frames
 ``GNTTAB_MFN + i``, which the guest maps with ``update_va_mapping`` /
 ``mmu_update``: they are the guest's grant table, shared writable as in
 Xen), ``GNTTABOP_query_size``, ``GNTTABOP_set_version``,
-``GNTTABOP_get_version``. Mapping or copying grants from a vCPU guest
-(a backend in a PV domU) is not served: ``-ENOSYS``.
+``GNTTABOP_get_version``, ``GNTTABOP_copy`` (done by hypervisord; a copy
+into one of the guest's own page-table frames is refused here, where the
+page types are). Mapping grants into a vCPU guest (a backend in a PV domU)
+is not served: ``-ENOSYS``.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ import struct
 from collections.abc import Callable
 
 from hypervisord.public.errno import XenErrno
-from hypervisord.public.grant_table import (GNTTAB_GET_VERSION, GNTTAB_QUERY_SIZE,
+from hypervisord.public.grant_table import (GNTCOPY_dest_gref, GNTTAB_COPY,
+                                            GNTTAB_GET_VERSION, GNTTAB_QUERY_SIZE,
                                             GNTTAB_SET_VERSION, GNTTAB_SETUP_TABLE,
                                             GnttabOp, GntSt)
 from hypervisord.public.memfile import GNT_FIRST_SLOT
@@ -57,7 +65,8 @@ CopyIn = Callable[[int, int], bytes]
 CopyOut = Callable[[int, bytes], None]
 MEMOP_CMD_MASK = 0x3F  # xen/include/public/memory.h: low bits of cmd; the rest: start_extent
 MEMOP_EXTENT_SHIFT = 6
-MAX_GRANT_OPS = 64  # setup/query ops per call (a guest asks for one; bounded work)
+MAX_GRANT_OPS = 64  # setup/query/copy ops per call (a guest asks for few; bounded work)
+_COPY_STATUS_OFF = GNTTAB_COPY.size - 4  # struct gnttab_copy: ... len, flags, status, pad
 _XEN_PFN = struct.Struct("<Q")
 
 
@@ -91,7 +100,8 @@ class MemoryForwarder:
         cmd, arg = args[0] & 0xFFFF_FFFF, args[1]
         op, start = cmd & MEMOP_CMD_MASK, cmd >> MEMOP_EXTENT_SHIFT
         M = XenMemOp
-        if op in (M.XENMEM_populate_physmap, M.XENMEM_decrease_reservation):
+        if op in (M.XENMEM_populate_physmap, M.XENMEM_decrease_reservation,
+                  M.XENMEM_increase_reservation):
             return self._reservation(op, start, arg)
         if op in (M.XENMEM_current_reservation, M.XENMEM_maximum_reservation,
                   M.XENMEM_maximum_gpfn, M.XENMEM_maximum_ram_page) and start:
@@ -133,7 +143,13 @@ class MemoryForwarder:
             return start
         if order:
             return start  # 2 MiB extents: a PV domU may not (multipage_allocation_permitted)
-        gfns = self._extents(handle, start, nr)
+        if op == XenMemOp.XENMEM_increase_reservation:
+            # New frames, their MFNs out: a pvxen PV guest's MFN is its pfn, and
+            # only its own pfns are mapped for its vCPU, so the frames it gave
+            # back are what can be handed out again (lowest first).
+            gfns = sorted(self.mmu.released)[:nr - start]
+        else:
+            gfns = self._extents(handle, start, nr)
         if op == XenMemOp.XENMEM_decrease_reservation:
             for i, gfn in enumerate(gfns):
                 if self.mmu.in_use_as_table(gfn):
@@ -141,7 +157,9 @@ class MemoryForwarder:
                     break
         if not gfns:
             return start
-        rc, _ = self._call(Hypercall.memory_op, op, domid=domid, extent_order=0,
+        hop = XenMemOp.XENMEM_populate_physmap if op == XenMemOp.XENMEM_increase_reservation \
+            else op
+        rc, _ = self._call(Hypercall.memory_op, hop, domid=domid, extent_order=0,
                            extent_start=gfns)
         if rc < 0:
             return rc
@@ -153,6 +171,8 @@ class MemoryForwarder:
         else:
             self.mmu.released.difference_update(done)
             for i, gfn in enumerate(done):  # OUT: the MFN of each extent (== gfn)
+                if handle == 0 and op == XenMemOp.XENMEM_increase_reservation:
+                    break  # a NULL extent list: increase_reservation writes nothing back
                 try:
                     self.copy_out(handle + 8 * (start + i), _XEN_PFN.pack(gfn))
                 except self.fault:
@@ -180,6 +200,12 @@ class MemoryForwarder:
                 return rc
             self.copy_out(uop, GNTTAB_SET_VERSION.pack(int(r["version"])))
             return 0
+        if cmd == G.GNTTABOP_copy:  # in chunks (Xen: continuations); a signal still stops us
+            for first in range(0, count, MAX_GRANT_OPS):
+                rc = self._copy(uop + first * GNTTAB_COPY.size, min(count - first, MAX_GRANT_OPS))
+                if rc < 0:
+                    return rc
+            return 0
         if cmd == G.GNTTABOP_get_version:
             dom, _pad, _ = GNTTAB_GET_VERSION.unpack(self.copy_in(uop, GNTTAB_GET_VERSION.size))
             rc, r = self._call(Hypercall.grant_table_op, cmd, dom=dom)
@@ -188,6 +214,44 @@ class MemoryForwarder:
             self.copy_out(uop, GNTTAB_GET_VERSION.pack(dom, 0, int(r["version"])))
             return 0
         return -XenErrno.XEN_ENOSYS
+
+    def _copy(self, uop: int, count: int) -> int:
+        """``GNTTABOP_copy``: the ops read once, done by hypervisord (it holds
+        every domain's memory and grant table), each op's status written back.
+
+        One check stays here, where the page types are: a copy into one of the
+        guest's own frames that is typed as a page table fails
+        (``GNTST_general_error``), as Xen's ``get_page_type(PGT_writable_page)``
+        does, so no copy rewrites a validated table.
+        """
+        ops, wire, refused, faulted = [], [], {}, False
+        for i in range(count):
+            va = uop + i * GNTTAB_COPY.size
+            try:
+                (s_u, s_dom, s_off, d_u, d_dom, d_off, length, flags,
+                 _status) = GNTTAB_COPY.unpack(self.copy_in(va, GNTTAB_COPY.size))
+            except self.fault:  # Xen's loop: the ops before it are done, then -EFAULT
+                faulted = True
+                break
+            ops.append(va)
+            own_dest = not flags & GNTCOPY_dest_gref and d_dom in (DOMID_SELF, self.mmu.domid)
+            if own_dest and self.mmu.in_use_as_table(d_u):
+                refused[i] = GntSt.GNTST_general_error
+                continue
+            wire.append((i, {"source": {"u": s_u, "domid": s_dom, "offset": s_off},
+                             "dest": {"u": d_u, "domid": d_dom, "offset": d_off},
+                             "len": length, "flags": flags}))
+        statuses = dict(refused)
+        if wire:
+            rc, r = self._call(Hypercall.grant_table_op, GnttabOp.GNTTABOP_copy,
+                               ops=[op for _, op in wire])
+            if rc < 0:
+                return rc
+            for (i, _), result in zip(wire, r["ops"]):
+                statuses[i] = int(result.get("status", GntSt.GNTST_general_error))
+        for i, va in enumerate(ops):
+            self.copy_out(va + _COPY_STATUS_OFF, struct.pack("<h", statuses[i]))
+        return -XenErrno.XEN_EFAULT if faulted else 0
 
     def _setup_table(self, va: int) -> None:
         dom, nr_frames, _status, frame_list = GNTTAB_SETUP_TABLE.unpack(

@@ -128,18 +128,24 @@ def is_user_code64(cpu: VCpu, sel: int) -> bool:
     """A present 64-bit code segment of DPL 3 (what an iretq to CPL 3 needs here)."""
     if sel == arch_x86.FLAT_USER_CS64:
         return True  # Xen's own, always there
-    d = descriptor(cpu, sel)
-    want = _D_P | _D_S | _D_CODE | _D_DPL3 | _D_L
-    return d is not None and sel & 3 == 3 and d & (want | _D_DB) == want
+    return sel & 3 == 3 and code64_desc(descriptor(cpu, sel))
 
 
 def is_user_stack(cpu: VCpu, sel: int) -> bool:
     """A present writable data segment of DPL 3 (SS at CPL 3)."""
     if sel == arch_x86.FLAT_USER_SS64:
         return True
-    d = descriptor(cpu, sel)
+    return sel & 3 == 3 and stack_desc(descriptor(cpu, sel))
+
+
+def code64_desc(d: int | None) -> bool:
+    want = _D_P | _D_S | _D_CODE | _D_DPL3 | _D_L
+    return d is not None and d & (want | _D_DB) == want
+
+
+def stack_desc(d: int | None) -> bool:
     want = _D_P | _D_S | _D_DPL3 | _D_ACCESSED_WRITABLE
-    return d is not None and sel & 3 == 3 and d & (want | _D_CODE) == want
+    return d is not None and d & (want | _D_CODE) == want
 
 
 def load_selector(cpu: VCpu, reg: int, sel: int, loaded: int | None = None) -> None:

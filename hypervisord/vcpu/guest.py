@@ -1,4 +1,4 @@
-"""The process of a PV guest: its vCPU 0 on the domain's memory, until shutdown.
+"""The process of a PV guest: its vCPUs on the domain's memory, until shutdown.
 
 Forked by the launcher like a program guest (``toolstack/guestproc.py``:
 three descriptors, confined), it runs :func:`run` instead of a Python
@@ -18,6 +18,11 @@ program:
    stays too, shut down (``xl list`` state ``c`` for a crash), as libxl
    leaves it, until ``xl destroy`` kills the process.
 
+A domain of several vCPUs (``vcpus = N`` in xl.cfg: hypervisord's
+``max_vcpus``, asked after the first hypercall) runs each vCPU in a thread
+of its own, ``vcpuN``, and this process's main thread waits for the
+shutdown (:mod:`.smp`); with one vCPU, vCPU 0 runs on the main thread.
+
 ``console_io`` text goes to stderr, which is the guest's log file, with
 Xen's ``(dN)`` prefix.
 """
@@ -35,7 +40,7 @@ from hypervisord.public.xen import PAGE_SIZE, START_INFO, XEN_START_INFO_MAGIC
 from libxen import ctrl
 from libxen.sync import SyncXenCall, XenError
 
-from . import loop
+from . import loop, smp
 from .cpu import BootState, VCpu
 from .forward import Forwarder
 from .forward_mm import MemoryForwarder
@@ -89,6 +94,14 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
     except (XenError, OSError) as e:
         log.error("first hypercall failed: %s", e)
         return None
+    try:
+        max_vcpus = ctrl.own_max_vcpus(xc)
+    except (XenError, OSError) as e:
+        log.error("max_vcpus: %s", e)
+        return None
+    if max_vcpus > 1:  # hypervisord keeps setting the bits (events.py, SMP)
+        return _finish(xc, _run_smp(domid, start_info_gfn, boot, xc, word, evtchn_fd,
+                                    memory_fd, max_vcpus), preserve)
     try:  # before the guest runs: from now on its event bits are ours (events.py)
         ctrl.evtchn_vcpu_bits(xc)
         owns_bits = True
@@ -110,6 +123,35 @@ def run(domid: int, start_info_gfn: int, boot: dict, hypercall_fd: int, evtchn_f
     except Exception:  # noqa: BLE001 - our bug: the domain crashes, with the traceback
         log.exception("vCPU 0 failed")
         reason = ShutdownReason.SHUTDOWN_crash
+    return _finish(xc, reason, preserve)
+
+
+def _run_smp(domid: int, start_info_gfn: int, boot: dict, xc: SyncXenCall, word: int,
+             evtchn_fd: int, memory_fd: int, max_vcpus: int) -> int | None:
+    """vCPUs 0 .. max_vcpus-1, each in its thread (:mod:`.smp`); the reason."""
+    try:
+        mem = GuestMemory(memory_fd, read_nr_pages(memory_fd, start_info_gfn))
+        console = ConsoleWriter(domid)
+
+        def make_hc(cpu: VCpu, first_mmu, waker, dom: smp.PvDomain) -> VcpuHypercalls:
+            hc = VcpuHypercalls(cpu, domid, console, xen_version=(word >> 16, word & 0xFFFF),
+                                smp=dom, first_mmu=first_mmu, waker=waker)
+            copy_in = lambda va, n: copy_from_guest(cpu, va, n)  # noqa: E731
+            hc.forward.update(Forwarder(xc, copy_in, hc.copy_to_guest, dom.events).table())
+            hc.forward.update(MemoryForwarder(xc, hc.mmu, copy_in, hc.copy_to_guest,
+                                              GuestFault).table())
+            return hc
+
+        dom = smp.PvDomain(domid, mem, max_vcpus, make_hc)
+        dom.boot(BootState(**boot), evtchn_fd)
+        log.info("%d vCPUs (vCPU 0 up)", max_vcpus)
+    except Exception:  # noqa: BLE001 - our bug: the domain crashes, with the traceback
+        log.exception("vCPU 0 failed")
+        return ShutdownReason.SHUTDOWN_crash
+    return dom.run()
+
+
+def _finish(xc: SyncXenCall, reason: int | None, preserve: frozenset[int]) -> int:
     if reason is None:
         reason = ShutdownReason.SHUTDOWN_crash
     try:

@@ -30,6 +30,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hypervisord.public.callback import (CALLBACK_REGISTER, CALLBACK_UNREGISTER,
                                          CALLBACKF_mask_events, CALLBACKOP_register,
@@ -127,11 +128,17 @@ class VcpuHypercalls:
     in_multicall: bool = False
     #: upcalls, block/poll, timers, vcpu_op (:mod:`.events`)
     events: VcpuEvents = field(init=False)
+    #: an SMP domain (:class:`.smp.PvDomain`): serves vcpu_op for every vCPU; None: one vCPU
+    smp: Any = None
+    #: vCPU 0's Mmu, whose per-domain state (page types ...) a later vCPU shares
+    first_mmu: Mmu | None = None
+    waker: Any = None  # this vCPU's waker (SMP: see events.VcpuEvents)
 
     def __post_init__(self) -> None:
-        self.mmu = Mmu(self.cpu, self.domid)
+        self.mmu = Mmu(self.cpu, self.domid) if self.first_mmu is None \
+            else Mmu.for_vcpu(self.cpu, self.first_mmu)
         self.events = VcpuEvents(self.cpu, lambda va, n: copy_from_guest(self.cpu, va, n),
-                                 self.copy_to_guest, self.evtchn_fd)
+                                 self.copy_to_guest, self.evtchn_fd, waker=self.waker)
 
     def dispatch(self) -> None:
         """Serve the hypercall the vCPU just stopped at; result in %rax."""
@@ -268,8 +275,11 @@ class VcpuHypercalls:
         return self.events.set_timer_op(timeout)
 
     def vcpu_op(self, cmd: int, vcpuid: int, arg: int, *_: int) -> int:
-        """``do_vcpu_op``: only this vCPU exists here (no SMP yet: -ENOENT for others)."""
+        """``do_vcpu_op``: a domain of several vCPUs serves it in :mod:`.smp`;
+        with one, only this vCPU exists (-ENOENT for others)."""
         cmd, vcpuid = cmd & 0xFFFF_FFFF, vcpuid & 0xFFFF_FFFF
+        if self.smp is not None:
+            return self.smp.vcpu_op(self, cmd, vcpuid, arg)
         if vcpuid != self.cpu.vcpu_id:
             return -XenErrno.XEN_ENOENT
         if cmd == VcpuOp.VCPUOP_down:  # the last vCPU going down: domain_shutdown(poweroff)

@@ -13,10 +13,16 @@ itself faults, the domain crashes. Before each slice
 :meth:`.events.VcpuEvents.service` fires due timers and bounces a pending,
 unmasked event upcall; after SCHEDOP_block/poll the loop waits in
 :meth:`.events.VcpuEvents.block`.
+
+With several vCPUs (:mod:`.smp`) each runs this loop in its own thread and
+``lock`` is the domain's lock: held while the vCPU is between slices
+(service, hypercall, trap bounce), released while Unicorn runs the guest
+(``emu_start`` drops the GIL too) and while the vCPU is blocked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -39,25 +45,30 @@ class LoopStats:
 
 
 def run(cpu: VCpu, hc: VcpuHypercalls, *, stop: Callable[[], bool] | None = None,
-        stats: LoopStats | None = None) -> int | None:
+        stats: LoopStats | None = None, lock=None) -> int | None:
     """Run ``cpu`` until the guest shuts down; its SHUTDOWN_* reason.
 
     ``stop()`` is asked between slices; True ends the loop with None.
+    ``lock``: the domain's lock of an SMP guest (module doc), or None.
     """
     stats = stats if stats is not None else LoopStats()
     t0 = time.perf_counter()
     try:
         with SliceTimer(cpu):
-            return _run(cpu, hc, stop, stats)
+            return _run(cpu, hc, stop, stats, lock if lock is not None else _NO_LOCK)
     finally:
         stats.seconds += time.perf_counter() - t0
 
 
+_NO_LOCK = contextlib.nullcontext()
+
+
 def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
-         stats: LoopStats) -> int | None:
+         stats: LoopStats, lock) -> int | None:
     while stop is None or not stop():
         try:
-            hc.events.service(hc.callbacks)
+            with lock:
+                hc.events.service(hc.callbacks)
         except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
             log.error("d%d v%d: cannot deliver an event upcall: %s: domain crashed",
                       hc.domid, cpu.vcpu_id, e)
@@ -69,7 +80,8 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
         if ex.kind is ExitKind.HYPERCALL:
             stats.hypercalls += 1
             try:
-                hc.dispatch()
+                with lock:
+                    hc.dispatch()
             except Shutdown as s:
                 return s.reason
             except traps.BadFrame as e:
@@ -80,7 +92,9 @@ def _run(cpu: VCpu, hc: VcpuHypercalls, stop: Callable[[], bool] | None,
             continue
         if ex.kind in (ExitKind.TRAP, ExitKind.SYSCALL):
             try:
-                if traps.deliver(cpu, hc, ex):
+                with lock:
+                    delivered = traps.deliver(cpu, hc, ex)
+                if delivered:
                     continue
             except (GuestFault, traps.BadFrame) as e:  # Xen: a failed bounce crashes
                 log.error("d%d v%d: cannot bounce trap %d: %s: domain crashed", hc.domid,

@@ -24,9 +24,11 @@ and records the new entry in :attr:`Mmu.m2p` (nothing maps the M2P at
 ``RO_MPT_VIRT_START``: of the L4 slots 256..271 only the vCPU's GDT slot,
 :mod:`.gdt`, is filled, in every validated L4). One vCPU: every
 "flush on these vCPUs" is a flush of Unicorn's TLB, which is always
-enough (~1 us). Foreign page owners (``foreigndom``) need privilege, which
-no guest on a vCPU has: ``-EPERM`` (naming itself by domid: Xen's
-``-ESRCH``).
+enough (~1 us); with several vCPUs (:mod:`.smp`) each vCPU has its own
+:class:`Mmu` (base pointers, LDT) over the domain's shared page types, and
+a flush reaches every vCPU (:meth:`Mmu._flush`). Foreign page owners
+(``foreigndom``) need privilege, which no guest on a vCPU has: ``-EPERM``
+(naming itself by domid: Xen's ``-ESRCH``).
 
 For save/restore: the type counts are derived state (recomputed by
 validating from the pins and base pointers); what a snapshot must carry is
@@ -77,6 +79,22 @@ class Mmu:
         self.types.pin(self.base, PGT_l4_page_table)
         self.types.get_type(self.base, PGT_l4_page_table)
         self.user_base = 0
+        #: every vCPU's Mmu of the domain (:meth:`for_vcpu`): a flush reaches them all
+        self.peers: list[Mmu] = [self]
+
+    @classmethod
+    def for_vcpu(cls, cpu, first: Mmu) -> Mmu:
+        """Another vCPU's view: per-vCPU base pointers and LDT (Xen's ``struct
+        vcpu``), the domain's page types, M2P, released and grant frames shared
+        with ``first`` (Xen's ``struct domain``). Its base pointers are set by
+        VCPUOP_initialise (:mod:`.smp`); callers hold the domain's lock."""
+        m = cls.__new__(cls)
+        m.cpu, m.domid, m.nr_pages = cpu, first.domid, first.nr_pages
+        m.released, m.grant_frames, m.m2p = first.released, first.grant_frames, first.m2p
+        m.types, m.peers = first.types, first.peers
+        m.ldt, m.base, m.user_base = (0, 0), 0, 0
+        m.peers.append(m)
+        return m
 
     # -- ownership -------------------------------------------------------------------------
 
@@ -87,7 +105,13 @@ class Mmu:
         return frame == SHARED_INFO_MFN or frame in self.grant_frames
 
     def _flush(self) -> None:
+        """Our TLB now; every other vCPU's before its next slice (its running
+        slice is cut short: a window of at most that slice, see :mod:`.smp`)."""
         self.cpu.flush_tlb()
+        for m in self.peers:
+            if m is not self:
+                m.cpu.tlb_stale = True
+                m.cpu.request_stop()  # between instructions: stopreq.py
 
     # -- update_va_mapping -----------------------------------------------------------------
 

@@ -35,6 +35,11 @@ number, see :mod:`.memory`). Not modelled (refused as Xen refuses a
 mistyped entry, ``-EINVAL``): linear (recursive) page tables, superpages
 (``_PAGE_PSE`` at L2/L3 is in Xen's disallow mask for PV), cache
 attributes (PWT/PCD/PAT need ``cache_flush_permitted``, never a domU's).
+
+One :class:`PageTypes` per domain: with several vCPUs (:mod:`.smp`) every
+vCPU's :class:`~.mmu.Mmu` shares it, and its callers hold the domain's lock
+(where Xen takes the page's lock or the domain's), so no count is ever
+updated by two threads at once.
 """
 
 from __future__ import annotations

@@ -108,21 +108,36 @@ def set_gdt(hc: VcpuHypercalls, frame_list: int, entries: int, *_: int) -> int:
         return -XenErrno.XEN_EINVAL
     nr_frames = -(-entries // DESCS_PER_FRAME)
     frames = struct.unpack(f"<{nr_frames}Q", copy_from_guest(hc.cpu, frame_list, 8 * nr_frames))
-    if not all(_own_frame(hc, f) for f in frames):
+    fixed = check_gdt(hc.cpu.mem, frames, entries)
+    if fixed is None:
         return -XenErrno.XEN_EINVAL
-    mem = hc.cpu.mem
+    load_gdt(hc.cpu, fixed, entries)
+    return 0
+
+
+def check_gdt(mem, frames, entries: int) -> list[tuple[int, list[int]]] | None:
+    """``pv_set_gdt``'s checks: (frame, its fixed descriptors) for each of
+    ``frames``, or None when the GDT is refused (-EINVAL)."""
+    if entries > arch_x86.FIRST_RESERVED_GDT_ENTRY \
+            or len(frames) != -(-entries // DESCS_PER_FRAME) \
+            or not all(0 <= f < mem.nr_pages for f in frames):
+        return None
     fixed = []
     for frame in frames:  # Xen types each frame seg_desc: all its 512 must pass
         page = mem.read(frame * paging.PAGE_SIZE, paging.PAGE_SIZE)  # copied once
         descs = [check_descriptor(d) for d in struct.unpack(f"<{DESCS_PER_FRAME}Q", page)]
         if None in descs:
-            return -XenErrno.XEN_EINVAL
+            return None
         fixed.append((frame, descs))
+    return fixed
+
+
+def load_gdt(cpu, fixed: list[tuple[int, list[int]]], entries: int) -> None:
+    """The GDT :func:`check_gdt` accepted, on ``cpu``."""
     for frame, descs in fixed:  # check_descriptor fixes DPLs in place
-        mem.write(frame * paging.PAGE_SIZE, struct.pack(f"<{DESCS_PER_FRAME}Q", *descs))
-    hc.cpu.gdt_frames, hc.cpu.gdt_ents = tuple(frames), entries
-    gdt.load_guest_entries(hc.cpu, [d for _, descs in fixed for d in descs][:entries])
-    return 0
+        cpu.mem.write(frame * paging.PAGE_SIZE, struct.pack(f"<{DESCS_PER_FRAME}Q", *descs))
+    cpu.gdt_frames, cpu.gdt_ents = tuple(f for f, _ in fixed), entries
+    gdt.load_guest_entries(cpu, [d for _, descs in fixed for d in descs][:entries])
 
 
 def update_descriptor(hc: VcpuHypercalls, maddr: int, desc: int, *_: int) -> int:

@@ -134,3 +134,30 @@ def test_destroy_closes_the_console_and_backendd_restart_attaches_again(
     assert with_two >= before + 3  # pty master and slave, log file (and the port's doorbell)
     stack.wait(lambda: _fds(pid) == before, "backendd to close the pty, log and port")
     assert f"/dev/pts/" in first
+
+
+def test_sighup_reopens_the_logs_as_logrotate_needs(stack, start_backendd, tmp_path):
+    """xenconsoled's handle_log_reload: the old file (moved away) keeps what was
+    written before, the new one at the log's name gets what comes after."""
+    import signal
+
+    be = start_backendd()
+    stack.xl_ok("create", str(write_guest(tmp_path, "echo", ECHO_GUEST)))
+    pty = Pty(wait_tty(stack, stack.domid_of("echo")))
+    log = console_log(stack, "echo")
+    try:
+        pty.read_until(b"hello from echo on its console")
+        stack.wait(lambda: log.exists() and b"hello from echo" in log.read_bytes(), "the log")
+        rotated = log.with_name(log.name + ".1")
+        os.rename(log, rotated)
+        be.proc.send_signal(signal.SIGHUP)
+        stack.wait(lambda: "reopened 1 console log(s)" in be.log(), "backendd's reopen")
+        pty.write(b"after rotation\r")
+        pty.read_until(b"echo: after rotation")
+        stack.wait(lambda: log.exists() and b"echo: after rotation" in log.read_bytes(),
+                   "the new log")
+    finally:
+        pty.close()
+    assert b"after rotation" not in rotated.read_bytes()
+    assert rotated.read_bytes().startswith(b"hello from echo on its console")
+    assert be.alive

@@ -382,7 +382,11 @@ def test_the_forwarded_event_channel_ops_are_event_channel_h() -> None:
         def closed_port(self, port):
             self.closed.append(port)
 
+        def port_vcpu(self, port, vcpu):
+            self.moved.append((port, vcpu))
+
     xc, mem, events = StatusXc(), Mem(), Events()
+    events.moved = []
     fw = Forwarder(xc, mem.copy_in, mem.copy_out, events)
     op = fw.table()[0x20]  # __HYPERVISOR_event_channel_op
 
@@ -400,6 +404,7 @@ def test_the_forwarded_event_channel_ops_are_event_channel_h() -> None:
     assert op(0x20, [EvtchnOp.EVTCHNOP_unmask, 4]) == 0
     mem.data[5] = E.EVTCHN_BIND_VCPU.pack(12, 0)
     assert op(0x20, [EvtchnOp.EVTCHNOP_bind_vcpu, 5]) == 0
+    assert events.moved == [(12, 0)]  # told to the vCPUs (hypervisord/vcpu/smp.py)
     mem.data[6] = E.EVTCHN_CLOSE.pack(5)
     assert op(0x20, [EvtchnOp.EVTCHNOP_close, 6]) == 0
     mem.data[7] = E.EVTCHN_RESET.pack(0x7FF0)

@@ -62,3 +62,10 @@ def test_debian_pv_grub_builds_its_own_page_tables_and_greets(stack, hypervisord
     stack.wait(greeted, "GRUB's welcome on its console", timeout=30)
     stack.xl_ok("destroy", "grub")
     stack.wait(lambda: stack.domids() == [0], "the domain to go")
+
+
+def test_grant_copy_from_a_pv_kernel_is_done_by_hypervisord_and_checked(stack, tmp_path):
+    """GNTTABOP_copy between own frames, refused into a page table, bad ops' statuses."""
+    stack.xl_ok("create", str(write_pv(tmp_path, "gcopy", "gntcopy")))
+    stack.wait(lambda: "gntcopy " in stack.guest_log("gcopy"), "the kernel's verdict")
+    assert "gntcopy ok" in stack.guest_log("gcopy"), stack.guest_log("gcopy")

@@ -1,5 +1,6 @@
 /* mm_memory: memory_op from a PV kernel, forwarded to hypervisord: the
-   reservation, a page given back (then not ours to map) and populated again,
+   reservation, a page given back (then not ours to map) and populated again
+   (and handed out again by increase_reservation),
    a page table that is kept, and the refusals. Prints "mm_memory ok <pages>"
    and powers off; else "mm_memory FAIL <step>" and crashes. */
 .include "xen.inc"
@@ -96,11 +97,45 @@ _start:
   lea resv(%rip), %rsi
   HCALL memory_op
   EXPECT $0, 'a'
-  /* b: XENMEM_increase_reservation is not served (Linux balloons by populate_physmap) */
+  /* b: XENMEM_increase_reservation: with nothing given back there is nothing
+     to hand out (0 done); after the victim goes back it is handed out again,
+     its MFN written to the list, and it maps; with a NULL list too */
+  lea extents(%rip), %rax
+  mov %rax, resv(%rip)
+  movq $0, extents(%rip)
   mov $0, %edi
   lea resv(%rip), %rsi
   HCALL memory_op
-  EXPECT $-38, 'b'
+  EXPECT $0, 'b'
+  UVM $0                                /* SPARE no longer maps the victim */
+  EXPECT $0, 'b'
+  RESV $1, %rbx
+  EXPECT $1, 'b'
+  movq $0, extents(%rip)
+  mov $0, %edi
+  lea resv(%rip), %rsi
+  HCALL memory_op
+  EXPECT $1, 'B'
+  mov extents(%rip), %rax
+  EXPECT %rbx, 'B'
+  mov %rbx, %rcx
+  shl $12, %rcx
+  or $7, %rcx
+  UVM %rcx
+  EXPECT $0, 'B'
+  UVM $0
+  RESV $1, %rbx
+  EXPECT $1, 'e'
+  movq $0, resv(%rip)                   /* a NULL extent list */
+  mov $0, %edi
+  lea resv(%rip), %rsi
+  HCALL memory_op
+  EXPECT $1, 'e'
+  mov %rbx, %rcx
+  shl $12, %rcx
+  or $7, %rcx
+  UVM %rcx
+  EXPECT $0, 'e'
   /* c: an unreadable reservation struct: 0 extents done; add_to_physmap: -EACCES */
   mov $6, %edi
   mov $0x1000, %esi
