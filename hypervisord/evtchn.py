@@ -32,8 +32,8 @@ the shell between them and the rest of hypervisord:
   own hypercalls: the one vCPU waits for the answer), ``EVTCHNOP_reset``
   (its own, or of a paused domain), teardown (no guest left). Program
   guests (``frontends/``, libxen.evtchn) use host atomics and keep the
-  direct path. (With several vCPUs per process, a vCPU running while
-  another's hypercall is served would again race; see events.py.)
+  direct path, and so do SMP PV domains (several vCPUs run guest code at
+  once: no point between slices is free of guest code; see events.py).
 * **Who is notified.** Each channel records the connection that bound it:
   several dom0 processes share domain 0 and each hears only its own ports.
   A port allocated *for* a domU by dom0 (the toolstack's store and console

@@ -44,10 +44,12 @@ hypervisord) the stream is a doorbell only and its entries are dropped.
 Applying between slices is safe only if a slice never ends inside a guest
 instruction: slices ended from other threads stop between instructions
 (:mod:`.stopreq`; a bare ``emu_stop`` there reran a ``lock btr`` cut after
-its store, and the event was lost the same way). SMP: several vCPUs of one
-process run at once, so a vCPU's slice would race with another vCPU's
-applying; the entries must then be applied while all are stopped, or by
-the vCPU they are bound to, while it is stopped (the entry names it).
+its store, and the event was lost the same way). SMP (:mod:`.smp`): the
+vCPUs of one process run guest code at once, so one vCPU applying between
+its slices would race with another's guest code; a domain of several vCPUs
+therefore does not ask for ``evtchn_vcpu_bits`` and hypervisord sets its
+bits as before. That race, and the vCPUs' locked instructions on shared
+words racing each other (parallel engines, none atomic), stay open there.
 
 ``VIRQ_TIMER`` is raised **here**, not in hypervisord: a vCPU's timer is the
 vCPU's own state, as in Xen where ``send_guest_vcpu_virq`` runs on the
