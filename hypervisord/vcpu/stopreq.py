@@ -18,8 +18,13 @@ nanoseconds per translated block run) looks at the flag when a block starts and,
 set, clears it and calls ``uc_emu_stop`` itself, before the block's first
 instruction (an exit request taken at a block's first memory access is
 safe too: that access is a load, or a store that a rerun repeats
-identically). Measured: no rerun, and no throughput cost against bare
-``emu_stop`` (bench/vcpu.py). Hooks that end a slice from *inside* the
+identically). Measured: no rerun (tests/pv/test_event_race.py). Cost:
+Unicorn's dispatch of a block hook, paid per block run: bench/vcpu.py's
+4-instruction register loop went from 1.33 to 0.81 G insn/s (loop_ratio
+0.95 -> 0.58; a callback that only returns already costs 30%); the
+hypercall rate and PV GRUB's boot did not move beyond the noise, as real
+code has longer blocks and memory accesses, each of which already calls
+into Unicorn. Hooks that end a slice from *inside* the
 engine (hypercall, trap) are at an instruction boundary and keep calling
 ``emu_stop`` directly.
 
