@@ -9,9 +9,10 @@ process runs; the same engine, hooks and slices):
 * guest-issued null hypercalls (xen_version through the hypercall page,
   served by the vCPU layer between slices) vs a bare Unicorn ``syscall``
   hook round trip (the hook reads and writes RAX);
-* event upcall latency: "dom0" makes the kernel's port pending as
-  hypervisord does (2-level bits in shared_info, the port written on the
-  guest's event-channel stream) while the kernel is blocked in
+* event upcall latency: "dom0" notifies the kernel's port as hypervisord
+  does for a one-vCPU PV domain (the entry ``port | vcpu << 16`` on the
+  guest's event-channel stream; the vCPU sets the 2-level bits itself
+  between slices) while the kernel is blocked in
   SCHEDOP_block, and again while it spins with events unmasked; until its
   event handler's first hypercall (median and 90th percentile over
   ``--upcalls`` events each; tests/pv/kernels/upcall.S);
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -130,6 +132,7 @@ def measure_upcalls(n: int, tmp: Path, spin: bool = False) -> dict:
         g.console.append(data)
 
     g.hc.console = console
+    g.hc.events.owns_bits = True  # as guest.run asks (evtchn_vcpu_bits): the vCPU sets the bits
     g.start()
     try:
         g.wait_text("upcall port 5\n")
@@ -140,7 +143,7 @@ def measure_upcalls(n: int, tmp: Path, spin: bool = False) -> dict:
             time.sleep(0.002)  # into the wait for real
             seen.clear()
             t0 = time.perf_counter()
-            g.notify(5)
+            g.stream.send(struct.pack("<I", 5))  # hypervisord's entry: port | vcpu << 16
             if not seen.wait(5):
                 raise RuntimeError(f"no upcall ({_state(g)}): {g.text()!r}")
             lat.append(stamp[0] - t0)
