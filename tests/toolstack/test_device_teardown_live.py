@@ -64,16 +64,19 @@ def test_destroy_closes_backends_properly(devstack, tmp_path):
 
 
 def test_destroy_with_a_backend_stuck_before_closed(devstack, tmp_path, monkeypatch):
-    monkeypatch.setenv(device_ops.TIMEOUT_ENV, "2")
+    # xl's wait (1 s) shorter than backendd's own bound on a close on the way
+    # out (backendd/device.py CLOSE_TIMEOUT, 2 s): with both at 2 s, a loaded
+    # host sometimes saw backendd give up and write Closed first (no warning)
+    monkeypatch.setenv(device_ops.TIMEOUT_ENV, "1")
     domid, paths = _guest_with_devices(devstack, tmp_path)
     devstack.ts.xs.write("/tool/vtest/stall-disconnect", "60")
     t0 = time.monotonic()
     r = devstack.xl_ok("destroy", "g")
     took = time.monotonic() - t0
-    assert 2 <= took < 2 + 4, took
+    assert 1 <= took < 1 + 4, took
     lines = r.err.splitlines()
     assert sorted(lines) == sorted(
-        f"libxl: warning: device {kind}/{domid}/{devid}: backendd did not close it within 2 s "
+        f"libxl: warning: device {kind}/{domid}/{devid}: backendd did not close it within 1 s "
         "(state 5 (Closing)); its directories are removed anyway"
         for kind, devid in (("vbd", XVDA), ("vif", 0)))
     assert _gone(devstack, domid, paths)
