@@ -11,13 +11,6 @@
 .set DOMID_SELF, 0x7ff0
 .set GNTTABOP_copy, 5
 
-/* the gmfn (== pfn) of a kernel VA, into \reg */
-.macro PFN sym, reg
-  lea \sym(%rip), \reg
-  sub %r13, \reg
-  shr $12, \reg
-.endm
-
 /* fill op \n: source {gmfn \su, \sdom, \soff}, dest {gmfn \du, \ddom, \doff}, len */
 .macro OPSET n, su, sdom, soff, du, ddom, doff, len, flags=$0
   mov \su, %rax
@@ -93,17 +86,7 @@ _start:
   mov $1, %edx
   HCALL grant_table_op
   EXPECT $-14, '7'
-  PRINT ok, $(ok_end - ok)
-  SHUTDOWN $0
-fail:
-  PRINT failmsg, $(failmsg_end - failmsg)
-  SHUTDOWN $3
-ok: .ascii "gntcopy ok\n"
-ok_end:
-  .data
-failmsg: .ascii "gntcopy FAIL "
-fail_step: .ascii "?\n"
-failmsg_end:
+  VERDICT gntcopy
   .p2align 3
 ops: .fill 160, 1, 0
   .p2align 12

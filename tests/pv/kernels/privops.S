@@ -59,17 +59,7 @@ _start:
   EXPECT $-1, '4'
   OP platform_op, $1, $0x03000001       /* settime */
   EXPECT $-1, '4'
-  PRINT ok, $(ok_end - ok)
-  SHUTDOWN $0
-fail:
-  PRINT failmsg, $(failmsg_end - failmsg)
-  SHUTDOWN $3
-ok: .ascii "privops ok\n"
-ok_end:
-  .data
-failmsg: .ascii "privops FAIL "
-fail_step: .ascii "?\n"
-failmsg_end:
+  VERDICT privops
   .p2align 3
 op: .fill 144, 1, 0
   .p2align 12
